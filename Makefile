@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh Debian 12 machine (as root):
+#   make demo   train a classifier from R with optimizer_lion()
+#   make test   every test suite; the last line is "N passed, N failed, N skipped"
+SHELL := /bin/bash
+VENV := .venv
+PYTHON := $(CURDIR)/$(VENV)/bin/python
+
+export RETICULATE_PYTHON := $(PYTHON)
+export KERAS_BACKEND ?= jax
+export TF_CPP_MIN_LOG_LEVEL := 3
+export _R_CHECK_SYSTEM_CLOCK_ := 0
+
+.PHONY: setup demo test bench site document clean
+
+setup: $(VENV)/.installed
+	@tools/setup-apt.sh
+
+$(VENV)/.installed: tools/requirements.txt
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --no-cache-dir -r tools/requirements.txt
+	@touch $@
+
+demo: setup
+	Rscript tools/demo.R
+
+test: setup
+	tools/run-tests.sh
+
+document: setup
+	Rscript -e 'roxygen2::roxygenise()'
+
+clean:
+	rm -rf keraslion_*.tar.gz keraslion.Rcheck .test-results

@@ -1,0 +1,174 @@
+#' Optimizer that implements the Lion algorithm.
+#'
+#' @description
+#' Lion ("EvoLved Sign Momentum", Chen et al. 2023) keeps a single momentum
+#' per weight and moves every element of a weight by the same amount, the
+#' learning rate, in the direction of the sign of an interpolation between
+#' the momentum and the current gradient:
+#'
+#' ```
+#' c     = beta_1 * m + (1 - beta_1) * g
+#' theta = theta - learning_rate * (sign(c) + weight_decay * theta)
+#' m     = beta_2 * m + (1 - beta_2) * g
+#' ```
+#'
+#' With one state tensor instead of Adam's two it needs less memory, and the
+#' authors find its advantage over AdamW grows with the batch size. Because
+#' every element moves by the full learning rate, choose a learning rate
+#' 3-10x smaller than for AdamW and a weight decay 3-10x larger, so that
+#' `learning_rate * weight_decay` stays the same;
+#' [lion_hparams_from_adamw()] does this conversion.
+#'
+#' The optimizer is the Python class `keraslion.Lion`, a
+#' `keras.optimizers.Optimizer`: pass it to `compile()` of a 'keras3' model
+#' or of a model built through `reticulate::import("keras")`.
+#'
+#' @param learning_rate The learning rate: a number >= 0, a
+#'   `LearningRateSchedule` (e.g. from `keras3::learning_rate_schedule_cosine_decay()`),
+#'   or a function of no arguments that returns the learning rate.
+#' @param beta_1 A number in (0, 1], or a function of no arguments that
+#'   returns one: the weight of the momentum in the interpolation whose sign
+#'   is the step.
+#' @param beta_2 A number in \[0, 1), or a function of no arguments that
+#'   returns one: the decay rate of the momentum.
+#' @param weight_decay `NULL` or a number >= 0: decoupled weight decay; each
+#'   step also subtracts `learning_rate * weight_decay * theta`.
+#' @param clipnorm `NULL` or a number > 0: each gradient is clipped so that
+#'   its norm is at most this value.
+#' @param clipvalue `NULL` or a number > 0: each gradient element is clipped
+#'   to `[-clipvalue, clipvalue]`.
+#' @param global_clipnorm `NULL` or a number > 0: all gradients are clipped
+#'   together so that their global norm is at most this value. At most one of
+#'   `clipnorm`, `clipvalue` and `global_clipnorm` may be set.
+#' @param use_ema `TRUE` or `FALSE`: whether to keep an exponential moving
+#'   average (EMA) of the model's weights.
+#' @param ema_momentum A number in \[0, 1], used when `use_ema = TRUE`:
+#'   `average = ema_momentum * average + (1 - ema_momentum) * weight`.
+#' @param ema_overwrite_frequency `NULL` or a whole number >= 1, used when
+#'   `use_ema = TRUE`: every this many steps the weights are overwritten by
+#'   their average. With `NULL` this happens once, when
+#'   `optimizer$finalize_variable_values()` is called, which `fit()` does at
+#'   the end of training.
+#' @param name A single string: the optimizer's name, used in the names of
+#'   its variables.
+#' @param ... Further named arguments passed to the Python optimizer, for
+#'   forward and backward compatibility. An argument it does not know is an
+#'   error.
+#' @param loss_scale_factor `NULL` or a number > 0: the loss is multiplied and
+#'   the gradients divided by this factor, to keep small gradients from
+#'   underflowing in mixed precision.
+#' @param gradient_accumulation_steps `NULL` or a whole number >= 2: the
+#'   weights are updated every this many steps, with the mean of the
+#'   gradients since the last update. Learning-rate schedules count every
+#'   step; `ema_overwrite_frequency` counts updates.
+#' @param momentum_dtype `NULL` (the weight's own dtype) or one of
+#'   `"float32"`, `"bfloat16"`, `"float16"`, `"float64"`: the dtype the
+#'   momentum is stored in. `"bfloat16"` halves the optimizer's memory; the
+#'   step is still computed in float32.
+#' @param cautious `TRUE` or `FALSE`: cautious Lion (C-Lion, Liang et al.
+#'   2024). Elements whose step direction disagrees in sign with the current
+#'   gradient are not moved; in each weight tensor the other elements are
+#'   scaled by `size / max(kept, 1)`, the inverse of the kept fraction (the
+#'   `max` makes a step where nothing is kept a zero step). The momentum
+#'   update and the weight decay are unchanged.
+#' @param exclude_from_weight_decay `NULL` or a character vector of regular
+#'   expressions: a weight whose path (such as `"dense/bias"`) or name
+#'   matches any of them gets no weight decay, e.g. `c("bias", "norm")`.
+#'   Saved with the optimizer.
+#' @param skip_nonfinite `TRUE` or `FALSE`: when `TRUE`, a step whose
+#'   gradients hold `NaN` or `Inf` leaves the weights, the momentum, the EMA
+#'   and the iteration count untouched, and is counted in
+#'   `optimizer$nonfinite_steps`.
+#'
+#' @returns The Python optimizer, a `keras.optimizers.Optimizer` (class
+#'   `keraslion.lion.Lion`), ready for `compile()`.
+#'
+#' @section References:
+#' - Chen, X. et al. (2023). Symbolic Discovery of Optimization Algorithms.
+#'   <https://arxiv.org/abs/2302.06675>
+#' - The authors' implementation: <https://github.com/google/automl/tree/master/lion>
+#' - Liang, K. et al. (2024). Cautious Optimizers: Improving Training with
+#'   One Line of Code. <https://arxiv.org/abs/2411.16085>
+#'
+#' @seealso `keras3::optimizer_lion()`, Keras's own Lion, whose signature
+#'   this function keeps.
+#' @family optimizers
+#' @export
+#' @examplesIf keraslion_available()
+#' keras <- reticulate::import("keras")
+#' model <- keras$Sequential(list(
+#'   keras$Input(shape = list(4L)),
+#'   keras$layers$Dense(3L, activation = "softmax")
+#' ))
+#' model$compile(
+#'   optimizer = optimizer_lion(learning_rate = 1e-3, weight_decay = 0.01),
+#'   loss = "sparse_categorical_crossentropy"
+#' )
+#'
+#' # With keras3 attached, the same optimizer goes into its pipe:
+#' # model |> compile(optimizer = optimizer_lion(learning_rate = 1e-4))
+optimizer_lion <- function(learning_rate = 0.001,
+                           beta_1 = 0.9,
+                           beta_2 = 0.99,
+                           weight_decay = NULL,
+                           clipnorm = NULL,
+                           clipvalue = NULL,
+                           global_clipnorm = NULL,
+                           use_ema = FALSE,
+                           ema_momentum = 0.99,
+                           ema_overwrite_frequency = NULL,
+                           name = "lion",
+                           ...,
+                           loss_scale_factor = NULL,
+                           gradient_accumulation_steps = NULL,
+                           momentum_dtype = NULL,
+                           cautious = FALSE,
+                           exclude_from_weight_decay = NULL,
+                           skip_nonfinite = FALSE) {
+  dots <- check_dots_named(list(...))
+  clipping <- check_at_most_one(list(
+    clipnorm = as_number(clipnorm, "clipnorm", 0, lower_closed = FALSE, allow_null = TRUE),
+    clipvalue = as_number(clipvalue, "clipvalue", 0, lower_closed = FALSE, allow_null = TRUE),
+    global_clipnorm = as_number(
+      global_clipnorm, "global_clipnorm", 0,
+      lower_closed = FALSE, allow_null = TRUE
+    )
+  ))
+  args <- c(
+    list(
+      learning_rate = as_number(learning_rate, "learning_rate", 0, allow_callable = TRUE),
+      beta_1 = as_number(beta_1, "beta_1", 0, 1,
+        lower_closed = FALSE, upper_closed = TRUE, allow_callable = TRUE
+      ),
+      beta_2 = as_number(beta_2, "beta_2", 0, 1, allow_callable = TRUE),
+      weight_decay = as_number(weight_decay, "weight_decay", 0, allow_null = TRUE)
+    ),
+    clipping,
+    list(
+      use_ema = check_flag(use_ema, "use_ema"),
+      ema_momentum = as_number(ema_momentum, "ema_momentum", 0, 1, upper_closed = TRUE),
+      ema_overwrite_frequency = as_whole_number(
+        ema_overwrite_frequency, "ema_overwrite_frequency", 1
+      ),
+      name = check_string(name, "name"),
+      loss_scale_factor = as_number(
+        loss_scale_factor, "loss_scale_factor", 0,
+        lower_closed = FALSE, allow_null = TRUE
+      ),
+      gradient_accumulation_steps = as_whole_number(
+        gradient_accumulation_steps, "gradient_accumulation_steps", 2
+      ),
+      momentum_dtype = check_choice(
+        momentum_dtype, "momentum_dtype",
+        c("float32", "bfloat16", "float16", "float64")
+      ),
+      cautious = check_flag(cautious, "cautious"),
+      exclude_from_weight_decay = as_patterns(
+        exclude_from_weight_decay, "exclude_from_weight_decay"
+      ),
+      skip_nonfinite = check_flag(skip_nonfinite, "skip_nonfinite")
+    )
+  )
+  lion <- keraslion_py$Lion
+  do.call(lion, c(args, check_dots_known(dots, lion)))
+}

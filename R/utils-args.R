@@ -1,0 +1,194 @@
+# Argument checks and conversions for Python. Each returns the value in the
+# form Python expects, or signals an error that names the argument, states the
+# rule and shows what was received.
+
+is_py_object <- function(x) {
+  inherits(x, "python.builtin.object")
+}
+
+# A short description of a value for error messages.
+describe <- function(x) {
+  if (is.null(x)) {
+    return("`NULL`")
+  }
+  if (is.function(x)) {
+    return("a function")
+  }
+  if (is_py_object(x)) {
+    return(paste0("a Python object of class <", class(x)[[1]], ">"))
+  }
+  if (is.atomic(x) && length(x) == 1) {
+    if (is.na(x)) {
+      return(paste0("`", format(x), "`"))
+    }
+    if (is.character(x)) {
+      return(paste0("the string ", encodeString(x, quote = "\"")))
+    }
+    return(paste0("`", format(x, digits = 15), "`"))
+  }
+  type <- if (is.atomic(x)) paste(typeof(x), "vector") else class(x)[[1]]
+  paste0("a ", type, " of length ", length(x))
+}
+
+abort_arg <- function(arg, rule, x, call) {
+  received <- describe(x)
+  cli::cli_abort(
+    "{.arg {arg}} must be {rule}, not {received}.",
+    call = call,
+    class = "keraslion_error_argument"
+  )
+}
+
+# "a finite number >= 0", "a finite number in (0, 1]" and the like.
+describe_range <- function(lower, upper, lower_closed, upper_closed) {
+  if (is.infinite(upper)) {
+    return(paste("a finite number", if (lower_closed) ">=" else ">", lower))
+  }
+  paste0(
+    "a finite number in ", if (lower_closed) "[" else "(", lower, ", ",
+    upper, if (upper_closed) "]" else ")"
+  )
+}
+
+is_number <- function(x) {
+  is.numeric(x) && !is.object(x) && length(x) == 1 && !is.na(x)
+}
+
+# A number in an interval, as a double; with `allow_callable`, an R function
+# or a Python object is passed through for Python to use as a callable.
+as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
+                      upper_closed = FALSE, allow_null = FALSE,
+                      allow_callable = FALSE, call = rlang::caller_env()) {
+  if (allow_null && is.null(x)) {
+    return(NULL)
+  }
+  if (allow_callable && (is.function(x) || is_py_object(x))) {
+    if (is.function(x) && length(formals(x)) > 0) {
+      abort_arg(arg, "a function of no arguments", x, call)
+    }
+    return(x)
+  }
+  in_range <- is_number(x) && is.finite(x) &&
+    (if (lower_closed) x >= lower else x > lower) &&
+    (if (upper_closed) x <= upper else x < upper)
+  if (!in_range) {
+    rule <- describe_range(lower, upper, lower_closed, upper_closed)
+    if (allow_null) rule <- paste("`NULL` or", rule)
+    if (allow_callable) rule <- paste0(rule, ", or a function of no arguments")
+    abort_arg(arg, rule, x, call)
+  }
+  as.double(x)
+}
+
+# `NULL` or a whole number (integer or double) at least `lower`, as an
+# integer, which reticulate passes to Python as an `int`.
+as_whole_number <- function(x, arg, lower, call = rlang::caller_env()) {
+  if (is.null(x)) {
+    return(NULL)
+  }
+  if (!is_number(x) || !is.finite(x) || x != round(x) || x < lower ||
+    x > .Machine$integer.max) {
+    abort_arg(arg, paste("`NULL` or a whole number >=", lower), x, call)
+  }
+  as.integer(x)
+}
+
+check_flag <- function(x, arg, call = rlang::caller_env()) {
+  if (!is.logical(x) || length(x) != 1 || is.na(x)) {
+    abort_arg(arg, "`TRUE` or `FALSE`", x, call)
+  }
+  x
+}
+
+check_string <- function(x, arg, allow_null = FALSE, call = rlang::caller_env()) {
+  if (allow_null && is.null(x)) {
+    return(NULL)
+  }
+  if (!is.character(x) || length(x) != 1 || is.na(x) || !nzchar(x)) {
+    rule <- if (allow_null) "`NULL` or a single non-empty string" else "a single non-empty string"
+    abort_arg(arg, rule, x, call)
+  }
+  x
+}
+
+# `NULL` or one of `values`.
+check_choice <- function(x, arg, values, call = rlang::caller_env()) {
+  if (is.null(x)) {
+    return(NULL)
+  }
+  if (!is.character(x) || length(x) != 1 || !x %in% values) {
+    rule <- paste0("`NULL` or one of ", paste0("\"", values, "\"", collapse = ", "))
+    abort_arg(arg, rule, x, call)
+  }
+  x
+}
+
+# `NULL` or a character vector of regular expressions, as a list so that a
+# single pattern reaches Python as a list of one string.
+as_patterns <- function(x, arg, call = rlang::caller_env()) {
+  if (is.null(x)) {
+    return(NULL)
+  }
+  if (!is.character(x) || length(x) == 0 || anyNA(x) || !all(nzchar(x))) {
+    abort_arg(arg, "`NULL` or a character vector of non-empty regular expressions", x, call)
+  }
+  for (pattern in x) {
+    valid <- tryCatch(
+      {
+        grepl(pattern, "", perl = TRUE)
+        TRUE
+      },
+      error = function(e) FALSE,
+      warning = function(w) FALSE
+    )
+    if (!valid) {
+      abort_arg(arg, "a character vector of valid regular expressions", pattern, call)
+    }
+  }
+  as.list(x)
+}
+
+check_at_most_one <- function(args, call = rlang::caller_env()) {
+  set <- names(Filter(Negate(is.null), args))
+  if (length(set) > 1) {
+    cli::cli_abort(
+      c(
+        "Only one of {.arg {names(args)}} can be set.",
+        x = "You set {.arg {set}}."
+      ),
+      call = call,
+      class = "keraslion_error_argument"
+    )
+  }
+  invisible(args)
+}
+
+# Extra arguments in `...` must all be named ...
+check_dots_named <- function(dots, call = rlang::caller_env()) {
+  dot_names <- names(dots)
+  if (length(dots) > 0 && (is.null(dot_names) || any(!nzchar(dot_names)))) {
+    cli::cli_abort(
+      "All arguments in {.arg ...} must be named.",
+      call = call,
+      class = "keraslion_error_argument"
+    )
+  }
+  dots
+}
+
+# ... and each must be an argument that `fn`, a Python callable, accepts.
+check_dots_known <- function(dots, fn, call = rlang::caller_env()) {
+  if (length(dots) == 0) {
+    return(dots)
+  }
+  parameters <- reticulate::import("inspect")$signature(fn)$parameters
+  unknown <- setdiff(names(dots), setdiff(names(parameters), "kwargs"))
+  if (length(unknown) > 0) {
+    cli::cli_abort(
+      "{cli::qty(unknown)}Unknown argument{?s} in {.arg ...}: {.arg {unknown}}.",
+      call = call,
+      class = "keraslion_error_argument"
+    )
+  }
+  dots
+}

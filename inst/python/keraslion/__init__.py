@@ -1,0 +1,7 @@
+"""keraslion: the Lion optimizer (Chen et al., 2023) for Keras 3."""
+
+from .hparams import lion_hparams_from_adamw
+from .lion import Lion
+
+__all__ = ["Lion", "lion_hparams_from_adamw"]
+__version__ = "0.1.0"

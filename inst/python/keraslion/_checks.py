@@ -1,0 +1,153 @@
+"""Argument checks shared by the optimizer constructor and its methods.
+
+Every check raises a `ValueError` (or `TypeError` for a wrong type) whose
+message names the argument, states the rule and shows the value received,
+in the style of Keras's own messages.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import keras
+
+
+def _received(name: str, value: Any) -> str:
+    return f"Received: {name}={value!r}"
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _as_float(name: str, value: Any) -> float:
+    """Returns `value` as a Python float, accepting 0-d tensors and arrays."""
+    if _is_real(value):
+        return float(value)
+    if getattr(value, "shape", None) == () and hasattr(value, "dtype"):
+        try:
+            return float(keras.ops.convert_to_numpy(value))
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"Argument `{name}` must be a number. {_received(name, value)}")
+
+
+def _check_interval(
+    name: str,
+    value: float,
+    low: float,
+    high: float,
+    low_closed: bool,
+    high_closed: bool,
+) -> float:
+    above = value >= low if low_closed else value > low
+    below = value <= high if high_closed else value < high
+    if not (math.isfinite(value) and above and below):
+        opening = "[" if low_closed else "("
+        closing = "]" if high_closed else ")"
+        raise ValueError(
+            f"Argument `{name}` must be a finite number in {opening}{low:g}, {high:g}{closing}. "
+            f"{_received(name, value)}"
+        )
+    return value
+
+
+def number_in(
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_closed: bool = True,
+    high_closed: bool = False,
+) -> float:
+    """A finite real number in the given interval, returned as a float."""
+    return _check_interval(name, _as_float(name, value), low, high, low_closed, high_closed)
+
+
+def optional_number_in(name: str, value: Any, low: float, **kwargs: Any) -> float | None:
+    return None if value is None else number_in(name, value, low, **kwargs)
+
+
+def number_or_callable_in(name: str, value: Any, low: float, high: float, **kwargs: Any) -> Any:
+    """A number in the interval, or a zero-argument callable (checked when called)."""
+    if callable(value):
+        return value
+    return number_in(name, value, low, high, **kwargs)
+
+
+def learning_rate(value: Any) -> Any:
+    """A schedule or callable as given, else a finite float >= 0 (ints accepted)."""
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule) or callable(value):
+        return value
+    return number_in("learning_rate", value, 0.0)
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"Argument `{name}` must be True or False. {_received(name, value)}")
+    return value
+
+
+def optional_whole_number(name: str, value: Any, low: int) -> int | None:
+    """None, or an integer >= low (a float with no fractional part is accepted)."""
+    if value is None:
+        return None
+    whole = _is_real(value) and math.isfinite(value) and float(value).is_integer()
+    if not whole or value < low:
+        raise ValueError(
+            f"Argument `{name}` must be None or a whole number >= {low}. "
+            f"{_received(name, value)}"
+        )
+    return int(value)
+
+
+def non_empty_string(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"Argument `{name}` must be a non-empty string. {_received(name, value)}")
+    return value
+
+
+def float_dtype(name: str, value: Any) -> str | None:
+    """None, or the standard name of a floating-point dtype."""
+    if value is None:
+        return None
+    try:
+        dtype = keras.backend.standardize_dtype(value)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or not keras.backend.is_float_dtype(dtype):
+        raise ValueError(
+            f"Argument `{name}` must be None or a floating-point dtype such as "
+            f"'float32' or 'bfloat16'. {_received(name, value)}"
+        )
+    return dtype
+
+
+def patterns(name: str, value: str | Iterable[str] | None) -> list[str]:
+    """Regular expressions: one string means one pattern, not its characters."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ValueError(
+                f"Argument `{name}` must be a string or a list of non-empty strings "
+                f"(regular expressions). {_received(name, value)}"
+            )
+        try:
+            re.compile(item)
+        except re.error as err:
+            raise ValueError(
+                f"Argument `{name}` holds an invalid regular expression {item!r}: {err}."
+            ) from None
+    return items
+
+
+def resolve(value: Any | Callable[[], Any]) -> Any:
+    """The value of a hyperparameter given as a value or a zero-argument callable."""
+    return value() if callable(value) else value

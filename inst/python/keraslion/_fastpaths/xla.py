@@ -1,0 +1,43 @@
+"""Momentum-first Lion step for XLA (JAX, and TensorFlow with jit_compile).
+
+The paper's order reads the old momentum twice, for `c` and for the new
+momentum, so XLA must copy it before overwriting it in place. Updating the
+momentum first and rewriting `c` in terms of the new momentum reads it once:
+
+    m' = beta_2 * m + (1 - beta_2) * g
+    c  = beta_1 * m + (1 - beta_1) * g
+       = (beta_1 / beta_2) * m' + ((1 - beta_1) - (beta_1 / beta_2) * (1 - beta_2)) * g
+
+which is exact in real arithmetic; in floating point `c` can differ in its
+last bits, so `sign(c)` may differ where `c` is within rounding of zero.
+It needs beta_2 > 0, and beta_1 < 1: with beta_1 = 1, `c` is the old
+momentum itself, and where that is exactly zero (at the first step) the
+rewritten form would turn rounding noise into a full step.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from keras import ops
+
+from .._checks import resolve
+
+
+def supports(optimizer: Any, variables: list[Any]) -> bool:
+    beta_1, beta_2 = resolve(optimizer.beta_1), resolve(optimizer.beta_2)
+    numeric = isinstance(beta_1, numbers.Real) and isinstance(beta_2, numbers.Real)
+    return numeric and beta_1 < 1 and beta_2 > 0
+
+
+def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any,
+           betas: tuple[Any, Any] | None = None) -> None:
+    for gradient, variable in zip(grads, variables):
+        step = optimizer.step_inputs(gradient, variable, learning_rate, betas)
+        m = step.beta_2 * step.m + (1 - step.beta_2) * step.g
+        stored = ops.cast(m, step.momentum.dtype)
+        optimizer.assign(step.momentum, stored)
+        ratio = step.beta_1 / step.beta_2
+        c = ratio * ops.cast(stored, m.dtype) + ((1 - step.beta_1) - ratio * (1 - step.beta_2)) * step.g
+        optimizer.descend(variable, step, c)

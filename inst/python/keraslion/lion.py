@@ -1,0 +1,343 @@
+"""The Lion optimizer (Chen et al., 2023) as a Keras 3 optimizer."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import keras
+from keras import ops
+
+from . import _checks, _fastpaths
+
+Hyperparameter = float | Callable[[], Any]
+
+
+def lion_direction(c: Any, gradient: Any, cautious: bool) -> Any:
+    """The per-element step direction: `sign(c)`, or its cautious form.
+
+    Cautious Lion (Liang et al., 2024) keeps only the elements whose direction
+    agrees in sign with the current gradient and rescales them by
+    `size / max(kept, 1)`, the inverse of the kept fraction; the `max` guards
+    the case where no element is kept (the step is then zero).
+    """
+    direction = ops.sign(c)
+    if not cautious:
+        return direction
+    agrees = ops.cast(ops.greater(direction * gradient, 0), direction.dtype)
+    kept = ops.maximum(ops.sum(agrees), 1.0)
+    return direction * agrees * (math.prod(direction.shape) / kept)
+
+
+class StepInputs(NamedTuple):
+    """One variable's step, cast to the dtype the update is computed in."""
+
+    momentum: keras.Variable
+    theta: Any
+    m: Any
+    g: Any
+    learning_rate: Any
+    beta_1: Any
+    beta_2: Any
+    weight_decay: float
+
+
+@keras.saving.register_keras_serializable(package="keraslion")
+class Lion(keras.optimizers.Optimizer):
+    """Optimizer that implements the Lion algorithm.
+
+    Lion ("EvoLved Sign Momentum") keeps one momentum per variable and moves
+    every element by the same amount, the learning rate, in the direction of
+    the sign of an interpolation between momentum and gradient:
+
+        c = beta_1 * m + (1 - beta_1) * g
+        theta = theta - learning_rate * (sign(c) + weight_decay * theta)
+        m = beta_2 * m + (1 - beta_2) * g
+
+    Because every element moves by the full learning rate, a good learning
+    rate is typically 3-10x smaller than AdamW's and the weight decay 3-10x
+    larger, so that `learning_rate * weight_decay` stays the same
+    (`lion_hparams_from_adamw()` does this conversion).
+
+    Args:
+        learning_rate: A float, a
+            `keras.optimizers.schedules.LearningRateSchedule`, or a callable
+            that takes no arguments and returns the learning rate.
+            Defaults to `0.001`.
+        beta_1: A float in (0, 1], or a callable that takes no arguments and
+            returns one: the weight of the momentum in the interpolation `c`
+            whose sign is the step. Defaults to `0.9`.
+        beta_2: A float in [0, 1), or a callable that takes no arguments and
+            returns one: the decay rate of the momentum. Defaults to `0.99`.
+        weight_decay: `None` or a float >= 0. Decoupled weight decay:
+            each step also subtracts `learning_rate * weight_decay * theta`.
+        clipnorm: `None` or a float > 0: clip each gradient to this norm.
+        clipvalue: `None` or a float > 0: clip each gradient element to
+            `[-clipvalue, clipvalue]`.
+        global_clipnorm: `None` or a float > 0: clip all gradients together
+            to this global norm. At most one of the three clipping arguments
+            may be set.
+        use_ema: Whether to keep an exponential moving average (EMA) of the
+            model's weights. Defaults to `False`.
+        ema_momentum: A float in [0, 1]: `average = ema_momentum * average +
+            (1 - ema_momentum) * weight`. Defaults to `0.99`.
+        ema_overwrite_frequency: `None` or an int >= 1: every this many
+            steps, the weights are overwritten by their average. With `None`,
+            `finalize_variable_values()` (called by `fit()` at the end)
+            does it once.
+        loss_scale_factor: `None` or a float > 0: the loss is multiplied and
+            the gradients divided by this factor.
+        gradient_accumulation_steps: `None` or an int >= 2: update the
+            weights every this many steps with the mean of the gradients.
+        name: The name of the optimizer, used for its variables.
+            Defaults to `"lion"`.
+        momentum_dtype: `None` (the variable's dtype) or a float dtype such
+            as `"bfloat16"` to store the momentum in. The step is always
+            computed in at least float32.
+        cautious: If `True`, use cautious Lion (C-Lion, Liang et al., 2024):
+            elements whose step direction disagrees in sign with the current
+            gradient are not moved, and the others are scaled by the inverse
+            of the kept fraction of their tensor. The momentum update and the
+            weight decay are unchanged. Defaults to `False`.
+        exclude_from_weight_decay: `None`, a string or a list of strings:
+            regular expressions; a variable whose path (e.g. `"dense/bias"`)
+            or name matches any of them gets no weight decay. Saved with the
+            optimizer.
+        skip_nonfinite: If `True`, a step whose gradients hold NaN or Inf
+            leaves the weights, the momentum, the EMA and the iteration count
+            untouched; such steps are counted in `nonfinite_steps`.
+            Defaults to `False`.
+        **kwargs: Passed to `keras.optimizers.Optimizer`.
+
+    References:
+        - [Chen et al., 2023](https://arxiv.org/abs/2302.06675)
+        - [Authors' implementation](https://github.com/google/automl/tree/master/lion)
+        - [Liang et al., 2024](https://arxiv.org/abs/2411.16085) (cautious)
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        beta_1: Hyperparameter = 0.9,
+        beta_2: Hyperparameter = 0.99,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
+        name: str = "lion",
+        *,
+        momentum_dtype: str | None = None,
+        cautious: bool = False,
+        exclude_from_weight_decay: str | Iterable[str] | None = None,
+        skip_nonfinite: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+        clip = {key: _checks.optional_number_in(key, value, 0.0, low_closed=False)
+                for key, value in clip.items()}
+        super().__init__(
+            learning_rate=_checks.learning_rate(learning_rate),
+            weight_decay=_checks.optional_number_in("weight_decay", weight_decay, 0.0),
+            use_ema=_checks.boolean("use_ema", use_ema),
+            ema_momentum=_checks.number_in("ema_momentum", ema_momentum, 0.0, 1.0,
+                                           high_closed=True),
+            ema_overwrite_frequency=_checks.optional_whole_number(
+                "ema_overwrite_frequency", ema_overwrite_frequency, 1),
+            loss_scale_factor=_checks.optional_number_in(
+                "loss_scale_factor", loss_scale_factor, 0.0, low_closed=False),
+            gradient_accumulation_steps=_checks.optional_whole_number(
+                "gradient_accumulation_steps", gradient_accumulation_steps, 2),
+            name=_checks.non_empty_string("name", name),
+            **clip,
+            **kwargs,
+        )
+        self.beta_1 = _checks.number_or_callable_in("beta_1", beta_1, 0.0, 1.0,
+                                                    low_closed=False, high_closed=True)
+        self.beta_2 = _checks.number_or_callable_in("beta_2", beta_2, 0.0, 1.0)
+        self.momentum_dtype = _checks.float_dtype("momentum_dtype", momentum_dtype)
+        self.cautious = _checks.boolean("cautious", cautious)
+        self.skip_nonfinite = _checks.boolean("skip_nonfinite", skip_nonfinite)
+        self._exclusion_patterns = _checks.patterns(
+            "exclude_from_weight_decay", exclude_from_weight_decay)
+        self._excluded_variable_keys: set[Any] = set()
+        self._weight_decay_cache: dict[Any, bool] = {}
+        self._fast_path = _fastpaths.for_backend(keras.backend.backend())
+
+    def build(self, variables: list[keras.Variable]) -> None:
+        if self.built:
+            return
+        super().build(variables)
+        self._momentums = [
+            None if self._overwrite_variable_with_gradient(variable)
+            else self._add_momentum(variable)
+            for variable in variables
+        ]
+        if self.skip_nonfinite:
+            self._nonfinite_steps = self.add_variable(
+                shape=(), dtype="int", name="nonfinite_steps",
+                aggregation="only_first_replica")
+
+    def _add_momentum(self, variable: keras.Variable) -> keras.Variable:
+        if self.momentum_dtype is None:
+            return self.add_variable_from_reference(variable, name="momentum")
+        # As add_variable_from_reference (same name and sharding layout), in another dtype.
+        return self.add_variable(
+            shape=variable.shape,
+            dtype=self.momentum_dtype,
+            layout=getattr(variable, "_layout", None),
+            name=f"{variable.path.replace('/', '_')}_momentum",
+        )
+
+    @property
+    def nonfinite_steps(self) -> int:
+        """The number of steps skipped because of NaN or Inf gradients."""
+        if not self.skip_nonfinite or not self.built:
+            return 0
+        return int(keras.ops.convert_to_numpy(self._nonfinite_steps.value))
+
+    # The update ---------------------------------------------------------------
+
+    def step_inputs(self, gradient: Any, variable: keras.Variable, learning_rate: Any,
+                    betas: tuple[Any, Any] | None = None) -> StepInputs:
+        """Gathers one variable's step, computed in at least float32.
+
+        `betas` overrides the optimizer's (a compiled fast path passes them in).
+        """
+        beta_1, beta_2 = betas or (_checks.resolve(self.beta_1), _checks.resolve(self.beta_2))
+        momentum = self._momentums[self._get_variable_index(variable)]
+        dtype = keras.backend.result_type(variable.dtype, momentum.dtype, "float32")
+        return StepInputs(
+            momentum=momentum,
+            theta=ops.cast(variable, dtype),
+            m=ops.cast(momentum, dtype),
+            g=ops.cast(ops.convert_to_tensor(gradient), dtype),
+            learning_rate=ops.cast(learning_rate, dtype),
+            beta_1=ops.cast(beta_1, dtype),
+            beta_2=ops.cast(beta_2, dtype),
+            weight_decay=self._weight_decay_for(variable),
+        )
+
+    def descend(self, variable: keras.Variable, step: StepInputs, c: Any) -> None:
+        """theta <- theta - lr * (direction(c) + weight_decay * theta)."""
+        direction = lion_direction(c, step.g, self.cautious)
+        if step.weight_decay:
+            direction = direction + step.weight_decay * step.theta
+        theta = step.theta - step.learning_rate * direction
+        self.assign(variable, ops.cast(theta, variable.dtype))
+
+    def update_step(self, gradient: Any, variable: keras.Variable, learning_rate: Any) -> None:
+        """One Lion step for one variable, as written in the paper (Alg. 2)."""
+        step = self.step_inputs(gradient, variable, learning_rate)
+        c = step.beta_1 * step.m + (1 - step.beta_1) * step.g
+        self.descend(variable, step, c)
+        m = step.beta_2 * step.m + (1 - step.beta_2) * step.g
+        self.assign(step.momentum, ops.cast(m, step.momentum.dtype))
+
+    def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
+                             learning_rate: Any) -> None:
+        if self._fast_path is not None and self._fast_path.supports(self, trainable_variables):
+            self._fast_path.update(self, grads, trainable_variables, learning_rate)
+        else:
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    # Weight decay is part of the step (as in the paper), not a separate pass.
+
+    def _apply_weight_decay(self, variables: list[Any]) -> None:
+        return
+
+    def _weight_decay_for(self, variable: keras.Variable) -> float:
+        if not self.weight_decay or not self._use_weight_decay(variable):
+            return 0.0
+        return float(self.weight_decay)
+
+    def exclude_from_weight_decay(self, var_list: Iterable[keras.Variable] | None = None,
+                                  var_names: str | Iterable[str] | None = None) -> None:
+        """Excludes variables from weight decay; call it before the optimizer is built.
+
+        Args:
+            var_list: Variables to exclude (not saved with the optimizer).
+            var_names: A string or a list of strings: regular expressions,
+                added to `exclude_from_weight_decay` and saved with it; a
+                variable whose path or name matches one is excluded.
+        """
+        if self.built:
+            raise ValueError(
+                "`exclude_from_weight_decay()` must be called before the optimizer is built "
+                "(before its first step); it was already built, so nothing was changed.")
+        patterns = _checks.patterns("var_names", var_names)
+        self._excluded_variable_keys.update(self._var_key(v) for v in var_list or [])
+        self._exclusion_patterns = [*self._exclusion_patterns, *patterns]
+        self._weight_decay_cache = {}
+
+    def _use_weight_decay(self, variable: keras.Variable) -> bool:
+        key = self._var_key(variable)
+        if key not in self._weight_decay_cache:
+            names = [getattr(variable, "path", ""), variable.name]
+            excluded = key in self._excluded_variable_keys or any(
+                re.search(pattern, name) for pattern in self._exclusion_patterns for name in names)
+            self._weight_decay_cache[key] = not excluded
+        return self._weight_decay_cache[key]
+
+    # Skipping steps with non-finite gradients ------------------------------------
+
+    def apply(self, grads: list[Any], trainable_variables: list[Any] | None = None) -> None:
+        if not self.skip_nonfinite:
+            return super().apply(grads, trainable_variables)
+        if not self.built and trainable_variables is not None:
+            with keras.backend.name_scope(self.name, caller=self):
+                self.build(list(trainable_variables))
+        finite = ops.all(ops.stack([ops.all(ops.isfinite(ops.convert_to_tensor(g)))
+                                    for g in grads if g is not None]))
+        apply = super().apply
+
+        if keras.backend.backend() == "jax":
+            # JAX traces both branches without side effects: compute the step,
+            # then keep the old values where the gradients were not finite.
+            state = [*(trainable_variables or self._trainable_variables), *self.variables]
+            state = [v for v in state if v is not self._nonfinite_steps]
+            before = [v.value for v in state]
+            apply(grads, trainable_variables)
+            for variable, old in zip(state, before):
+                variable.assign(ops.where(finite, variable.value, old))
+            self._nonfinite_steps.assign_add(ops.cast(ops.logical_not(finite), "int32"))
+            return None
+
+        def count_skipped() -> None:
+            self._nonfinite_steps.assign_add(1)
+
+        ops.cond(finite, lambda: apply(grads, trainable_variables), count_skipped)
+        return None
+
+    # Serialization ---------------------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({
+            "beta_1": _serialize_hyperparameter(self.beta_1),
+            "beta_2": _serialize_hyperparameter(self.beta_2),
+            "momentum_dtype": self.momentum_dtype,
+            "cautious": self.cautious,
+            "exclude_from_weight_decay": list(self._exclusion_patterns),
+            "skip_nonfinite": self.skip_nonfinite,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> Lion:
+        config = dict(config)
+        for key in ("beta_1", "beta_2"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(
+                    config[key], custom_objects=custom_objects)
+        return super().from_config(config, custom_objects=custom_objects)
+
+
+def _serialize_hyperparameter(value: Hyperparameter) -> Any:
+    return keras.saving.serialize_keras_object(value) if callable(value) else value

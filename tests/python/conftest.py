@@ -1,0 +1,52 @@
+"""Shared set-up: the package from inst/python, quiet TensorFlow, helpers."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "inst" / "python"))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    keras.utils.set_random_seed(0)
+
+
+def numpy_lion(theta, grads, learning_rate, beta_1=0.9, beta_2=0.99, weight_decay=0.0,
+               cautious=False, momentum=None):
+    """Independent float64 oracle: the paper's three lines, step by step.
+
+    Returns the parameters and momentum after applying every gradient in `grads`.
+    """
+    theta = np.asarray(theta, np.float64).copy()
+    m = np.zeros_like(theta) if momentum is None else np.asarray(momentum, np.float64).copy()
+    for step, g in enumerate(grads):
+        g = np.asarray(g, np.float64)
+        lr = learning_rate(step) if callable(learning_rate) else learning_rate
+        c = beta_1 * m + (1 - beta_1) * g
+        u = np.sign(c)
+        if cautious:
+            keep = (u * g > 0).astype(np.float64)
+            u = u * keep * (keep.size / max(keep.sum(), 1.0))
+        theta = theta - lr * (u + weight_decay * theta)
+        m = beta_2 * m + (1 - beta_2) * g
+    return theta, m
+
+
+def to_numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def assert_lion_close(actual, expected, learning_rate, max_sign_flips=0, atol=1e-5):
+    """Close, except for at most `max_sign_flips` elements that took an opposite
+    step where `c` was within rounding of zero (each off by about 2 * lr per flip)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    off = ~np.isclose(actual, expected, rtol=1e-5, atol=atol)
+    assert off.sum() <= max_sign_flips, (
+        f"{off.sum()} elements differ (allowed {max_sign_flips}); "
+        f"largest difference {np.max(np.abs(actual - expected)):.3g} at lr={learning_rate}")

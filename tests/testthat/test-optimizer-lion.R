@@ -1,0 +1,140 @@
+# The signature users know from keras3's reference page (the seed).
+seed_formals <- alist(
+  learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.99, weight_decay = NULL,
+  clipnorm = NULL, clipvalue = NULL, global_clipnorm = NULL, use_ema = FALSE,
+  ema_momentum = 0.99, ema_overwrite_frequency = NULL, name = "lion", ... = ,
+  loss_scale_factor = NULL, gradient_accumulation_steps = NULL
+)
+
+test_that("the signature keeps the seed's formals, order and defaults", {
+  f <- formals(optimizer_lion)
+  expect_identical(names(f)[seq_along(seed_formals)], names(seed_formals))
+  expect_identical(as.list(f)[seq_along(seed_formals)], as.list(seed_formals))
+  # New options come after the seed's and default to Keras's behaviour.
+  expect_identical(
+    as.list(f)[-seq_along(seed_formals)],
+    list(momentum_dtype = NULL, cautious = FALSE,
+         exclude_from_weight_decay = NULL, skip_nonfinite = FALSE)
+  )
+})
+
+test_that("bad arguments get an error naming the argument and the value", {
+  # These fail in R, before Python is needed.
+  expect_snapshot(error = TRUE, {
+    optimizer_lion(learning_rate = -1)
+    optimizer_lion(learning_rate = "0.1")
+    optimizer_lion(learning_rate = c(0.1, 0.2))
+    optimizer_lion(learning_rate = NA_real_)
+    optimizer_lion(learning_rate = Inf)
+    optimizer_lion(learning_rate = function(step) 0.1)
+    optimizer_lion(beta_1 = 0)
+    optimizer_lion(beta_1 = 1.5)
+    optimizer_lion(beta_2 = 1)
+    optimizer_lion(beta_2 = -0.1)
+    optimizer_lion(weight_decay = -0.01)
+    optimizer_lion(weight_decay = NaN)
+    optimizer_lion(clipnorm = 0)
+    optimizer_lion(clipvalue = -1)
+    optimizer_lion(global_clipnorm = "1")
+    optimizer_lion(clipnorm = 1, global_clipnorm = 1)
+    optimizer_lion(use_ema = NA)
+    optimizer_lion(use_ema = "yes")
+    optimizer_lion(ema_momentum = 1.01)
+    optimizer_lion(ema_overwrite_frequency = 2.5)
+    optimizer_lion(ema_overwrite_frequency = 0)
+    optimizer_lion(gradient_accumulation_steps = 1)
+    optimizer_lion(gradient_accumulation_steps = 2.5)
+    optimizer_lion(gradient_accumulation_steps = NA_integer_)
+    optimizer_lion(loss_scale_factor = 0)
+    optimizer_lion(name = "")
+    optimizer_lion(name = c("a", "b"))
+    optimizer_lion(momentum_dtype = "int8")
+    optimizer_lion(cautious = 1)
+    optimizer_lion(exclude_from_weight_decay = c("bias", NA))
+    optimizer_lion(exclude_from_weight_decay = "(unclosed")
+    optimizer_lion(skip_nonfinite = NULL)
+    optimizer_lion(0.1, 0.9, 0.99, NULL, NULL, NULL, NULL, FALSE, 0.99, NULL, "lion", TRUE)
+  })
+})
+
+test_that("an unknown argument in ... is an error naming it", {
+  skip_if_no_keras()
+  expect_snapshot(error = TRUE, {
+    optimizer_lion(decay = 0.1, amsgrad = TRUE)
+  })
+})
+
+test_that("it returns the Python optimizer with the arguments converted", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  opt <- optimizer_lion(
+    learning_rate = 1L, weight_decay = NULL, gradient_accumulation_steps = 10,
+    use_ema = TRUE, ema_overwrite_frequency = 3, exclude_from_weight_decay = "bias"
+  )
+  expect_true(reticulate::import_builtins()$isinstance(opt, keras$optimizers$Optimizer))
+  expect_s3_class(opt, "keraslion.lion.Lion")
+  config <- opt$get_config()
+  expect_identical(config$learning_rate, 1)
+  expect_null(config$weight_decay)
+  # Whole numbers arrive as Python ints (a Python float would come back a double).
+  expect_identical(config$gradient_accumulation_steps, 10L)
+  expect_identical(config$ema_overwrite_frequency, 3L)
+  # One pattern stays one pattern, not a set of characters.
+  expect_identical(config$exclude_from_weight_decay, "bias")
+  expect_identical(config$name, "lion")
+})
+
+test_that("a Python-side error reaches R as an R error and R carries on", {
+  skip_if_no_keras()
+  expect_error(keraslion:::keraslion_py$Lion(beta_2 = 1.5), "beta_2")
+  expect_s3_class(optimizer_lion(), "keraslion.lion.Lion")
+})
+
+test_that("one step reproduces Keras's published Lion example", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  opt <- optimizer_lion(learning_rate = 0.5)
+  variable <- keras$Variable(array(c(1, 2, 3, 4)))
+  opt$apply(list(keras$ops$convert_to_tensor(array(c(1, 6, 7, 2)))), list(variable))
+  expect_equal(as.vector(as_r_array(variable)), c(0.5, 1.5, 2.5, 3.5))
+})
+
+test_that("R functions work as learning rate and betas", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  calls <- 0
+  opt <- optimizer_lion(
+    learning_rate = function() {
+      calls <<- calls + 1
+      0.25
+    },
+    beta_1 = function() 0.5
+  )
+  variable <- keras$Variable(array(c(1, 1)))
+  gradient <- keras$ops$convert_to_tensor(array(c(1, -1)))
+  opt$apply(list(gradient), list(variable))
+  expect_equal(as.vector(as_r_array(variable)), c(0.75, 1.25))
+  expect_gt(calls, 0)
+})
+
+test_that("a model trained with optimizer_lion() classifies iris", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  keras$utils$set_random_seed(1L)
+  x <- scale(as.matrix(iris[, 1:4]))
+  y <- as.integer(iris$Species) - 1L
+  model <- keras$Sequential(list(
+    keras$Input(shape = list(4L)),
+    keras$layers$Dense(16L, activation = "relu"),
+    keras$layers$Dense(3L, activation = "softmax")
+  ))
+  model$compile(
+    optimizer = optimizer_lion(learning_rate = 0.01, weight_decay = 0.01),
+    loss = "sparse_categorical_crossentropy",
+    metrics = list("accuracy")
+  )
+  history <- model$fit(x, array(y), epochs = 40L, batch_size = 16L, verbose = 0L)
+  accuracy <- unlist(history$history$accuracy)
+  expect_gte(accuracy[[length(accuracy)]], 0.9)
+  expect_lt(history$history$loss[[40]], history$history$loss[[1]])
+})

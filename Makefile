@@ -9,6 +9,8 @@ export RETICULATE_PYTHON := $(PYTHON)
 export KERAS_BACKEND ?= jax
 export TF_CPP_MIN_LOG_LEVEL := 3
 export _R_CHECK_SYSTEM_CLOCK_ := 0
+# Run the snapshot tests of error messages in R CMD check too.
+export NOT_CRAN := true
 
 .PHONY: setup demo test bench site document clean
 

@@ -1,2 +1,5 @@
 #' @keywords internal
 "_PACKAGE"
+
+#' @importFrom rlang caller_env
+NULL

@@ -58,7 +58,7 @@ is_number <- function(x) {
 # or a Python object is passed through for Python to use as a callable.
 as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
                       upper_closed = FALSE, allow_null = FALSE,
-                      allow_callable = FALSE, call = rlang::caller_env()) {
+                      allow_callable = FALSE, call = caller_env()) {
   if (allow_null && is.null(x)) {
     return(NULL)
   }
@@ -82,7 +82,7 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
 
 # `NULL` or a whole number (integer or double) at least `lower`, as an
 # integer, which reticulate passes to Python as an `int`.
-as_whole_number <- function(x, arg, lower, call = rlang::caller_env()) {
+as_whole_number <- function(x, arg, lower, call = caller_env()) {
   if (is.null(x)) {
     return(NULL)
   }
@@ -93,14 +93,14 @@ as_whole_number <- function(x, arg, lower, call = rlang::caller_env()) {
   as.integer(x)
 }
 
-check_flag <- function(x, arg, call = rlang::caller_env()) {
+check_flag <- function(x, arg, call = caller_env()) {
   if (!is.logical(x) || length(x) != 1 || is.na(x)) {
     abort_arg(arg, "`TRUE` or `FALSE`", x, call)
   }
   x
 }
 
-check_string <- function(x, arg, allow_null = FALSE, call = rlang::caller_env()) {
+check_string <- function(x, arg, allow_null = FALSE, call = caller_env()) {
   if (allow_null && is.null(x)) {
     return(NULL)
   }
@@ -112,7 +112,7 @@ check_string <- function(x, arg, allow_null = FALSE, call = rlang::caller_env())
 }
 
 # `NULL` or one of `values`.
-check_choice <- function(x, arg, values, call = rlang::caller_env()) {
+check_choice <- function(x, arg, values, call = caller_env()) {
   if (is.null(x)) {
     return(NULL)
   }
@@ -125,7 +125,7 @@ check_choice <- function(x, arg, values, call = rlang::caller_env()) {
 
 # `NULL` or a character vector of regular expressions, as a list so that a
 # single pattern reaches Python as a list of one string.
-as_patterns <- function(x, arg, call = rlang::caller_env()) {
+as_patterns <- function(x, arg, call = caller_env()) {
   if (is.null(x)) {
     return(NULL)
   }
@@ -148,7 +148,7 @@ as_patterns <- function(x, arg, call = rlang::caller_env()) {
   as.list(x)
 }
 
-check_at_most_one <- function(args, call = rlang::caller_env()) {
+check_at_most_one <- function(args, call = caller_env()) {
   set <- names(Filter(Negate(is.null), args))
   if (length(set) > 1) {
     cli::cli_abort(
@@ -164,7 +164,7 @@ check_at_most_one <- function(args, call = rlang::caller_env()) {
 }
 
 # Extra arguments in `...` must all be named ...
-check_dots_named <- function(dots, call = rlang::caller_env()) {
+check_dots_named <- function(dots, call = caller_env()) {
   dot_names <- names(dots)
   if (length(dots) > 0 && (is.null(dot_names) || any(!nzchar(dot_names)))) {
     cli::cli_abort(
@@ -177,7 +177,7 @@ check_dots_named <- function(dots, call = rlang::caller_env()) {
 }
 
 # ... and each must be an argument that `fn`, a Python callable, accepts.
-check_dots_known <- function(dots, fn, call = rlang::caller_env()) {
+check_dots_known <- function(dots, fn, call = caller_env()) {
   if (length(dots) == 0) {
     return(dots)
   }

@@ -16,7 +16,7 @@ record() { echo "$1 $2 $3 $4" >> "$results/counts.txt"; }
 section() { printf '\n==== %s ====\n' "$1"; }
 
 section "ruff (Python lint)"
-if "$python" -m ruff check inst/python tests/python; then
+if "$python" -m ruff check --config inst/python/pyproject.toml inst/python tests/python; then
   record ruff 1 0 0
 else
   record ruff 0 1 0

@@ -26,7 +26,8 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     cache = optimizer.__dict__.setdefault("_tf_compiled_updates", {})
     if keys not in cache:
         cache[keys] = _compile(optimizer, list(variables))
-    betas = [tf.constant(resolve(beta), tf.float32) for beta in (optimizer.beta_1, optimizer.beta_2)]
+    # float64, so that float64 variables get their betas unrounded.
+    betas = [tf.constant(resolve(b), tf.float64) for b in (optimizer.beta_1, optimizer.beta_2)]
     grads = [tf.convert_to_tensor(g) for g in grads]
     cache[keys](grads, tf.convert_to_tensor(learning_rate), *betas)
 

@@ -39,5 +39,6 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
         stored = ops.cast(m, step.momentum.dtype)
         optimizer.assign(step.momentum, stored)
         ratio = step.beta_1 / step.beta_2
-        c = ratio * ops.cast(stored, m.dtype) + ((1 - step.beta_1) - ratio * (1 - step.beta_2)) * step.g
+        gradient_weight = (1 - step.beta_1) - ratio * (1 - step.beta_2)
+        c = ratio * ops.cast(stored, m.dtype) + gradient_weight * step.g
         optimizer.descend(variable, step, c)

@@ -291,7 +291,7 @@ class Lion(keras.optimizers.Optimizer):
         if not self.skip_nonfinite:
             return super().apply(grads, trainable_variables)
         if not self.built and trainable_variables is not None:
-            with keras.backend.name_scope(self.name, caller=self):
+            with keras.name_scope(self.name, caller=self):
                 self.build(list(trainable_variables))
         finite = ops.all(ops.stack([ops.all(ops.isfinite(ops.convert_to_tensor(g)))
                                     for g in grads if g is not None]))

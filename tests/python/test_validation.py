@@ -1,0 +1,95 @@
+"""Every bad argument gets a ValueError or TypeError naming it and the value received."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keraslion import Lion
+
+BAD_ARGUMENTS = [
+    ({"learning_rate": -0.1}, "learning_rate"),
+    ({"learning_rate": math.nan}, "learning_rate"),
+    ({"learning_rate": math.inf}, "learning_rate"),
+    ({"learning_rate": "0.1"}, "learning_rate"),
+    ({"beta_1": 0.0}, "beta_1"),
+    ({"beta_1": 1.1}, "beta_1"),
+    ({"beta_2": 1.0}, "beta_2"),
+    ({"beta_2": -0.5}, "beta_2"),
+    ({"weight_decay": -1e-4}, "weight_decay"),
+    ({"weight_decay": math.nan}, "weight_decay"),
+    ({"clipnorm": 0.0}, "clipnorm"),
+    ({"clipvalue": -1.0}, "clipvalue"),
+    ({"global_clipnorm": math.inf}, "global_clipnorm"),
+    ({"use_ema": 1}, "use_ema"),
+    ({"ema_momentum": 1.5}, "ema_momentum"),
+    ({"ema_overwrite_frequency": 0}, "ema_overwrite_frequency"),
+    ({"ema_overwrite_frequency": 2.5}, "ema_overwrite_frequency"),
+    ({"gradient_accumulation_steps": 1}, "gradient_accumulation_steps"),
+    ({"gradient_accumulation_steps": True}, "gradient_accumulation_steps"),
+    ({"loss_scale_factor": 0.0}, "loss_scale_factor"),
+    ({"name": ""}, "name"),
+    ({"name": 3}, "name"),
+    ({"momentum_dtype": "int8"}, "momentum_dtype"),
+    ({"momentum_dtype": "float31"}, "momentum_dtype"),
+    ({"cautious": "yes"}, "cautious"),
+    ({"skip_nonfinite": None}, "skip_nonfinite"),
+    ({"exclude_from_weight_decay": ["bias", ""]}, "exclude_from_weight_decay"),
+    ({"exclude_from_weight_decay": "(unclosed"}, "exclude_from_weight_decay"),
+]
+
+
+@pytest.mark.parametrize("kwargs, argument", BAD_ARGUMENTS,
+                         ids=[f"{a}={v!r}" for (k, a) in BAD_ARGUMENTS for v in k.values()])
+def test_bad_argument_is_named_with_its_value(kwargs, argument):
+    with pytest.raises((ValueError, TypeError)) as error:
+        Lion(**kwargs)
+    message = str(error.value)
+    assert f"`{argument}`" in message
+    if "Received" in message:
+        assert f"{argument}=" in message
+
+
+def test_two_clipping_arguments_are_refused():
+    with pytest.raises(ValueError, match="Only one of"):
+        Lion(clipnorm=1.0, clipvalue=1.0)
+
+
+def test_unknown_keyword_is_refused():
+    with pytest.raises(ValueError, match="amsgrad"):
+        Lion(amsgrad=True)
+
+
+def test_good_values_at_the_edges_are_accepted():
+    optimizer = Lion(learning_rate=0, beta_1=1.0, beta_2=0.0, weight_decay=0.0,
+                     ema_momentum=0.0, ema_overwrite_frequency=3.0,
+                     gradient_accumulation_steps=2.0, momentum_dtype="bfloat16")
+    config = optimizer.get_config()
+    assert config["learning_rate"] == 0.0
+    assert config["ema_overwrite_frequency"] == 3 and isinstance(
+        config["ema_overwrite_frequency"], int)
+    assert isinstance(config["gradient_accumulation_steps"], int)
+
+
+def test_int_learning_rate_is_accepted_as_float():
+    assert Lion(learning_rate=1).get_config()["learning_rate"] == 1.0
+
+
+def test_zero_dimensional_tensor_betas_are_accepted():
+    optimizer = Lion(beta_1=np.float32(0.8), beta_2=keras.ops.convert_to_tensor(0.95))
+    assert optimizer.beta_1 == pytest.approx(0.8)
+    assert optimizer.beta_2 == pytest.approx(0.95)
+
+
+def test_a_failed_call_leaves_weights_and_state_untouched():
+    optimizer = Lion(learning_rate=0.1, weight_decay=0.1)
+    variable = keras.Variable(np.ones(3, np.float32))
+    optimizer.apply([keras.ops.ones((3,))], [variable])
+    weights = keras.ops.convert_to_numpy(variable).copy()
+    state = [keras.ops.convert_to_numpy(v).copy() for v in optimizer.variables]
+    with pytest.raises(ValueError):
+        optimizer.exclude_from_weight_decay(var_names="bias")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), weights)
+    for before, after in zip(state, optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), before)

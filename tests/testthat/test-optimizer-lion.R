@@ -138,3 +138,35 @@ test_that("a model trained with optimizer_lion() classifies iris", {
   expect_gte(accuracy[[length(accuracy)]], 0.9)
   expect_lt(history$history$loss[[40]], history$history$loss[[1]])
 })
+
+test_that("keraslion's own options reach Python", {
+  skip_if_no_keras()
+  opt <- optimizer_lion(
+    momentum_dtype = "bfloat16", cautious = TRUE,
+    exclude_from_weight_decay = c("bias", "norm"), skip_nonfinite = TRUE
+  )
+  config <- opt$get_config()
+  expect_identical(config$momentum_dtype, "bfloat16")
+  expect_true(config$cautious)
+  expect_identical(config$exclude_from_weight_decay, c("bias", "norm"))
+  expect_true(config$skip_nonfinite)
+})
+
+test_that("exclude_from_weight_decay spares matching weights in a model", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  model <- keras$Sequential(list(
+    keras$Input(shape = list(2L)),
+    keras$layers$Dense(2L, bias_initializer = "ones", name = "dense")
+  ))
+  opt <- optimizer_lion(learning_rate = 0.1, weight_decay = 0.5,
+                        exclude_from_weight_decay = "bias")
+  variables <- model$trainable_variables
+  zeros <- lapply(variables, function(v) keras$ops$zeros(v$shape))
+  kernel_before <- as_r_array(variables[[1]])
+  opt$apply(zeros, variables)
+  # Zero gradients: only the decay moves weights, and only the kernel's.
+  expect_equal(as_r_array(variables[[1]]), kernel_before * (1 - 0.1 * 0.5),
+               tolerance = 1e-6)
+  expect_equal(as.vector(as_r_array(variables[[2]])), c(1, 1))
+})

@@ -151,16 +151,36 @@ def test_exclusion_by_method_matches_keras():
 
 # Training --------------------------------------------------------------------------
 
-def test_fit_lowers_the_loss():
+# "auto" is XLA on JAX and TensorFlow; on torch it is eager (torch.compile is slow to start).
+@pytest.mark.parametrize("jit_compile", ["auto", False])
+def test_fit_lowers_the_loss(jit_compile):
     x = rng.normal(size=(512, 8)).astype(np.float32)
     y = (x @ rng.normal(size=(8, 1)) > 0).astype(np.float32)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer=Lion(learning_rate=3e-3, weight_decay=0.01),
-                  loss="binary_crossentropy", metrics=["accuracy"])
+                  loss="binary_crossentropy", metrics=["accuracy"], jit_compile=jit_compile)
     history = model.fit(x, y, epochs=8, batch_size=32, verbose=0).history
     assert history["loss"][-1] < 0.6 * history["loss"][0]
     assert history["accuracy"][-1] > 0.9
+
+
+def test_fit_with_embedding_gradients_matches_plain_path():
+    # On TensorFlow, an Embedding's gradient is sparse (IndexedSlices).
+    x = rng.integers(0, 50, size=(64, 5))
+    y = rng.normal(size=(64, 1)).astype(np.float32)
+    losses = []
+    for fast in (True, False):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(50, 4),
+                                  keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+        optimizer = Lion(learning_rate=1e-2, weight_decay=0.01)
+        if not fast:
+            optimizer._fast_path = None
+        model.compile(optimizer=optimizer, loss="mse")
+        losses.append(model.fit(x, y, epochs=3, shuffle=False, verbose=0).history["loss"])
+    assert losses[0][-1] < losses[0][0]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
 def test_is_a_keras_optimizer_with_one_momentum_per_variable():

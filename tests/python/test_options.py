@@ -165,3 +165,21 @@ def test_options_survive_save_and_load(tmp_path):
     assert config["exclude_from_weight_decay"] == ["bias", "norm"]
     assert config["momentum_dtype"] == "bfloat16"
     assert {m.dtype for m in loaded.optimizer._momentums} == {"bfloat16"}
+
+
+def test_exclusion_inside_fit():
+    # The "idle" layer's output is multiplied by zero: its gradient is zero, so
+    # only weight decay moves it, by a factor (1 - lr * wd) per step.
+    inputs = keras.Input((3,))
+    used = keras.layers.Dense(1, name="used")(inputs)
+    idle = keras.layers.Dense(1, name="idle", kernel_initializer="ones",
+                              bias_initializer="ones")(inputs)
+    model = keras.Model(inputs, used + 0.0 * idle)
+    model.compile(optimizer=Lion(learning_rate=0.01, weight_decay=0.5,
+                                 exclude_from_weight_decay="idle/bias"), loss="mse")
+    x = np.ones((32, 3), np.float32)
+    steps = 4
+    model.fit(x, np.zeros((32, 1), np.float32), batch_size=8, epochs=1, verbose=0)
+    kernel, bias = (to_numpy(v) for v in model.get_layer("idle").trainable_variables)
+    np.testing.assert_allclose(kernel, np.full((3, 1), (1 - 0.01 * 0.5) ** steps), rtol=1e-6)
+    np.testing.assert_array_equal(bias, [1.0])

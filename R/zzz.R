@@ -3,6 +3,7 @@
 keraslion_py <- NULL
 
 .onLoad <- function(libname, pkgname) {
+  declare_python_requirements()
   keraslion_py <<- reticulate::import_from_path(
     "keraslion",
     path = system.file("python", package = pkgname),

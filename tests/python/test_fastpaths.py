@@ -1,0 +1,180 @@
+"""Each backend's fast path against the plain path (`Lion.update_step`).
+
+The fast paths compute the same step in another order (momentum first under
+XLA, `lerp` on PyTorch), so `c` can differ in its last bits and `sign(c)` can
+flip where `c` is within rounding of zero: a few elements may then differ by
+about 2 * learning_rate. The momentum does not depend on the weights, so it
+must match closely whatever the flips.
+"""
+
+import types
+
+import keras
+import numpy as np
+import pytest
+from conftest import to_numpy
+
+from keraslion import Lion
+
+BACKEND = keras.backend.backend()
+LR = 0.01
+# Mixed shapes: small tensors, and one larger than a torch block (2**17).
+SHAPES = [(17, 5), (5,), (3, 4, 2), (1,), (400, 401)]
+
+SETTINGS = {
+    "defaults": {},
+    "weight_decay": {"weight_decay": 0.3},
+    "exclusion": {"weight_decay": 0.3, "exclude_from_weight_decay": ["bias"]},
+    "cautious": {"cautious": True, "weight_decay": 0.1},
+    "bfloat16_momentum": {"momentum_dtype": "bfloat16", "weight_decay": 0.1},
+    "callable_betas": {"beta_1": lambda: 0.95, "beta_2": lambda: 0.98},
+    "beta_1_one": {"beta_1": 1.0},
+}
+
+
+def trajectory(settings, fast, steps=30, seed=1):
+    rng = np.random.default_rng(seed)
+    optimizer = Lion(learning_rate=LR, **settings)
+    if not fast:
+        optimizer._fast_path = None
+    names = ["kernel", "bias", "kernel_3d", "scale", "embedding"]
+    variables = [keras.Variable(rng.normal(size=s).astype(np.float32), name=n)
+                 for s, n in zip(SHAPES, names)]
+    for _ in range(steps):
+        grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype(np.float32))
+                 for s in SHAPES]
+        optimizer.apply(grads, variables)
+    momentums = [to_numpy(m).astype(np.float32) for m in optimizer._momentums]
+    return [to_numpy(v) for v in variables], momentums, optimizer
+
+
+@pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS.keys())
+def test_fast_path_matches_plain_path(settings):
+    fast, fast_m, _ = trajectory(settings, fast=True)
+    plain, plain_m, _ = trajectory(settings, fast=False)
+    bf16 = settings.get("momentum_dtype") == "bfloat16"
+    for ours, theirs, m_ours, m_theirs in zip(fast, plain, fast_m, plain_m):
+        # Momentum: rounding only (bfloat16: a unit in the last place, now and then).
+        np.testing.assert_allclose(m_ours, m_theirs, rtol=1e-2 if bf16 else 1e-5,
+                                   atol=1e-3 if bf16 else 1e-6)
+        # Weights: equal but for rare sign flips where c is within rounding of zero
+        # (more with a bfloat16 momentum, whose rounding the fast paths see once more).
+        off = ~np.isclose(ours, theirs, rtol=1e-5, atol=1e-5)
+        assert off.mean() <= (0.02 if bf16 else 0.002), f"{off.sum()} of {off.size} differ"
+        assert np.all(np.abs(ours - theirs) <= 2 * LR * 30 + 1e-5)
+
+
+def spy_on_fast_path(optimizer):
+    """Replaces the optimizer's fast path by one that counts its updates."""
+    fast, calls = optimizer._fast_path, []
+
+    def update(*args, **kwargs):
+        calls.append(1)
+        return fast.update(*args, **kwargs)
+
+    optimizer._fast_path = types.SimpleNamespace(supports=fast.supports, update=update)
+    return calls
+
+
+@pytest.mark.parametrize("settings", [{}, {"weight_decay": 0.1},
+                                      {"momentum_dtype": "bfloat16"}],
+                         ids=["defaults", "weight_decay", "bfloat16_momentum"])
+def test_fast_path_is_taken(settings):
+    optimizer = Lion(learning_rate=LR, **settings)
+    assert optimizer._fast_path is not None, f"no fast path on {BACKEND}"
+    calls = spy_on_fast_path(optimizer)
+    variables = [keras.Variable(np.ones(s, np.float32)) for s in SHAPES]
+    for _ in range(3):
+        optimizer.apply([keras.ops.ones(s) for s in SHAPES], variables)
+    assert len(calls) == 3
+
+
+def test_fast_path_is_taken_inside_fit():
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    optimizer = Lion(learning_rate=LR)
+    model.compile(optimizer=optimizer, loss="mse")
+    model.build((None, 4))
+    optimizer.build(model.trainable_variables)
+    calls = spy_on_fast_path(optimizer)
+    model.fit(x, x[:, :1], epochs=1, batch_size=16, verbose=0)
+    assert calls  # traced once under jit/tf.function, called every step in eager torch
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA buffer reuse under JAX")
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16"])
+def test_jax_step_copies_no_momentum(momentum_dtype):
+    """jit(stateless_apply) with donated buffers updates weights and momentum in place."""
+    import jax
+
+    optimizer = Lion(weight_decay=0.01, momentum_dtype=momentum_dtype)
+    variables = [keras.Variable(np.ones((256, 128), np.float32))]
+    optimizer.build(variables)
+
+    def step(trainable, state, grads):
+        return optimizer.stateless_apply(state, grads, trainable)
+
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+        [v.value for v in variables], [v.value for v in optimizer.variables],
+        [keras.ops.ones((256, 128))]).compile()
+    copies = [line for line in compiled.as_text().splitlines() if " copy(" in line]
+    if momentum_dtype == "bfloat16":
+        # XLA fuses the bfloat16 rounding of the new momentum into the weight
+        # update and so reads the old momentum twice: one copy of 2 bytes/param.
+        assert len(copies) <= 1
+    else:
+        assert copies == []
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's compiled update")
+def test_tensorflow_update_is_traced_once():
+    optimizer = Lion(learning_rate=LR, beta_1=lambda: 0.9)
+    variables = [keras.Variable(np.ones(s, np.float32)) for s in SHAPES]
+    for _ in range(4):
+        optimizer.apply([keras.ops.ones(s) for s in SHAPES], variables)
+    (compiled,) = optimizer._tf_compiled_updates.values()
+    assert compiled.experimental_get_tracing_count() == 1
+
+
+# bfloat16 momentum -------------------------------------------------------------
+
+def test_bfloat16_momentum_is_stored_in_bfloat16():
+    optimizer = Lion(momentum_dtype="bfloat16")
+    variables = [keras.Variable(np.ones(s, np.float32)) for s in [(3, 2), (2,)]]
+    optimizer.build(variables)
+    assert [m.dtype for m in optimizer._momentums] == ["bfloat16", "bfloat16"]
+    optimizer.apply([keras.ops.ones((3, 2)), keras.ops.ones(2)], variables)
+    assert [v.dtype for v in variables] == ["float32", "float32"]
+    assert [m.dtype for m in optimizer._momentums] == ["bfloat16", "bfloat16"]
+
+
+def synthetic_task(seed=0, n=2048, features=20, classes=4):
+    """A teacher network's labels on Gaussian inputs: nothing to download."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype(np.float32)
+    hidden = np.tanh(x @ rng.normal(size=(features, 32)))
+    y = np.argmax(hidden @ rng.normal(size=(32, classes)), axis=1)
+    return x, y
+
+
+def train(momentum_dtype):
+    keras.utils.set_random_seed(0)
+    x, y = synthetic_task()
+    model = keras.Sequential([keras.Input((x.shape[1],)),
+                              keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(4)])
+    model.compile(optimizer=Lion(learning_rate=1e-3, weight_decay=0.05,
+                                 momentum_dtype=momentum_dtype),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    history = model.fit(x[:1536], y[:1536], epochs=6, batch_size=64, verbose=0).history
+    _, accuracy = model.evaluate(x[1536:], y[1536:], verbose=0)
+    return history["loss"], accuracy
+
+
+def test_bfloat16_momentum_training_tracks_float32():
+    loss_32, accuracy_32 = train(None)
+    loss_16, accuracy_16 = train("bfloat16")
+    assert loss_32[-1] < 0.5 * loss_32[0]
+    np.testing.assert_allclose(loss_16, loss_32, rtol=0.1)
+    assert abs(accuracy_16 - accuracy_32) <= 0.03

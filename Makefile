@@ -28,6 +28,10 @@ demo: setup
 test: setup
 	tools/run-tests.sh
 
+# Benchmark of the Lion step (bench/; BENCH_ARGS=--quick for a short run).
+bench: setup
+	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+
 document: setup
 	Rscript -e 'roxygen2::roxygenise()'
 

@@ -92,6 +92,8 @@ def report(cells: dict, fits: list[dict], bw: dict, meta: dict) -> str:
         "",
         f"Run {meta['date']} on {meta['machine']}; {meta['threads']} thread(s)"
         + (f", pinned to CPU {meta['cpu']}" if meta["threads"] == 1 else "")
+        + (", TensorFlow and JAX/torch workers on separate CPUs at the same time (sharing "
+           "memory bandwidth)" if meta["parallel"] else "")
         + f"; {'quick' if meta['quick'] else 'full'} run, {meta['minutes']:.1f} min. "
         f"Load average before/after: {meta['load_before']} / {meta['load_after']}.",
         "",
@@ -212,6 +214,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, choices=[1, 2])
     parser.add_argument("--cpu", type=int, default=1, help="the CPU to pin to with --threads 1")
     parser.add_argument("--backends", default="jax,tensorflow,torch")
+    parser.add_argument("--parallel", action="store_true",
+                        help="with --threads 1: TensorFlow on --cpu and the rest on the other "
+                             "CPU at the same time (shorter, but they share memory bandwidth)")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     start = time.time()
@@ -219,10 +224,25 @@ def main() -> None:
     print("bandwidth probe ...", file=sys.stderr, flush=True)
     bw = bandwidth_probe(args.cpu if args.threads == 1 else None)
     print(f"  copy {bw['copy']:.1f} GB/s, triad {bw['triad']:.1f} GB/s", file=sys.stderr)
-    records = []
-    for backend in args.backends.split(","):
-        print(f"{backend} ...", file=sys.stderr, flush=True)
-        records += run_worker(backend, args)
+    backends = args.backends.split(",")
+    if args.parallel and args.threads == 1:
+        # TensorFlow alone on --cpu, the others one after another on the other CPU.
+        from concurrent.futures import ThreadPoolExecutor
+
+        other = argparse.Namespace(**{**vars(args), "cpu": 1 - args.cpu})
+        lanes = [([b for b in backends if b == "tensorflow"], args),
+                 ([b for b in backends if b != "tensorflow"], other)]
+
+        def lane(job: tuple[list[str], argparse.Namespace]) -> list[dict]:
+            return [r for backend in job[0] for r in run_worker(backend, job[1])]
+
+        with ThreadPoolExecutor(2) as pool:
+            records = [r for done in pool.map(lane, lanes) for r in done]
+    else:
+        records = []
+        for backend in backends:
+            print(f"{backend} ...", file=sys.stderr, flush=True)
+            records += run_worker(backend, args)
     with open(RESULTS / "results.jsonl", "w") as out:
         for r in records:
             out.write(json.dumps(r) + "\n")
@@ -230,7 +250,7 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "cpu": args.cpu,
             "quick": args.quick, "minutes": (time.time() - start) / 60,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
-            "load_before": " ".join(load_before),
+            "load_before": " ".join(load_before), "parallel": args.parallel,
             "load_after": " ".join(open("/proc/loadavg").read().split()[:3])}
     text = report(cells, [r for r in records if r["kind"] == "fit"], bw, meta)
     (RESULTS / "results.md").write_text(text)

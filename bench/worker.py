@@ -24,7 +24,7 @@ ARGS.add_argument("--quick", action="store_true")
 ARGS.add_argument("--threads", type=int, default=1)
 ARGS.add_argument("--cpu", type=int, default=1)
 ARGS.add_argument("--all-cases", action="store_true",
-                  help="also time the TF graph paths on the 2000-tensor case (long compiles)")
+                  help="also time the compiled paths on the 2000-tensor case (long compiles)")
 ARGS = ARGS.parse_args()
 if ARGS.threads == 1:  # Pin before the frameworks start their thread pools.
     os.sched_setaffinity(0, {ARGS.cpu})
@@ -236,9 +236,9 @@ def main() -> None:
     rounds, seconds = (2, 0.3) if ARGS.quick else (3, 0.8)
     for path in PATHS:
         for case in CASES:
-            graph_tf = BACKEND == "tensorflow" and path != "eager"
-            if case == "2000x1k" and graph_tf and not ARGS.all_cases:
-                continue  # Minutes of tracing and XLA compiling per optimizer.
+            compiled = path != "eager"
+            if case == "2000x1k" and compiled and not ARGS.all_cases:
+                continue  # 1-3 minutes of tracing and XLA compiling per optimizer.
             bench_cell(path, case, rounds, seconds)
     bench_fit(epochs=2 if ARGS.quick else 3, samples=5120 if ARGS.quick else 10240)
 

@@ -58,26 +58,29 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     plan = _plan(optimizer, variables)
     grads = [g if isinstance(g, torch.Tensor) and g.dtype == p.dtype
              else torch.as_tensor(g).to(p.dtype) for g, p in zip(grads, plan.params)]
+    # 1 - beta in the variables' dtype, as the plain path computes it.
+    weights = {dtype: [float(1 - torch.tensor(b, dtype=dtype)) for b in (beta_1, beta_2)]
+               for dtype in {block.scratch[0].dtype for block in plan.blocks}}
     for block in plan.blocks:
         gs = [grads[i] if part is None else grads[i].reshape(-1)[part]
               for i, part in block.grads]
-        _lion(block.params, block.momentums, gs, block.scratch, lr, beta_1, beta_2,
-              weight_decay if block.decayed else 0.0)
+        _lion(block.params, block.momentums, gs, block.scratch, lr,
+              *weights[block.scratch[0].dtype], weight_decay if block.decayed else 0.0)
 
 
 def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], lr: float,
-          beta_1: float, beta_2: float, weight_decay: float) -> None:
+          one_minus_beta_1: float, one_minus_beta_2: float, weight_decay: float) -> None:
     torch._foreach_copy_(cs, ms)
-    torch._foreach_lerp_(cs, gs, 1 - beta_1)
+    torch._foreach_lerp_(cs, gs, one_minus_beta_1)
     torch._foreach_sign_(cs)
     if weight_decay:
         torch._foreach_add_(cs, ps, alpha=weight_decay)
     torch._foreach_add_(ps, cs, alpha=-lr)
     if ms[0].dtype == cs[0].dtype:
-        torch._foreach_lerp_(ms, gs, 1 - beta_2)
+        torch._foreach_lerp_(ms, gs, one_minus_beta_2)
     else:  # Widen, update in the variable's dtype, round back once.
         torch._foreach_copy_(cs, ms)
-        torch._foreach_lerp_(cs, gs, 1 - beta_2)
+        torch._foreach_lerp_(cs, gs, one_minus_beta_2)
         torch._foreach_copy_(ms, cs)
 
 

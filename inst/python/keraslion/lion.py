@@ -290,30 +290,77 @@ class Lion(keras.optimizers.Optimizer):
     def apply(self, grads: list[Any], trainable_variables: list[Any] | None = None) -> None:
         if not self.skip_nonfinite:
             return super().apply(grads, trainable_variables)
-        if not self.built and trainable_variables is not None:
-            with keras.name_scope(self.name, caller=self):
-                self.build(list(trainable_variables))
-        finite = ops.all(ops.stack([ops.all(ops.isfinite(ops.convert_to_tensor(g)))
-                                    for g in grads if g is not None]))
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                with keras.name_scope(self.name, caller=self):
+                    self.build(trainable_variables)
         apply = super().apply
+        if not self.built or all(g is None for g in grads):
+            # Nothing to check: Keras's apply returns or raises its own error.
+            return apply(grads, trainable_variables)
 
-        if keras.backend.backend() == "jax":
-            # JAX traces both branches without side effects: compute the step,
-            # then keep the old values where the gradients were not finite.
-            state = [*(trainable_variables or self._trainable_variables), *self.variables]
-            state = [v for v in state if v is not self._nonfinite_steps]
-            before = [v.value for v in state]
-            apply(grads, trainable_variables)
-            for variable, old in zip(state, before):
-                variable.assign(ops.where(finite, variable.value, old))
-            self._nonfinite_steps.assign_add(ops.cast(ops.logical_not(finite), "int32"))
-            return None
-
-        def count_skipped() -> None:
-            self._nonfinite_steps.assign_add(1)
-
-        ops.cond(finite, lambda: apply(grads, trainable_variables), count_skipped)
+        backend = keras.backend.backend()
+        if backend == "jax":
+            self._apply_where_finite(apply, grads, trainable_variables)
+        elif backend == "tensorflow":
+            self._tf_apply_if_finite(apply, grads, trainable_variables)
+        else:
+            ops.cond(self._all_finite(grads),
+                     lambda: apply(grads, trainable_variables), self._count_skipped)
         return None
+
+    @staticmethod
+    def _all_finite(grads: list[Any]) -> Any:
+        return ops.all(ops.stack([ops.all(ops.isfinite(ops.convert_to_tensor(g)))
+                                  for g in grads if g is not None]))
+
+    def _count_skipped(self) -> None:
+        self._nonfinite_steps.assign_add(1)
+
+    def _apply_where_finite(self, apply: Callable[..., Any], grads: list[Any],
+                            trainable_variables: list[Any] | None) -> None:
+        # JAX traces both branches of a cond without side effects, and
+        # `stateless_apply` (used by fit()) runs this in a StatelessScope:
+        # compute the step, then keep the old values if a gradient was not finite.
+        finite = self._all_finite(grads)
+        state = [v for v in (*self._trainable_variables, *self.variables)
+                 if v is not self._nonfinite_steps]
+        before = [v.value for v in state]
+        apply(grads, trainable_variables)
+        for variable, old in zip(state, before):
+            variable.assign(ops.where(finite, variable.value, old))
+        self._nonfinite_steps.assign_add(
+            ops.cast(ops.logical_not(finite), self._nonfinite_steps.dtype))
+
+    def _tf_apply_if_finite(self, apply: Callable[..., Any], grads: list[Any],
+                            trainable_variables: list[Any] | None) -> None:
+        import tensorflow as tf
+
+        replica_context = tf.distribute.get_replica_context()
+        if not tf.distribute.has_strategy() or replica_context is None:
+            # No strategy, or a cross-replica context: a plain cond.
+            ops.cond(self._all_finite(grads),
+                     lambda: apply(grads, trainable_variables), self._count_skipped)
+            return
+        # Each replica holds its own gradients (Keras all-reduces them inside
+        # `apply`), so the replicas must agree on whether to step; and `apply`
+        # synchronizes them (`merge_call`), which cannot happen inside a cond in
+        # a replica context. So decide, and step, in a cross-replica context
+        # (as keras.optimizers.LossScaleOptimizer does).
+        def cross_replica(distribution: Any, grads: list[Any],
+                          trainable_variables: list[Any] | None) -> None:
+            per_replica = distribution.extended.call_for_each_replica(
+                self._all_finite, args=(grads,))
+            finite = tf.reduce_all(tf.stack(distribution.experimental_local_results(per_replica)))
+
+            def apply_on_each_replica() -> None:
+                distribution.extended.call_for_each_replica(
+                    apply, args=(grads, trainable_variables))
+
+            ops.cond(finite, apply_on_each_replica, self._count_skipped)
+
+        replica_context.merge_call(cross_replica, args=(grads, trainable_variables))
 
     # Serialization ---------------------------------------------------------------
 

@@ -1,0 +1,182 @@
+"""`skip_nonfinite=True`: a step whose gradients hold NaN or Inf changes nothing and is counted.
+
+Also `keras.optimizers.LossScaleOptimizer` wrapping keraslion's Lion, which
+skips such steps on its own. Each test runs on the current Keras backend.
+"""
+
+import keras
+import numpy as np
+import pytest
+from conftest import to_numpy
+
+from keraslion import Lion
+
+BACKEND = keras.backend.backend()
+
+
+def tensor(values):
+    return keras.ops.convert_to_tensor(np.asarray(values, np.float32))
+
+
+def snapshot(optimizer, variables):
+    """(path, value) of every weight and optimizer variable except the skip counter."""
+    state = [*variables, *optimizer.variables]
+    return [(v.path, to_numpy(v).copy()) for v in state if "nonfinite_steps" not in v.path]
+
+
+def assert_same_state(actual, expected):
+    """Bit for bit, variable by variable (in order: paths differ between models)."""
+    assert len(actual) == len(expected)
+    for (path, value), (_, reference) in zip(actual, expected):
+        np.testing.assert_array_equal(value, reference, err_msg=path)
+
+
+# Eager `apply` -----------------------------------------------------------------------
+
+SETTINGS = {
+    "plain": {},
+    "weight_decay_cautious": {"weight_decay": 0.1, "cautious": True},
+    "ema": {"use_ema": True, "ema_momentum": 0.5, "ema_overwrite_frequency": 2},
+    "gradient_accumulation": {"gradient_accumulation_steps": 2},
+    "momentum_dtype": {"momentum_dtype": "bfloat16"},
+}
+
+GOOD = [[0.5, -1.0, 2.0], [1.5, 0.25, -0.5], [-1.0, 1.0, 0.5], [0.3, -0.2, 0.1]]
+BAD = [[np.nan, 1.0, 1.0], [1.0, np.inf, 1.0], [1.0, 1.0, -np.inf]]
+
+
+@pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS.keys())
+def test_skipped_steps_change_nothing_and_are_counted(settings):
+    optimizer = Lion(learning_rate=0.1, skip_nonfinite=True, **settings)
+    variables = [keras.Variable(np.array([1.0, -2.0, 0.5], np.float32), name="w"),
+                 keras.Variable(np.array([[0.1, 0.2], [0.3, 0.4]], np.float32), name="k")]
+    second = tensor(np.ones((2, 2)))
+    optimizer.apply([tensor(GOOD[0]), second], variables)  # momentum etc. now non-trivial
+    before = snapshot(optimizer, variables)
+    iterations = int(to_numpy(optimizer.iterations))
+    for bad in BAD:
+        # A bad gradient for one variable skips the whole step.
+        optimizer.apply([tensor(bad), second], variables)
+    optimizer.apply([tensor(GOOD[1]), tensor(np.full((2, 2), np.nan))], variables)
+    assert_same_state(snapshot(optimizer, variables), before)
+    assert int(to_numpy(optimizer.iterations)) == iterations
+    assert optimizer.nonfinite_steps == len(BAD) + 1
+
+
+@pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS.keys())
+def test_training_on_after_skipped_steps_is_exactly_the_run_without_them(settings):
+    runs = []
+    for with_bad in (False, True):
+        optimizer = Lion(learning_rate=0.1, skip_nonfinite=True, **settings)
+        variable = keras.Variable(np.array([1.0, -2.0, 0.5], np.float32), name="w")
+        for step, good in enumerate(GOOD):
+            if with_bad and step in (1, 3):
+                optimizer.apply([tensor(BAD[step // 2])], [variable])
+            optimizer.apply([tensor(good)], [variable])
+        optimizer.finalize_variable_values([variable])
+        runs.append((snapshot(optimizer, [variable]), optimizer.nonfinite_steps))
+    (clean, clean_skips), (skipped, skips) = runs
+    assert_same_state(skipped, clean)
+    assert (clean_skips, skips) == (0, 2)
+
+
+def test_without_the_option_nan_spreads_and_nothing_is_counted():
+    # The option is off by default; the optimizer then has exactly Keras's variables.
+    optimizer = Lion(learning_rate=0.1)
+    variable = keras.Variable(np.zeros(3, np.float32))
+    optimizer.apply([tensor([np.nan, 1.0, 1.0])], [variable])
+    assert np.isnan(to_numpy(optimizer._momentums[0])[0])
+    assert optimizer.nonfinite_steps == 0
+    reference = keras.optimizers.Lion(learning_rate=0.1)
+    reference.build([variable])
+    assert len(optimizer.variables) == len(reference.variables)
+
+
+def test_counter_starts_at_zero_and_is_an_optimizer_variable():
+    optimizer = Lion(skip_nonfinite=True)
+    assert optimizer.nonfinite_steps == 0  # not built yet
+    optimizer.build([keras.Variable(np.zeros(2, np.float32))])
+    assert optimizer.nonfinite_steps == 0
+    assert any(v.path.endswith("nonfinite_steps") for v in optimizer.variables)
+
+
+# Inside fit() ----------------------------------------------------------------------
+
+def regression_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 5)).astype(np.float32)
+    y = (x @ rng.normal(size=(5, 2))).astype(np.float32)
+    return x, y
+
+
+def with_bad_batch(x, y, after_batches, batch_size=8):
+    """The same data with one batch of NaN inputs inserted after `after_batches` batches."""
+    cut = after_batches * batch_size
+    bad_x = np.full((batch_size, x.shape[1]), np.nan, np.float32)
+    return (np.concatenate([x[:cut], bad_x, x[cut:]]),
+            np.concatenate([y[:cut], y[:batch_size], y[cut:]]))
+
+
+def fit(x, y, optimizer, jit_compile="auto", epochs=2):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(2)])
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
+    model.fit(x, y, batch_size=8, epochs=epochs, shuffle=False, verbose=0)
+    return model
+
+
+def fit_modes():
+    """Compiled fit() as Keras resolves "auto" (JAX: XLA; TensorFlow: tf.function;
+    torch: eager), plus TensorFlow's XLA (`jit_compile=True`)."""
+    modes = ["auto"]
+    if BACKEND == "tensorflow":
+        modes.append(True)
+    return modes
+
+
+@pytest.mark.parametrize("jit_compile", fit_modes())
+def test_fit_skips_nonfinite_batches_exactly(jit_compile):
+    x, y = regression_data()
+    # Mid-way through an accumulation cycle (after 3 batches of 2 per update).
+    bad_x, bad_y = with_bad_batch(x, y, after_batches=3)
+    settings = {"learning_rate": 0.01, "weight_decay": 0.1, "skip_nonfinite": True,
+                "use_ema": True, "ema_overwrite_frequency": 2,
+                "gradient_accumulation_steps": 2}
+    clean_opt, skip_opt = Lion(**settings), Lion(**settings)
+    clean = fit(x, y, clean_opt, jit_compile)
+    skipped = fit(bad_x, bad_y, skip_opt, jit_compile)
+    assert skip_opt.nonfinite_steps == 2  # one per epoch
+    assert clean_opt.nonfinite_steps == 0
+    assert int(to_numpy(skip_opt.iterations)) == int(to_numpy(clean_opt.iterations)) == 6
+    assert_same_state(snapshot(skip_opt, skipped.weights), snapshot(clean_opt, clean.weights))
+
+
+# LossScaleOptimizer around keraslion's Lion ------------------------------------------
+
+def test_loss_scale_optimizer_skips_nonfinite_steps_in_fit():
+    x, y = regression_data()
+    bad_x, bad_y = with_bad_batch(x, y, after_batches=2)
+    clean_opt = keras.optimizers.LossScaleOptimizer(Lion(learning_rate=0.01))
+    lso = keras.optimizers.LossScaleOptimizer(Lion(learning_rate=0.01))
+    clean = fit(x, y, clean_opt, epochs=1)
+    model = fit(bad_x, bad_y, lso, epochs=1)
+    # The bad step halved the loss scale and did not reach Lion: its iterations,
+    # momentum and the weights are those of the run without the bad batch
+    # (gradients scaled by a power of two unscale exactly).
+    assert float(to_numpy(lso.dynamic_scale)) == float(to_numpy(clean_opt.dynamic_scale)) / 2
+    inner, clean_inner = lso.inner_optimizer, clean_opt.inner_optimizer
+    assert int(to_numpy(inner.iterations)) == int(to_numpy(clean_inner.iterations)) == 6
+    assert_same_state(snapshot(inner, model.weights), snapshot(clean_inner, clean.weights))
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX's stateful LossScaleOptimizer.apply "
+                    "traces a lax.cond with side effects; JAX uses stateless_apply (fit)")
+def test_loss_scale_optimizer_skips_nonfinite_steps_in_apply():
+    lso = keras.optimizers.LossScaleOptimizer(Lion(learning_rate=0.1), initial_scale=4.0)
+    variable = keras.Variable(np.array([1.0, -2.0, 0.5], np.float32), name="w")
+    lso.apply([tensor(GOOD[0])], [variable])
+    before = snapshot(lso.inner_optimizer, [variable])
+    lso.apply([tensor(BAD[0])], [variable])
+    assert_same_state(snapshot(lso.inner_optimizer, [variable]), before)
+    assert float(to_numpy(lso.dynamic_scale)) == 2.0

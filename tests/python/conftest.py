@@ -42,6 +42,20 @@ def to_numpy(x):
     return keras.ops.convert_to_numpy(x)
 
 
+def apply_steps(optimizer, theta, grads, fast=True):
+    """Applies each gradient in turn to one variable; returns its final value.
+
+    With `fast=False` the optimizer's backend fast path is switched off, so
+    the plain `update_step` runs.
+    """
+    if not fast:
+        optimizer._fast_path = None
+    variable = keras.Variable(np.asarray(theta, np.float32))
+    for g in grads:
+        optimizer.apply([keras.ops.convert_to_tensor(np.asarray(g, np.float32))], [variable])
+    return to_numpy(variable)
+
+
 def assert_lion_close(actual, expected, learning_rate, max_sign_flips=0, atol=1e-5):
     """Close, except for at most `max_sign_flips` elements that took an opposite
     step where `c` was within rounding of zero (each off by about 2 * lr per flip)."""

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import assert_lion_close, numpy_lion, to_numpy
+from conftest import apply_steps, assert_lion_close, numpy_lion, to_numpy
 
 from keraslion import Lion
 
@@ -11,21 +11,12 @@ THETA = [1.0, -2.0, 0.5, 3.0]
 GRADS = [[0.1, -0.3, 0.0, 2.0], [-0.2, 0.1, 0.05, -1.0], [0.3, 0.2, -0.1, 0.5]]
 
 
-def run(optimizer, theta, grads, fast=True):
-    if not fast:
-        optimizer._fast_path = None
-    variable = keras.Variable(np.asarray(theta, np.float32))
-    for g in grads:
-        optimizer.apply([keras.ops.convert_to_tensor(np.asarray(g, np.float32))], [variable])
-    return to_numpy(variable)
-
-
 # Cautious Lion -------------------------------------------------------------------
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_plain_matches_reference_numbers(fast):
     # Reference values computed independently from the paper's Algorithm 2.
-    out = run(Lion(learning_rate=0.1, weight_decay=0.5), THETA, GRADS, fast)
+    out = apply_steps(Lion(learning_rate=0.1, weight_decay=0.5), THETA, GRADS, fast)
     np.testing.assert_allclose(out, [0.762125, -1.8195, 0.4336875, 2.476875], rtol=1e-6)
 
 
@@ -34,7 +25,7 @@ def test_cautious_matches_reference_numbers(fast):
     # Keep elements whose direction agrees with the gradient, scale by size/kept.
     # These are also timm's caution values (its 1/max(kept/size, 1e-3) equals
     # size/kept whenever anything is kept).
-    out = run(Lion(learning_rate=0.1, weight_decay=0.5, cautious=True), THETA, GRADS, fast)
+    out = apply_steps(Lion(learning_rate=0.1, weight_decay=0.5, cautious=True), THETA, GRADS, fast)
     np.testing.assert_allclose(out, [0.73204167, -1.78941667, 0.4336875, 2.44679167], rtol=1e-6)
 
 
@@ -47,7 +38,7 @@ def test_cautious_matches_numpy_oracle_on_random_steps(fast):
     for _ in range(25):
         g = (0.5 * g + rng.normal(size=(6, 5))).astype(np.float32)
         grads.append(g)
-    out = run(Lion(learning_rate=0.01, weight_decay=0.1, cautious=True), theta, grads, fast)
+    out = apply_steps(Lion(learning_rate=0.01, weight_decay=0.1, cautious=True), theta, grads, fast)
     expected, _ = numpy_lion(theta, grads, 0.01, weight_decay=0.1, cautious=True)
     assert_lion_close(out, expected, 0.01)
 
@@ -75,7 +66,7 @@ def test_cautious_momentum_update_is_unchanged():
     momenta = []
     for cautious in (False, True):
         optimizer = Lion(learning_rate=0.1, cautious=cautious)
-        run(optimizer, np.zeros(8), grads)
+        apply_steps(optimizer, np.zeros(8), grads)
         momenta.append(to_numpy(optimizer._momentums[0]))
     np.testing.assert_allclose(momenta[0], momenta[1], rtol=1e-6)
 

@@ -33,12 +33,16 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any,
            betas: tuple[Any, Any] | None = None) -> None:
+    scalars: dict[Any, Any] = {}
     for gradient, variable in zip(grads, variables):
-        step = optimizer.step_inputs(gradient, variable, learning_rate, betas)
-        m = step.beta_2 * step.m + (1 - step.beta_2) * step.g
+        step = optimizer._step_inputs(gradient, variable, learning_rate, betas, scalars)
+        key = ("momentum-first", step.g.dtype)
+        if key not in scalars:
+            ratio = step.beta_1 / step.beta_2
+            scalars[key] = (1 - step.beta_2, ratio, (1 - step.beta_1) - ratio * (1 - step.beta_2))
+        one_minus_beta_2, ratio, gradient_weight = scalars[key]
+        m = step.beta_2 * step.m + one_minus_beta_2 * step.g
         stored = ops.cast(m, step.momentum.dtype)
         optimizer.assign(step.momentum, stored)
-        ratio = step.beta_1 / step.beta_2
-        gradient_weight = (1 - step.beta_1) - ratio * (1 - step.beta_2)
         c = ratio * ops.cast(stored, m.dtype) + gradient_weight * step.g
-        optimizer.descend(variable, step, c)
+        optimizer._descend(variable, step, c)

@@ -32,6 +32,11 @@ test: setup
 bench: setup
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 
+# The pkgdown site, built into docs/ offline (tools/build-site.R); its
+# examples and vignettes run with the Python above.
+site: setup
+	Rscript tools/build-site.R
+
 document: setup
 	Rscript -e 'roxygen2::roxygenise()'
 

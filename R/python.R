@@ -117,6 +117,49 @@ def _keraslion_probe():
 found = _keraslion_probe()
 '
 
+#' Import keraslion's Python module
+#'
+#' Imports `keraslion`, the Python package that ships inside this R
+#' package, and returns it. Importing it registers the `Lion` class with
+#' Keras, which loading a saved model compiled with [optimizer_lion()]
+#' needs: in a new R session, call `import_keraslion()` before
+#' `keras$saving$load_model()` (or 'keras3''s `load_model()`), or Keras
+#' stops with "Could not locate class 'Lion'". The module also gives R the
+#' whole Python API, e.g. `import_keraslion()$Lion`.
+#'
+#' @returns The Python module `keraslion`.
+#' @family helpers
+#' @export
+#' @examplesIf keraslion_available()
+#' lion <- import_keraslion()
+#' lion$`__version__`
+#'
+#' # A model trained and saved in one session ...
+#' keras <- reticulate::import("keras")
+#' model <- keras$Sequential(list(keras$Input(shape = list(2L)), keras$layers$Dense(1L)))
+#' model$compile(optimizer = optimizer_lion(), loss = "mse")
+#' x <- matrix(runif(20), ncol = 2)
+#' invisible(model$fit(x, x[, 1], epochs = 1L, verbose = 0L))
+#' path <- tempfile(fileext = ".keras")
+#' model$save(path)
+#'
+#' # ... loads in another after import_keraslion():
+#' restored <- keras$saving$load_model(path)
+#' class(restored$optimizer)[[1]]
+#' unlink(path)
+import_keraslion <- function() {
+  if (!keraslion_available()) {
+    cli::cli_abort(c(
+      "keraslion's Python side is not available.",
+      "i" = probe_python()$reason,
+      "i" = "See {.fun keraslion::install_keraslion}."
+    ), class = "keraslion_error_python")
+  }
+  # Any attribute forces the delayed import.
+  keraslion_py$`__name__`
+  keraslion_py
+}
+
 #' Install Keras and a backend for keraslion
 #'
 #' Creates a Python virtual environment (or reuses one that exists) and
@@ -197,7 +240,7 @@ install_keraslion <- function(envname = "r-keraslion",
   }
   if (!reticulate::virtualenv_exists(envname)) {
     cli::cli_inform("Creating the virtual environment {.val {envname}}.")
-    reticulate::virtualenv_create(envname, python = python)
+    reticulate::virtualenv_create(envname, python = python, packages = NULL)
   }
   cli::cli_inform("Installing {.val {packages}} into {.val {envname}}.")
   reticulate::virtualenv_install(envname, packages, pip_options = pip_options)

@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   r-base-core r-cran-reticulate r-cran-testthat r-cran-cli r-cran-rlang
   r-cran-withr r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown r-cran-pkgdown
-  pandoc qpdf tidy
+  pandoc qpdf tidy chromium fonts-dejavu-core
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -39,11 +39,13 @@ test_that("keraslion_available() is FALSE, not an error, without a usable Python
     "suppressPackageStartupMessages(library(keraslion))",
     "cat('available:', keraslion_available(), '\\n')",
     "cat('reason:', keraslion:::probe_python()$reason, '\\n')",
+    "tryCatch(import_keraslion(), keraslion_error_python = function(e) cat('import: error\\n'))",
     sep = "; "
   )
   missing_python <- run_in_fresh_r(code, "RETICULATE_PYTHON=/nonexistent/bin/python")
   expect_identical(missing_python$status, 0L)
   expect_true(any(grepl("available: FALSE", missing_python$output, fixed = TRUE)))
+  expect_true(any(grepl("import: error", missing_python$output, fixed = TRUE)))
 
   # A backend that is not installed.
   skip_if_no_keras()
@@ -54,6 +56,20 @@ test_that("keraslion_available() is FALSE, not an error, without a usable Python
   expect_identical(no_backend$status, 0L)
   expect_true(any(grepl("available: FALSE", no_backend$output, fixed = TRUE)))
   expect_true(any(grepl("no_such_backend", no_backend$output, fixed = TRUE)))
+})
+
+test_that("import_keraslion() returns the module that loading a saved model needs", {
+  skip_if_no_keras()
+  lion <- import_keraslion()
+  expect_s3_class(lion, "python.builtin.module")
+  expect_identical(lion$`__name__`, "keraslion")
+  keras <- reticulate::import("keras")
+  model <- keras$Sequential(list(keras$Input(shape = list(2L)), keras$layers$Dense(1L)))
+  model$compile(optimizer = optimizer_lion(learning_rate = 0.01), loss = "mse")
+  path <- withr::local_tempfile(fileext = ".keras")
+  model$save(path)
+  restored <- keras$saving$load_model(path)
+  expect_s3_class(restored$optimizer, "keraslion.lion.Lion")
 })
 
 test_that("install_keraslion() asks for keras and the backend", {
@@ -81,25 +97,6 @@ test_that("install_keraslion() checks its arguments before touching Python", {
     install_keraslion(new_env = NA)
     install_keraslion(pip_options = NA)
   })
-})
-
-test_that("Python requirements are declared only where py_require() exists", {
-  expect_null(keraslion:::find_py_require(package_version("1.28")))
-  expect_false(keraslion:::declare_python_requirements(py_require = NULL))
-
-  declared <- NULL
-  fake_py_require <- function(packages) declared <<- packages
-  withr::local_envvar(KERAS_BACKEND = "jax")
-  expect_true(keraslion:::declare_python_requirements(fake_py_require))
-  expect_identical(declared, c("keras>=3.10", "jax[cpu]"))
-
-  withr::local_envvar(KERAS_BACKEND = "numpy")
-  keraslion:::declare_python_requirements(fake_py_require)
-  expect_identical(declared, "keras>=3.10")
-
-  # A failing declaration never stops the package from loading.
-  expect_false(keraslion:::declare_python_requirements(function(packages) stop("offline")))
-  expect_false(keraslion:::declare_python_requirements(function(packages) warning("too late")))
 })
 
 test_that("the keras version in R, DESCRIPTION and pyproject.toml agree", {

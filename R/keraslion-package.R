@@ -28,4 +28,5 @@
 "_PACKAGE"
 
 #' @importFrom rlang caller_env
+#' @importFrom utils packageVersion
 NULL

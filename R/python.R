@@ -139,7 +139,7 @@ found = _keraslion_probe()
 #' model <- keras$Sequential(list(keras$Input(shape = list(2L)), keras$layers$Dense(1L)))
 #' model$compile(optimizer = optimizer_lion(), loss = "mse")
 #' x <- matrix(runif(20), ncol = 2)
-#' invisible(model$fit(x, x[, 1], epochs = 1L, verbose = 0L))
+#' invisible(model$fit(x, array(x[, 1]), epochs = 1L, verbose = 0L))
 #' path <- tempfile(fileext = ".keras")
 #' model$save(path)
 #'

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 python="${RETICULATE_PYTHON:-$PWD/.venv/bin/python}"
 results=.test-results
-rm -rf "$results" keraslion.Rcheck keraslion_*.tar.gz
+rm -rf "$results" keraslion.Rcheck keraslion_*.tar.gz docs
 mkdir -p "$results"
 
 # One line per non-pytest suite: name passed failed skipped.
@@ -28,24 +28,88 @@ for backend in jax tensorflow torch; do
     --junitxml="$results/pytest-$backend.xml"
 done
 
-section "R CMD build + R CMD check (testthat, KERAS_BACKEND=$KERAS_BACKEND)"
-R CMD build . && R CMD check --no-manual keraslion_*.tar.gz
-check_status=$?
-tests_out=$(ls keraslion.Rcheck/tests/testthat.Rout* 2>/dev/null | head -n 1)
-counts=$(grep -Eo '\[ FAIL [0-9]+ \| WARN [0-9]+ \| SKIP [0-9]+ \| PASS [0-9]+ \]' "${tests_out:-/dev/null}" | tail -n 1)
-if [ -n "$counts" ]; then
-  read -r fail skip pass < <(echo "$counts" | sed -E 's/.*FAIL ([0-9]+).*SKIP ([0-9]+).*PASS ([0-9]+).*/\1 \2 \3/')
-  record testthat "$pass" "$fail" "$skip"
+# R CMD check --as-cran, offline. The CRAN incoming feasibility check needs
+# the network (CRAN's package database, URL and DOI checks) and notes the
+# maintainer of every package; with _R_CHECK_CRAN_INCOMING_=false it is
+# skipped and every other --as-cran check runs. _R_CHECK_SYSTEM_CLOCK_=0 (from
+# the Makefile) skips the clock check, which also needs the network.
+export _R_CHECK_CRAN_INCOMING_=false
+export _R_CHECK_SYSTEM_CLOCK_=0
+
+# check_package NAME TESTS DIR: R CMD build and R CMD check --as-cran in DIR,
+# then records TESTS (testthat's counts) and NAME (the check itself, which
+# passes only with "Status: OK": 0 errors, 0 warnings and 0 notes).
+check_package() {
+  local name=$1 tests=$2 dir=$3 status
+  mkdir -p "$dir"
+  (cd "$dir" && R CMD build --no-manual "$OLDPWD" && R CMD check --as-cran --no-manual keraslion_*.tar.gz)
+  status=$?
+  local rcheck="$dir/keraslion.Rcheck"
+  local tests_out counts fail skip pass
+  tests_out=$(ls "$rcheck"/tests/testthat.Rout* 2>/dev/null | head -n 1)
+  counts=$(grep -Eo '\[ FAIL [0-9]+ \| WARN [0-9]+ \| SKIP [0-9]+ \| PASS [0-9]+ \]' "${tests_out:-/dev/null}" | tail -n 1)
+  if [ -n "$counts" ]; then
+    read -r fail skip pass < <(echo "$counts" | sed -E 's/.*FAIL ([0-9]+).*SKIP ([0-9]+).*PASS ([0-9]+).*/\1 \2 \3/')
+    record "$tests" "$pass" "$fail" "$skip"
+  else
+    [ -n "$tests_out" ] && tail -n 40 "$tests_out"
+    record "$tests" 0 1 0
+  fi
+  grep -E '^Status: ' "$rcheck/00check.log" 2>/dev/null | sed "s/^/$name: /"
+  if [ "$status" -eq 0 ] && grep -Eq '^Status: OK$' "$rcheck/00check.log"; then
+    record "$name" 1 0 0
+  else
+    grep -E -B2 -A12 '\.\.\. *(\[.*\] *)?(NOTE|WARNING|ERROR)$' "$rcheck/00check.log" 2>/dev/null
+    record "$name" 0 1 0
+  fi
+}
+
+section "R CMD check --as-cran with Python and Keras (KERAS_BACKEND=$KERAS_BACKEND)"
+check_package R-CMD-check testthat "$PWD"
+# The vignettes in that tarball must have run their code.
+# doc_has TARBALL VIGNETTE TEXT: the built vignette's HTML contains TEXT.
+doc_has() {
+  local html
+  html=$(tar -xOzf "$1" "keraslion/inst/doc/$2.html" 2>/dev/null) && [[ $html == *"$3"* ]]
+}
+if doc_has keraslion_*.tar.gz keraslion 'keraslion.lion.Lion' &&
+  doc_has keraslion_*.tar.gz lion-vs-adamw 'training runs, which took'; then
+  record vignettes-with-keras 1 0 0
 else
-  [ -n "$tests_out" ] && tail -n 40 "$tests_out"
-  record testthat 0 1 0
+  echo "The vignettes built with Keras do not show the results of their code."
+  record vignettes-with-keras 0 1 0
 fi
-# The check itself: an ERROR or WARNING fails it.
-if [ "$check_status" -eq 0 ] && ! grep -Eq '^Status: .*(ERROR|WARNING)' keraslion.Rcheck/00check.log; then
-  record "R-CMD-check" 1 0 0
+
+# Again with a Python that has no Keras: the tests and examples that need it
+# must skip, and the vignettes must build without evaluating their code.
+section "R CMD check --as-cran with a Python without Keras"
+no_keras_python=/usr/bin/python3
+if ! "$no_keras_python" -c 'import sys' 2>/dev/null ||
+  "$no_keras_python" -c 'import keras' 2>/dev/null; then
+  # No system Python, or one with Keras: a bare virtual environment.
+  "$python" -m venv --without-pip "$results/venv-no-keras"
+  no_keras_python=$PWD/$results/venv-no-keras/bin/python
+fi
+RETICULATE_PYTHON=$no_keras_python check_package R-CMD-check-no-keras testthat-no-keras "$results/no-keras"
+no_keras_tarball=$(ls "$results"/no-keras/keraslion_*.tar.gz 2>/dev/null | head -n 1)
+if doc_has "$no_keras_tarball" keraslion 'Python with Keras was not available' &&
+  doc_has "$no_keras_tarball" lion-vs-adamw 'Python with Keras was not available'; then
+  record vignettes-no-keras 1 0 0
 else
-  record "R-CMD-check" 0 1 0
+  echo "The vignettes built without Keras do not both say that their code did not run."
+  record vignettes-no-keras 0 1 0
 fi
+
+section "pkgdown site (offline) + headless Chromium"
+if Rscript tools/build-site.R > "$results/site-build.log" 2>&1; then
+  record site-build 1 0 0
+else
+  tail -n 40 "$results/site-build.log"
+  record site-build 0 1 0
+fi
+# Records site-test in counts.txt itself; a crash before that counts as a failure.
+"$python" tools/site-test.py --site docs --out "$results" --record "$results/counts.txt" ||
+  grep -q '^site-test ' "$results/counts.txt" || record site-test 0 1 0
 
 section "summary"
 "$python" tools/summarize.py "$results"

@@ -313,16 +313,13 @@ class Lion(keras.optimizers.Optimizer):
             self._apply_where_finite(apply, grads, trainable_variables)
         elif backend == "tensorflow":
             self._tf_apply_if_finite(apply, grads, trainable_variables)
-        elif backend == "torch":
-            # What keras.ops.cond does on torch, without its Cond operation,
-            # whose new name at every step makes torch.compile recompile.
-            if self._all_finite(grads):
-                apply(grads, trainable_variables)
-            else:
-                self._count_skipped()
+        # Eager backends (torch): a Python branch, as keras.ops.cond would take,
+        # but without its operation, whose new name at every step makes
+        # torch.compile recompile.
+        elif self._all_finite(grads):
+            apply(grads, trainable_variables)
         else:
-            ops.cond(self._all_finite(grads),
-                     lambda: apply(grads, trainable_variables), self._count_skipped)
+            self._count_skipped()
         return None
 
     @staticmethod

@@ -63,7 +63,8 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
     return(NULL)
   }
   if (allow_callable && (is.function(x) || is_py_object(x))) {
-    if (is.function(x) && length(formals(x)) > 0) {
+    # A Python callable (e.g. a LearningRateSchedule) is also an R function.
+    if (is.function(x) && !is_py_object(x) && length(formals(x)) > 0) {
       abort_arg(arg, "a function of no arguments", x, call)
     }
     return(x)

@@ -170,3 +170,11 @@ test_that("exclude_from_weight_decay spares matching weights in a model", {
                tolerance = 1e-6)
   expect_equal(as.vector(as_r_array(variables[[2]])), c(1, 1))
 })
+
+test_that("a Keras learning-rate schedule is accepted as learning_rate", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  schedule <- keras$optimizers$schedules$CosineDecay(1e-3, 100L)
+  opt <- optimizer_lion(learning_rate = schedule)
+  expect_identical(opt$get_config()$learning_rate$class_name, "CosineDecay")
+})

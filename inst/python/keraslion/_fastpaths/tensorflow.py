@@ -23,6 +23,7 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     keys = tuple(optimizer._var_key(v) for v in variables)
+    # Kept outside Keras's attribute tracking: a cache, not optimizer state.
     cache = optimizer.__dict__.setdefault("_tf_compiled_updates", {})
     if keys not in cache:
         cache[keys] = _compile(optimizer, list(variables))

@@ -87,6 +87,7 @@ def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], lr: float,
 def _plan(optimizer: Any, variables: list[Any]) -> Plan:
     """The blocks for a set of variables, made once and cached."""
     key = tuple(id(v._value) for v in variables)
+    # Kept outside Keras's attribute tracking: a cache, not optimizer state.
     cache = optimizer.__dict__.setdefault("_torch_plans", {})
     if key not in cache:
         if len(cache) >= 4:

@@ -94,19 +94,23 @@
 #'   this function keeps.
 #' @family optimizers
 #' @export
-#' @examplesIf keraslion_available()
-#' keras <- reticulate::import("keras")
-#' model <- keras$Sequential(list(
-#'   keras$Input(shape = list(4L)),
-#'   keras$layers$Dense(3L, activation = "softmax")
-#' ))
-#' model$compile(
-#'   optimizer = optimizer_lion(learning_rate = 1e-3, weight_decay = 0.01),
-#'   loss = "sparse_categorical_crossentropy"
-#' )
+#' @examplesIf keraslion_available() && requireNamespace("keras3", quietly = TRUE)
+#' library(keras3)
+#' model <- keras_model_sequential(input_shape = 4) |>
+#'   layer_dense(16, activation = "relu") |>
+#'   layer_dense(3, activation = "softmax")
 #'
-#' # With keras3 attached, the same optimizer goes into its pipe:
-#' # model |> compile(optimizer = optimizer_lion(learning_rate = 1e-4))
+#' # keras3 exports an optimizer_lion() too: attach keraslion after keras3,
+#' # or name the package, as here.
+#' model |> compile(
+#'   optimizer = keraslion::optimizer_lion(learning_rate = 1e-3, weight_decay = 0.01),
+#'   loss = "sparse_categorical_crossentropy",
+#'   metrics = "accuracy"
+#' )
+#' x <- scale(as.matrix(iris[, 1:4]))
+#' y <- as.integer(iris$Species) - 1L
+#' model |> fit(x, y, epochs = 20, batch_size = 16, verbose = 0)
+#' model |> evaluate(x, y, verbose = 0)
 optimizer_lion <- function(learning_rate = 0.001,
                            beta_1 = 0.9,
                            beta_2 = 0.99,

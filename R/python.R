@@ -134,19 +134,9 @@ found = _keraslion_probe()
 #' lion <- import_keraslion()
 #' lion$`__version__`
 #'
-#' # A model trained and saved in one session ...
-#' keras <- reticulate::import("keras")
-#' model <- keras$Sequential(list(keras$Input(shape = list(2L)), keras$layers$Dense(1L)))
-#' model$compile(optimizer = optimizer_lion(), loss = "mse")
-#' x <- matrix(runif(20), ncol = 2)
-#' invisible(model$fit(x, array(x[, 1]), epochs = 1L, verbose = 0L))
-#' path <- tempfile(fileext = ".keras")
-#' model$save(path)
-#'
-#' # ... loads in another after import_keraslion():
-#' restored <- keras$saving$load_model(path)
-#' class(restored$optimizer)[[1]]
-#' unlink(path)
+#' # The Python API, with Python's argument names and types:
+#' optimizer <- lion$Lion(learning_rate = 1e-4, cautious = TRUE)
+#' optimizer$cautious
 import_keraslion <- function() {
   if (!keraslion_available()) {
     cli::cli_abort(c(

@@ -93,3 +93,50 @@ def test_a_failed_call_leaves_weights_and_state_untouched():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), weights)
     for before, after in zip(state, optimizer.variables):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), before)
+
+
+# Hyperparameters a user may set between steps ------------------------------------
+
+BAD_ASSIGNMENTS = [
+    ("weight_decay", -1.0), ("weight_decay", "a"), ("weight_decay", float("nan")),
+    ("beta_1", 0.0), ("beta_1", 1.5), ("beta_2", 1.0), ("beta_2", "0.9"),
+    ("beta_1", keras.optimizers.schedules.ExponentialDecay(0.9, 10, 0.9)),
+]
+
+
+@pytest.mark.parametrize("argument, value", BAD_ASSIGNMENTS,
+                         ids=[f"{a}={v!r}" for a, v in BAD_ASSIGNMENTS])
+def test_bad_assignment_is_refused_and_changes_nothing(argument, value):
+    optimizer = Lion(weight_decay=0.1, beta_1=0.8, beta_2=0.95)
+    with pytest.raises((ValueError, TypeError), match=f"`{argument}`") as error:
+        setattr(optimizer, argument, value)
+    assert f"{argument}=" in str(error.value)
+    assert (optimizer.weight_decay, optimizer.beta_1, optimizer.beta_2) == (0.1, 0.8, 0.95)
+
+
+def test_schedule_as_a_beta_is_refused_at_construction():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.9, 10, 0.9)
+    for argument in ("beta_1", "beta_2"):
+        with pytest.raises(TypeError, match=f"`{argument}`.*LearningRateSchedule"):
+            Lion(**{argument: schedule})
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("argument, value", [("beta_1", 5), ("beta_1", 0.0), ("beta_2", 1.0),
+                                             ("beta_2", "x"), ("beta_1", float("nan"))])
+def test_callable_beta_is_checked_when_called_and_trains_nothing(argument, value, fast):
+    current = {"value": 0.9}
+    optimizer = Lion(learning_rate=0.1, **{argument: lambda: current["value"]})
+    if not fast:
+        optimizer._fast_path = None
+    variables = [keras.Variable(np.ones(3, np.float32)), keras.Variable(np.ones(2, np.float32))]
+    grads = [keras.ops.ones((3,)), keras.ops.ones((2,))]
+    optimizer.apply(grads, variables)
+    before = [keras.ops.convert_to_numpy(v).copy() for v in [*variables, *optimizer.variables]]
+    current["value"] = value
+    with pytest.raises((ValueError, TypeError), match=f"`{argument}`") as error:
+        optimizer.apply(grads, variables)
+    assert f"{argument}=" in str(error.value)
+    after = [keras.ops.convert_to_numpy(v) for v in [*variables, *optimizer.variables]]
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import keras
@@ -24,16 +24,28 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _as_float(name: str, value: Any) -> float:
-    """Returns `value` as a Python float, accepting 0-d tensors and arrays."""
+def _is_scalar_tensor(value: Any) -> bool:
+    return getattr(value, "shape", None) == () and hasattr(value, "dtype")
+
+
+def _concrete_float(value: Any) -> float | None:
+    """`value` as a Python float if it is a number or a concrete 0-d tensor, else None."""
     if _is_real(value):
         return float(value)
-    if getattr(value, "shape", None) == () and hasattr(value, "dtype"):
+    if _is_scalar_tensor(value):
         try:
             return float(keras.ops.convert_to_numpy(value))
-        except (TypeError, ValueError):
-            pass
-    raise TypeError(f"Argument `{name}` must be a number. {_received(name, value)}")
+        except Exception:  # A symbolic tensor, traced under jit or tf.function.
+            return None
+    return None
+
+
+def _as_float(name: str, value: Any) -> float:
+    """Returns `value` as a Python float, accepting 0-d tensors and arrays."""
+    number = _concrete_float(value)
+    if number is None:
+        raise TypeError(f"Argument `{name}` must be a number. {_received(name, value)}")
+    return number
 
 
 def _check_interval(
@@ -73,11 +85,39 @@ def optional_number_in(name: str, value: Any, low: float, **kwargs: Any) -> floa
     return None if value is None else number_in(name, value, low, **kwargs)
 
 
-def number_or_callable_in(name: str, value: Any, low: float, high: float, **kwargs: Any) -> Any:
-    """A number in the interval, or a zero-argument callable (checked when called)."""
+#: The intervals of the betas: beta_1 in (0, 1], beta_2 in [0, 1).
+_BETAS = {
+    "beta_1": {"low_closed": False, "high_closed": True},
+    "beta_2": {"low_closed": True, "high_closed": False},
+}
+
+
+def beta(name: str, value: Any) -> Any:
+    """`beta_1` or `beta_2`: a number in its interval, or a zero-argument
+    callable returning one (checked by `resolve_beta` at every call)."""
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+        raise TypeError(
+            f"Argument `{name}` must be a number or a function of no arguments; a "
+            f"`LearningRateSchedule` (a function of the step) is only for `learning_rate`. "
+            f"{_received(name, value)}"
+        )
     if callable(value):
         return value
-    return number_in(name, value, low, high, **kwargs)
+    return number_in(name, value, 0.0, 1.0, **_BETAS[name])
+
+
+def resolve_beta(name: str, value: Any) -> Any:
+    """The value of a beta given as a number or a callable, checked as at construction.
+
+    A symbolic tensor (a callable read inside a traced function) cannot be
+    checked and is returned as it is.
+    """
+    if not callable(value):
+        return value
+    result = value()
+    if _concrete_float(result) is None and _is_scalar_tensor(result):
+        return result
+    return number_in(name, result, 0.0, 1.0, **_BETAS[name])
 
 
 def learning_rate(value: Any) -> Any:
@@ -146,8 +186,3 @@ def patterns(name: str, value: str | Iterable[str] | None) -> list[str]:
                 f"Argument `{name}` holds an invalid regular expression {item!r}: {err}."
             ) from None
     return items
-
-
-def resolve(value: Any | Callable[[], Any]) -> Any:
-    """The value of a hyperparameter given as a value or a zero-argument callable."""
-    return value() if callable(value) else value

@@ -31,6 +31,21 @@ def lion_direction(c: Any, gradient: Any, cautious: bool) -> Any:
     return direction * agrees * (math.prod(direction.shape) / kept)
 
 
+def compute_dtype(variable_dtype: str, momentum_dtype: str) -> str:
+    """The dtype a step is computed in: float64 if the weight or its momentum
+    is float64 (exactly, as the paper's maths), else float32 (narrower dtypes
+    are widened, and rounded once when stored)."""
+    return "float64" if "float64" in (variable_dtype, momentum_dtype) else "float32"
+
+
+class Hyperparameters(NamedTuple):
+    """The values a user (or a callback) may change between steps, read at every step."""
+
+    beta_1: Any
+    beta_2: Any
+    weight_decay: float | None  # None: no weight decay
+
+
 class StepInputs(NamedTuple):
     """One variable's step, cast to the dtype the update is computed in."""
 
@@ -41,7 +56,7 @@ class StepInputs(NamedTuple):
     learning_rate: Any
     beta_1: Any
     beta_2: Any
-    weight_decay: float
+    weight_decay: Any  # None: this variable gets no weight decay
 
 
 @keras.saving.register_keras_serializable(package="keraslion")
@@ -94,15 +109,16 @@ class Lion(keras.optimizers.Optimizer):
         name: The name of the optimizer, used for its variables.
             Defaults to `"lion"`.
         momentum_dtype: `None` (the variable's dtype) or a float dtype such
-            as `"bfloat16"` to store the momentum in. The step is always
-            computed in at least float32.
+            as `"bfloat16"` to store the momentum in. The step is computed
+            in float64 if the weight or its momentum is float64, else in
+            float32, and rounded once when stored.
         cautious: If `True`, use cautious Lion (C-Lion, Liang et al., 2024):
             elements whose step direction disagrees in sign with the current
             gradient are not moved, and the others are scaled by the inverse
             of the kept fraction of their tensor. The momentum update and the
             weight decay are unchanged. Defaults to `False`.
         exclude_from_weight_decay: `None`, a string or a list of strings:
-            regular expressions; a variable whose path (e.g. `"dense/bias"`)
+            Python regular expressions (module `re`); a variable whose path (e.g. `"dense/bias"`)
             or name matches any of them gets no weight decay. Saved with the
             optimizer.
         skip_nonfinite: If `True`, a step whose gradients hold NaN or Inf
@@ -144,7 +160,7 @@ class Lion(keras.optimizers.Optimizer):
                 for key, value in clip.items()}
         super().__init__(
             learning_rate=_checks.learning_rate(learning_rate),
-            weight_decay=_checks.optional_number_in("weight_decay", weight_decay, 0.0),
+            weight_decay=weight_decay,
             use_ema=_checks.boolean("use_ema", use_ema),
             ema_momentum=_checks.number_in("ema_momentum", ema_momentum, 0.0, 1.0,
                                            high_closed=True),
@@ -158,9 +174,8 @@ class Lion(keras.optimizers.Optimizer):
             **clip,
             **kwargs,
         )
-        self.beta_1 = _checks.number_or_callable_in("beta_1", beta_1, 0.0, 1.0,
-                                                    low_closed=False, high_closed=True)
-        self.beta_2 = _checks.number_or_callable_in("beta_2", beta_2, 0.0, 1.0)
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
         self.momentum_dtype = _checks.float_dtype("momentum_dtype", momentum_dtype)
         self.cautious = _checks.boolean("cautious", cautious)
         self.skip_nonfinite = _checks.boolean("skip_nonfinite", skip_nonfinite)
@@ -195,6 +210,40 @@ class Lion(keras.optimizers.Optimizer):
             name=f"{variable.path.replace('/', '_')}_momentum",
         )
 
+    # Hyperparameters a user may change between steps, checked when set ----------
+
+    @property
+    def weight_decay(self) -> float | None:
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value: float | None) -> None:
+        self._weight_decay = _checks.optional_number_in("weight_decay", value, 0.0)
+
+    @property
+    def beta_1(self) -> Hyperparameter:
+        return self._beta_1
+
+    @beta_1.setter
+    def beta_1(self, value: Hyperparameter) -> None:
+        self._beta_1 = _checks.beta("beta_1", value)
+
+    @property
+    def beta_2(self) -> Hyperparameter:
+        return self._beta_2
+
+    @beta_2.setter
+    def beta_2(self, value: Hyperparameter) -> None:
+        self._beta_2 = _checks.beta("beta_2", value)
+
+    def _hyperparameters(self) -> Hyperparameters:
+        """Their values for this step: callables called and checked, no decay as None."""
+        return Hyperparameters(
+            beta_1=_checks.resolve_beta("beta_1", self.beta_1),
+            beta_2=_checks.resolve_beta("beta_2", self.beta_2),
+            weight_decay=self.weight_decay or None,
+        )
+
     @property
     def nonfinite_steps(self) -> int:
         """The number of steps skipped because of NaN or Inf gradients."""
@@ -205,22 +254,23 @@ class Lion(keras.optimizers.Optimizer):
     # The update ---------------------------------------------------------------
 
     def _step_inputs(self, gradient: Any, variable: keras.Variable, learning_rate: Any,
-                     betas: tuple[Any, Any] | None = None,
+                     hyperparameters: Hyperparameters | None = None,
                      scalars: dict[Any, Any] | None = None) -> StepInputs:
-        """Gathers one variable's step, computed in at least float32.
+        """Gathers one variable's step, cast to its compute dtype.
 
-        For the fast paths: `betas` overrides the optimizer's (a compiled path
-        passes them in as tensors), and `scalars`, a dict shared by the
-        variables of one step, keeps the hyperparameters cast once per dtype
-        instead of once per variable (fewer operations to trace).
+        For the fast paths: `hyperparameters`, read once for all variables
+        (a compiled path passes them in as tensors), and `scalars`, a dict
+        shared by the variables of one step, which keeps them cast once per
+        dtype instead of once per variable (fewer operations to trace).
         """
         momentum = self._momentums[self._get_variable_index(variable)]
-        dtype = keras.backend.result_type(variable.dtype, momentum.dtype, "float32")
+        dtype = compute_dtype(variable.dtype, momentum.dtype)
         scalars = {} if scalars is None else scalars
         if dtype not in scalars:
-            beta_1, beta_2 = betas or (_checks.resolve(self.beta_1), _checks.resolve(self.beta_2))
-            scalars[dtype] = [ops.cast(x, dtype) for x in (learning_rate, beta_1, beta_2)]
-        learning_rate, beta_1, beta_2 = scalars[dtype]
+            live = hyperparameters or self._hyperparameters()
+            scalars[dtype] = [None if x is None else ops.cast(x, dtype)
+                              for x in (learning_rate, *live)]
+        learning_rate, beta_1, beta_2, weight_decay = scalars[dtype]
         return StepInputs(
             momentum=momentum,
             theta=ops.cast(variable, dtype),
@@ -229,13 +279,13 @@ class Lion(keras.optimizers.Optimizer):
             learning_rate=learning_rate,
             beta_1=beta_1,
             beta_2=beta_2,
-            weight_decay=self._weight_decay_for(variable),
+            weight_decay=weight_decay if self._use_weight_decay(variable) else None,
         )
 
     def _descend(self, variable: keras.Variable, step: StepInputs, c: Any) -> None:
         """theta <- theta - lr * (direction(c) + weight_decay * theta)."""
         direction = lion_direction(c, step.g, self.cautious)
-        if step.weight_decay:
+        if step.weight_decay is not None:
             direction = direction + step.weight_decay * step.theta
         theta = step.theta - step.learning_rate * direction
         self.assign(variable, ops.cast(theta, variable.dtype))
@@ -260,18 +310,13 @@ class Lion(keras.optimizers.Optimizer):
     def _apply_weight_decay(self, variables: list[Any]) -> None:
         return
 
-    def _weight_decay_for(self, variable: keras.Variable) -> float:
-        if not self.weight_decay or not self._use_weight_decay(variable):
-            return 0.0
-        return float(self.weight_decay)
-
     def exclude_from_weight_decay(self, var_list: Iterable[keras.Variable] | None = None,
                                   var_names: str | Iterable[str] | None = None) -> None:
         """Excludes variables from weight decay; call it before the optimizer is built.
 
         Args:
             var_list: Variables to exclude (not saved with the optimizer).
-            var_names: A string or a list of strings: regular expressions,
+            var_names: A string or a list of strings: Python regular expressions,
                 added to `exclude_from_weight_decay` and saved with it; a
                 variable whose path or name matches one is excluded.
         """
@@ -360,11 +405,17 @@ class Lion(keras.optimizers.Optimizer):
         # synchronizes them (`merge_call`), which cannot happen inside a cond in
         # a replica context. So decide, and step, in a cross-replica context
         # (as keras.optimizers.LossScaleOptimizer does).
+        def nonfinite(grads: list[Any]) -> Any:
+            return tf.cast(tf.logical_not(self._all_finite(grads)), tf.float32)
+
         def cross_replica(distribution: Any, grads: list[Any],
                           trainable_variables: list[Any] | None) -> None:
-            per_replica = distribution.extended.call_for_each_replica(
-                self._all_finite, args=(grads,))
-            finite = tf.reduce_all(tf.stack(distribution.experimental_local_results(per_replica)))
+            # Counted over the replicas of every worker, not only this one's:
+            # a worker that skips while another steps leaves that one waiting
+            # for ever in the gradients' all-reduce.
+            per_replica = distribution.extended.call_for_each_replica(nonfinite, args=(grads,))
+            finite = tf.equal(
+                distribution.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), 0.0)
 
             def apply_on_each_replica() -> None:
                 distribution.extended.call_for_each_replica(

@@ -13,7 +13,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from .._checks import resolve
+from ..lion import Hyperparameters
 from . import xla
 
 
@@ -27,16 +27,18 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     cache = optimizer.__dict__.setdefault("_tf_compiled_updates", {})
     if keys not in cache:
         cache[keys] = _compile(optimizer, list(variables))
-    # float64, so that float64 variables get their betas unrounded.
-    betas = [tf.constant(resolve(b), tf.float64) for b in (optimizer.beta_1, optimizer.beta_2)]
+    # float64, so that float64 variables get them unrounded; no weight decay
+    # (None) is a trace of its own.
+    live = [None if x is None else tf.constant(x, tf.float64) for x in optimizer._hyperparameters()]
     grads = [tf.convert_to_tensor(g) for g in grads]
-    cache[keys](grads, tf.convert_to_tensor(learning_rate), *betas)
+    cache[keys](grads, tf.convert_to_tensor(learning_rate), *live)
 
 
 def _compile(optimizer: Any, variables: list[Any]) -> Any:
-    # Betas enter as tensors so that callables are read again at every step.
+    # The hyperparameters enter as tensors, so that their values at each step are used.
     @tf.function(jit_compile=True, autograph=False)
-    def compiled(grads: list[Any], learning_rate: Any, beta_1: Any, beta_2: Any) -> None:
-        xla.update(optimizer, grads, variables, learning_rate, betas=(beta_1, beta_2))
+    def compiled(grads: list[Any], learning_rate: Any, *hyperparameters: Any) -> None:
+        xla.update(optimizer, grads, variables, learning_rate,
+                   Hyperparameters(*hyperparameters))
 
     return compiled

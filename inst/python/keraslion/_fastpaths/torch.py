@@ -8,31 +8,40 @@ sits in cache, with views of one small scratch buffer for `c`, so that
 memory is read and written about once per step and nothing full-size is
 allocated:
 
-    p = p * (1 - lr * weight_decay)           (where decayed)
-    c = lerp(m, g, 1 - beta_1)                (= beta_1 * m + (1 - beta_1) * g)
-    p = p - lr * sign(c)
-    m = lerp(m, g, 1 - beta_2)
+    c = beta_1 * m + (1 - beta_1) * g
+    p = p - lr * (sign(c) + weight_decay * p)     (weight decay where not excluded)
+    m = beta_2 * m + (1 - beta_2) * g
+
+(`lerp` would save a pass over the block, but turns an infinite momentum
+into NaN where these products keep it infinite, as the plain path does.)
+The learning rate stays a tensor, so that `torch.compile` does not break
+its graph to read it.
 
 A momentum in a narrower dtype (bfloat16) is widened into the scratch buffer
 and rounded back once. The cut into blocks is planned once per set of
-variables. It covers contiguous float32 and float64 variables, without caution.
+variables, from what is fixed once the optimizer is built (shapes, dtypes,
+exclusion from weight decay); the values of the hyperparameters are read at
+every step. It covers contiguous float32 and float64 variables, without caution.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import keras
+import numpy as np
 import torch
-
-from .._checks import resolve
+from keras import ops
 
 #: Elements per block: p, m, g and c of a block of 128k float32 elements
 #: take 2 MiB, about the L2 cache of one core.
 BLOCK = 1 << 17
 
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
 
 class Block(NamedTuple):
-    decayed: bool
+    decayed: bool  # not excluded from weight decay
     params: list[Any]
     momentums: list[Any]
     scratch: list[Any]
@@ -52,35 +61,45 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
-    lr = float(learning_rate)
-    beta_1, beta_2 = float(resolve(optimizer.beta_1)), float(resolve(optimizer.beta_2))
-    weight_decay = float(optimizer.weight_decay or 0.0)
+    live = optimizer._hyperparameters()
+    beta_1, beta_2 = float(live.beta_1), float(live.beta_2)
     plan = _plan(optimizer, variables)
     grads = [g if isinstance(g, torch.Tensor) and g.dtype == p.dtype
              else torch.as_tensor(g).to(p.dtype) for g, p in zip(grads, plan.params)]
-    # 1 - beta in the variables' dtype, as the plain path computes it.
-    weights = {dtype: [float(1 - torch.tensor(b, dtype=dtype)) for b in (beta_1, beta_2)]
-               for dtype in {block.scratch[0].dtype for block in plan.blocks}}
+    # Per dtype, as the plain path computes them: the learning rate cast (a
+    # tensor, not read into Python), and 1 - beta.
+    scalars: dict[Any, tuple[Any, float, float]] = {}
     for block in plan.blocks:
+        dtype = block.scratch[0].dtype
+        if dtype not in scalars:
+            exact = _NUMPY_DTYPES[dtype]
+            scalars[dtype] = (ops.cast(learning_rate, keras.backend.standardize_dtype(dtype)),
+                              *(float(1 - exact(b)) for b in (beta_1, beta_2)))
         gs = [grads[i] if part is None else grads[i].reshape(-1)[part]
               for i, part in block.grads]
-        _lion(block.params, block.momentums, gs, block.scratch, lr,
-              *weights[block.scratch[0].dtype], weight_decay if block.decayed else 0.0)
+        weight_decay = live.weight_decay if block.decayed else None
+        _lion(block.params, block.momentums, gs, block.scratch,
+              beta_1, beta_2, *scalars[dtype], weight_decay)
 
 
-def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], lr: float,
-          one_minus_beta_1: float, one_minus_beta_2: float, weight_decay: float) -> None:
+def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], beta_1: float,
+          beta_2: float, lr: Any, one_minus_beta_1: float, one_minus_beta_2: float,
+          weight_decay: float | None) -> None:
     torch._foreach_copy_(cs, ms)
-    torch._foreach_lerp_(cs, gs, one_minus_beta_1)
+    torch._foreach_mul_(cs, beta_1)
+    torch._foreach_add_(cs, gs, alpha=one_minus_beta_1)
     torch._foreach_sign_(cs)
-    if weight_decay:
+    if weight_decay is not None:
         torch._foreach_add_(cs, ps, alpha=weight_decay)
-    torch._foreach_add_(ps, cs, alpha=-lr)
+    torch._foreach_mul_(cs, lr)
+    torch._foreach_sub_(ps, cs)
     if ms[0].dtype == cs[0].dtype:
-        torch._foreach_lerp_(ms, gs, one_minus_beta_2)
+        torch._foreach_mul_(ms, beta_2)
+        torch._foreach_add_(ms, gs, alpha=one_minus_beta_2)
     else:  # Widen, update in the variable's dtype, round back once.
         torch._foreach_copy_(cs, ms)
-        torch._foreach_lerp_(cs, gs, one_minus_beta_2)
+        torch._foreach_mul_(cs, beta_2)
+        torch._foreach_add_(cs, gs, alpha=one_minus_beta_2)
         torch._foreach_copy_(ms, cs)
 
 
@@ -98,12 +117,12 @@ def _plan(optimizer: Any, variables: list[Any]) -> Plan:
 
 def _blocks(optimizer: Any, variables: list[Any]) -> list[Block]:
     """Whole small tensors and BLOCK-sized parts of large ones, in blocks of at
-    most BLOCK elements, by dtype, device and weight decay."""
+    most BLOCK elements, by dtype, device and exclusion from weight decay."""
     groups: dict[tuple[Any, ...], list[tuple[int, Any, Any]]] = {}
     for i, v in enumerate(variables):
         p = v._value
         m = optimizer._momentums[optimizer._get_variable_index(v)]._value
-        decayed = bool(optimizer._weight_decay_for(v))
+        decayed = optimizer._use_weight_decay(v)
         groups.setdefault((p.dtype, m.dtype, p.device, decayed), []).append((i, p, m))
     blocks = []
     for (dtype, _, device, decayed), members in groups.items():

@@ -18,24 +18,27 @@ rewritten form would turn rounding noise into a full step.
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keras import ops
 
-from .._checks import resolve
+if TYPE_CHECKING:
+    from ..lion import Hyperparameters
 
 
 def supports(optimizer: Any, variables: list[Any]) -> bool:
-    beta_1, beta_2 = resolve(optimizer.beta_1), resolve(optimizer.beta_2)
-    numeric = isinstance(beta_1, numbers.Real) and isinstance(beta_2, numbers.Real)
-    return numeric and beta_1 < 1 and beta_2 > 0
+    live = optimizer._hyperparameters()
+    numeric = isinstance(live.beta_1, numbers.Real) and isinstance(live.beta_2, numbers.Real)
+    return numeric and live.beta_1 < 1 and live.beta_2 > 0
 
 
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any,
-           betas: tuple[Any, Any] | None = None) -> None:
+           hyperparameters: Hyperparameters | None = None) -> None:
+    # Read once for all variables (a compiled caller passes them in as tensors).
+    hyperparameters = hyperparameters or optimizer._hyperparameters()
     scalars: dict[Any, Any] = {}
     for gradient, variable in zip(grads, variables):
-        step = optimizer._step_inputs(gradient, variable, learning_rate, betas, scalars)
+        step = optimizer._step_inputs(gradient, variable, learning_rate, hyperparameters, scalars)
         key = ("momentum-first", step.g.dtype)
         if key not in scalars:
             ratio = step.beta_1 / step.beta_2

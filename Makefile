@@ -6,6 +6,9 @@ VENV := .venv
 PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 export RETICULATE_PYTHON := $(PYTHON)
+# Every R process uses the project library first: keras3 and the reticulate it
+# needs (tools/setup-keras3.sh installs them there), then the system's.
+export R_LIBS := $(CURDIR)/.Rlib
 export KERAS_BACKEND ?= jax
 export TF_CPP_MIN_LOG_LEVEL := 3
 export _R_CHECK_SYSTEM_CLOCK_ := 0
@@ -16,6 +19,7 @@ export NOT_CRAN := true
 
 setup: $(VENV)/.installed
 	@tools/setup-apt.sh
+	@tools/setup-keras3.sh
 
 $(VENV)/.installed: tools/requirements.txt
 	@test -x $(PYTHON) || python3 -m venv $(VENV)

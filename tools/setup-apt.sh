@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Debian packages for R, the package's checks, its docs and the site test.
+# Debian packages for R, the package's checks, its docs and the site test,
+# and those keras3 needs to install from source (tools/setup-keras3.sh).
 # Quick when everything is already installed.
 set -euo pipefail
 packages=(
   r-base-core r-cran-reticulate r-cran-testthat r-cran-cli r-cran-rlang
   r-cran-withr r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown r-cran-pkgdown
-  pandoc qpdf tidy chromium fonts-dejavu-core
+  r-cran-callr pandoc qpdf tidy chromium fonts-dejavu-core
+  # keras3 and the newer reticulate it needs:
+  r-base-dev r-cran-rcpp r-cran-rcpptoml r-cran-here r-cran-png r-cran-matrix
+  r-cran-jsonlite r-cran-rappdirs r-cran-base64enc r-cran-whisker r-cran-generics
+  r-cran-zeallot r-cran-rstudioapi r-cran-tidyselect r-cran-backports r-cran-yaml
+  r-cran-processx r-cran-lifecycle r-cran-magrittr r-cran-glue r-cran-fastmap
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -5,16 +5,24 @@ helper script (distributed_*_worker.py) in a fresh Python process and checks
 what it saved:
 
 - TensorFlow: `tf.distribute.MirroredStrategy` over 2 logical CPU devices;
+  `MultiWorkerMirroredStrategy` with 2 worker processes on localhost;
 - JAX: `keras.distribution.DataParallel` over 4 virtual CPU devices, and
-  `ModelParallel` with a Dense kernel sharded across 2 of them.
+  `ModelParallel` with a Dense kernel sharded across 2 of them; both again
+  over 2 processes joined by `jax.distributed`, 2 devices each.
 
 Each runs only under its own backend (KERAS_BACKEND), and so once per
-`make test`; on the others it is skipped.
+`make test`; on the others it is skipped. The processes of one run start
+together and are killed (their whole process group, with SIGKILL: a hung
+TensorFlow worker ignores SIGTERM) if they outlive a time limit, so that a
+deadlock fails the test instead of hanging it.
 """
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -34,6 +42,46 @@ def run_worker(script, tmp_path):
     assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr[-5000:]}"
     with np.load(out) as results:
         return {key: results[key] for key in results.files}
+
+
+def run_workers(script, tmp_path, tasks, timeout=300):
+    """Runs `script NAME.npz *args` for each (name, args) in `tasks`, all at
+    once; returns what they saved, each key prefixed with its task's name."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    processes = {}
+    for name, args in tasks.items():
+        command = [sys.executable, str(HERE / script), str(tmp_path / f"{name}.npz"), *args]
+        with (tmp_path / f"{name}.log").open("w") as log:
+            processes[name] = subprocess.Popen(command, env=env, stdout=log, stderr=log,
+                                               start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        for process in processes.values():
+            process.wait(timeout=max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{script} {list(tasks)} still running after {timeout} s (deadlock?)")
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    results = {}
+    for name, process in processes.items():
+        log = (tmp_path / f"{name}.log").read_text()
+        assert process.returncode == 0, f"{script} {name} failed:\n{log[-5000:]}"
+        with np.load(tmp_path / f"{name}.npz") as saved:
+            results.update({f"{name}/{key}": saved[key] for key in saved.files})
+    return results
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [str(s.getsockname()[1]) for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def assert_same_training(results, name, reference="single", learning_rate=0.01):
@@ -57,6 +105,35 @@ def tf_results(tmp_path_factory):
 @pytest.fixture(scope="module")
 def jax_results(tmp_path_factory):
     return run_worker("distributed_jax_worker.py", tmp_path_factory.mktemp("jax"))
+
+
+@pytest.fixture(scope="module")
+def tf_multiworker_results(tmp_path_factory):
+    ports = free_ports(2)
+    return run_workers("distributed_tf_multiworker_worker.py",
+                       tmp_path_factory.mktemp("tf_multiworker"),
+                       {"single": ["single"], "worker0": ["0", *ports], "worker1": ["1", *ports]})
+
+
+@pytest.fixture(scope="module")
+def jax_multiprocess_results(tmp_path_factory):
+    port = free_ports(1)
+    return run_workers("distributed_jax_multiprocess_worker.py",
+                       tmp_path_factory.mktemp("jax_multiprocess"),
+                       {"single": ["single"], "process0": ["0", *port],
+                        "process1": ["1", *port]})
+
+
+def assert_workers_agree(results, run, workers):
+    """Every worker ends with the same weights and state, bit for bit."""
+    first, *others = workers
+    keys = [key.removeprefix(f"{first}/") for key in results
+            if key.startswith(f"{first}/{run}/")]
+    assert keys
+    for other in others:
+        for key in keys:
+            np.testing.assert_array_equal(results[f"{other}/{key}"], results[f"{first}/{key}"],
+                                          err_msg=f"{other}/{key}")
 
 
 # TensorFlow: MirroredStrategy ------------------------------------------------------
@@ -92,6 +169,25 @@ def test_loss_scale_optimizer_under_mirrored_strategy_stays_finite(tf_results):
     for key, value in tf_results.items():
         if key.startswith("loss_scale_skip/"):
             assert np.all(np.isfinite(value)), key
+
+
+# TensorFlow: MultiWorkerMirroredStrategy (custom loop; Keras's fit() does not run
+# under it) ------------------------------------------------------------------------------
+
+@tensorflow_only
+@pytest.mark.parametrize("run", ["eager", "function"])
+def test_multi_worker_skips_a_nonfinite_step_seen_by_one_worker(tf_multiworker_results, run):
+    # The NaN reached only the second worker. Both skipped the step, once per
+    # epoch (a worker that skipped alone would leave the other waiting for
+    # ever), and trained on as one process over the same global batches.
+    results = tf_multiworker_results
+    workers = ["worker0", "worker1"]
+    assert [results[f"{w}/replicas"] for w in workers] == [2, 2]
+    assert_workers_agree(results, run, workers)
+    for worker in workers:
+        assert results[f"{worker}/{run}/nonfinite_steps"] == 2
+        assert results[f"{worker}/{run}/iterations"] == 12
+        assert_same_training(results, f"{worker}/{run}", reference=f"single/{run}")
 
 
 # JAX: keras.distribution -------------------------------------------------------------
@@ -133,3 +229,38 @@ def test_model_parallel_state_has_its_variables_sharding(jax_results, run, stage
 @jax_only
 def test_model_parallel_matches_single_device(jax_results):
     assert_same_training(jax_results, "model_parallel")
+
+
+@jax_only
+@pytest.mark.parametrize("run", ["data_parallel", "model_parallel"])
+def test_two_processes_train_as_one(jax_multiprocess_results, run):
+    # DataParallel: each process fed its half of every global batch, and the
+    # NaN only reached the second; ModelParallel: each fed whole batches and
+    # held half of the hidden kernel. Both processes skipped the NaN batch
+    # (once per epoch) and ended as one process over the same global batches.
+    results = jax_multiprocess_results
+    processes = ["process0", "process1"]
+    assert [results[f"{p}/devices"] for p in processes] == [4, 4]
+    assert [results[f"{p}/local_devices"] for p in processes] == [2, 2]
+    assert_workers_agree(results, run, processes)
+    for process in processes:
+        assert results[f"{process}/{run}/nonfinite_steps"] == 2
+        assert results[f"{process}/{run}/iterations"] == 8
+        assert_same_training(results, f"{process}/{run}", reference=f"single/{run}")
+
+
+@jax_only
+def test_model_parallel_across_processes_shards_the_momentum_as_its_variable(
+        jax_multiprocess_results):
+    results = jax_multiprocess_results
+    prefix = "process0/model_parallel"
+    paths = [str(results[f"{prefix}/path/{i}"]) for i in range(4)]
+    kernel = next(i for i, path in enumerate(paths) if path.endswith("hidden/kernel"))
+    assert results[f"{prefix}/spec/{kernel}"] == "PartitionSpec(None, 'model')"
+    # Each process holds 4 of the kernel's 8 columns, and of its momentum's.
+    assert tuple(results[f"{prefix}/local_shape/{kernel}"]) == (6, 4)
+    for i in range(4):
+        assert results[f"{prefix}/momentum_spec/{i}"] == results[f"{prefix}/spec/{i}"]
+        assert results[f"{prefix}/momentum_sharded_alike/{i}"]
+        np.testing.assert_array_equal(results[f"{prefix}/momentum_local_shape/{i}"],
+                                      results[f"{prefix}/local_shape/{i}"])

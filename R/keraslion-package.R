@@ -27,6 +27,6 @@
 #' @keywords internal
 "_PACKAGE"
 
-#' @importFrom rlang caller_env
+#' @importFrom rlang caller_env %||%
 #' @importFrom utils packageVersion
 NULL

@@ -22,6 +22,9 @@
 #' The optimizer is the Python class `keraslion.Lion`, a
 #' `keras.optimizers.Optimizer`: pass it to `compile()` of a 'keras3' model
 #' or of a model built through `reticulate::import("keras")`.
+#' Wherever a number is expected, a NumPy scalar or a 0-d tensor (such as
+#' the `op_*()` functions of 'keras3' return) works too, as in
+#' `keras3::optimizer_lion()`.
 #'
 #' @param learning_rate The learning rate: a number >= 0, a
 #'   `LearningRateSchedule` (e.g. from `keras3::learning_rate_schedule_cosine_decay()`),
@@ -49,8 +52,8 @@
 #'   their average. With `NULL` this happens once, when
 #'   `optimizer$finalize_variable_values()` is called, which `fit()` does at
 #'   the end of training.
-#' @param name A single string: the optimizer's name, used in the names of
-#'   its variables.
+#' @param name A single string, or `NULL` for the default `"lion"`: the
+#'   optimizer's name, used in the names of its variables.
 #' @param ... Further named arguments passed to the Python optimizer, for
 #'   forward and backward compatibility. An argument it does not know is an
 #'   error.
@@ -74,7 +77,9 @@
 #' @param exclude_from_weight_decay `NULL` or a character vector of regular
 #'   expressions: a weight whose path (such as `"dense/bias"`) or name
 #'   matches any of them gets no weight decay, e.g. `c("bias", "norm")`.
-#'   Saved with the optimizer.
+#'   Saved with the optimizer. Python's `re` module applies them, so they
+#'   are written in its syntax and checked by it: R's classes such as
+#'   `"[[:alpha:]]"` are an error, use `"[a-zA-Z]"` instead.
 #' @param skip_nonfinite `TRUE` or `FALSE`: when `TRUE`, a step whose
 #'   gradients hold `NaN` or `Inf` leaves the weights, the momentum, the EMA
 #'   and the iteration count untouched, and is counted in
@@ -154,7 +159,8 @@ optimizer_lion <- function(learning_rate = 0.001,
       ema_overwrite_frequency = as_whole_number(
         ema_overwrite_frequency, "ema_overwrite_frequency", 1
       ),
-      name = check_string(name, "name"),
+      # keras3's optimizer_lion() takes `NULL` for Keras's default name too.
+      name = check_string(name, "name", allow_null = TRUE) %||% "lion",
       loss_scale_factor = as_number(
         loss_scale_factor, "loss_scale_factor", 0,
         lower_closed = FALSE, allow_null = TRUE

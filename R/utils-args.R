@@ -54,6 +54,52 @@ is_number <- function(x) {
   is.numeric(x) && !is.object(x) && length(x) == 1 && !is.na(x)
 }
 
+# Checks that need Python's own rules, defined once per session. (Names
+# imported at the top would not be seen by the functions of a local namespace.)
+py_checks_code <- '
+def real_number(x):
+    """A real number, or a 0-d array or tensor of one, as a float; else None."""
+    import numbers
+
+    if isinstance(x, bool) or "bool" in str(getattr(x, "dtype", "")):
+        return None
+    if not isinstance(x, numbers.Real) and getattr(x, "shape", None) != ():
+        return None
+    return float(x)
+
+
+def pattern_problem(pattern):
+    """Why re, which applies the patterns, rejects `pattern` or warns about it."""
+    import re
+    import warnings
+
+    re.purge()  # A cached pattern would not warn again.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            re.compile(pattern)
+        except (re.error, Warning) as err:
+            return str(err)
+    return None
+'
+
+py_checks <- function() {
+  if (is.null(the$py_checks)) {
+    the$py_checks <- reticulate::py_run_string(py_checks_code, local = TRUE, convert = TRUE)
+  }
+  the$py_checks
+}
+
+# A Python number, or a 0-d NumPy array or tensor (as keras3's `op_*()`
+# functions return), as an R number; any other value as it is.
+from_py_number <- function(x) {
+  if (!is_py_object(x)) {
+    return(x)
+  }
+  number <- tryCatch(py_checks()$real_number(x), error = function(e) NULL)
+  if (is.null(number)) x else number
+}
+
 # A number in an interval, as a double; with `allow_callable`, an R function
 # or a Python object is passed through for Python to use as a callable.
 as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
@@ -62,8 +108,10 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
   if (allow_null && is.null(x)) {
     return(NULL)
   }
-  if (allow_callable && (is.function(x) || is_py_object(x))) {
-    # A Python callable (e.g. a LearningRateSchedule) is also an R function.
+  x <- from_py_number(x)
+  callable <- is.function(x) || (is_py_object(x) && reticulate::py_has_attr(x, "__call__"))
+  if (allow_callable && callable) {
+    # An R function, or a Python callable such as a LearningRateSchedule.
     if (is.function(x) && !is_py_object(x) && length(formals(x)) > 0) {
       abort_arg(arg, "a function of no arguments", x, call)
     }
@@ -87,6 +135,7 @@ as_whole_number <- function(x, arg, lower, call = caller_env()) {
   if (is.null(x)) {
     return(NULL)
   }
+  x <- from_py_number(x)
   if (!is_number(x) || !is.finite(x) || x != round(x) || x < lower ||
     x > .Machine$integer.max) {
     abort_arg(arg, paste("`NULL` or a whole number >=", lower), x, call)
@@ -125,7 +174,9 @@ check_choice <- function(x, arg, values, call = caller_env()) {
 }
 
 # `NULL` or a character vector of regular expressions, as a list so that a
-# single pattern reaches Python as a list of one string.
+# single pattern reaches Python as a list of one string. Python's `re` applies
+# them, so it judges them too: R's own syntax, such as "[[:alpha:]]", means
+# something else there (and makes `re` warn).
 as_patterns <- function(x, arg, call = caller_env()) {
   if (is.null(x)) {
     return(NULL)
@@ -134,16 +185,17 @@ as_patterns <- function(x, arg, call = caller_env()) {
     abort_arg(arg, "`NULL` or a character vector of non-empty regular expressions", x, call)
   }
   for (pattern in x) {
-    valid <- tryCatch(
-      {
-        grepl(pattern, "", perl = TRUE)
-        TRUE
-      },
-      error = function(e) FALSE,
-      warning = function(w) FALSE
-    )
-    if (!valid) {
-      abort_arg(arg, "a character vector of valid regular expressions", pattern, call)
+    problem <- py_checks()$pattern_problem(pattern)
+    if (!is.null(problem)) {
+      received <- describe(pattern)
+      cli::cli_abort(
+        c(
+          "{.arg {arg}} must hold regular expressions in Python's syntax, not {received}.",
+          i = "Python's {.code re}: {problem}."
+        ),
+        call = call,
+        class = "keraslion_error_argument"
+      )
     }
   }
   as.list(x)

@@ -4,6 +4,12 @@ skip_if_no_keras <- function() {
   }
 }
 
+skip_if_no_python <- function() {
+  if (!reticulate::py_available(initialize = TRUE)) {
+    skip("Python is not available")
+  }
+}
+
 keras_module <- function() {
   reticulate::import("keras")
 }

@@ -51,9 +51,62 @@ test_that("bad arguments get an error naming the argument and the value", {
     optimizer_lion(momentum_dtype = "int8")
     optimizer_lion(cautious = 1)
     optimizer_lion(exclude_from_weight_decay = c("bias", NA))
-    optimizer_lion(exclude_from_weight_decay = "(unclosed")
     optimizer_lion(skip_nonfinite = NULL)
     optimizer_lion(0.1, 0.9, 0.99, NULL, NULL, NULL, NULL, FALSE, 0.99, NULL, "lion", TRUE)
+  })
+})
+
+test_that("exclude_from_weight_decay is checked by Python's re, which applies it", {
+  skip_if_no_python()
+  expect_identical(
+    keraslion:::as_patterns(c("bias", "norm$", "^dense_[0-9]+/kernel"), "p"),
+    list("bias", "norm$", "^dense_[0-9]+/kernel")
+  )
+  expect_snapshot(error = TRUE, {
+    optimizer_lion(exclude_from_weight_decay = "(unclosed")
+    # R's character classes mean a set of characters to Python (it warns).
+    optimizer_lion(exclude_from_weight_decay = c("bias", "[[:alpha:]]+"))
+    # Valid in R (PCRE), not in Python.
+    optimizer_lion(exclude_from_weight_decay = "\\p{L}+")
+  })
+})
+
+test_that("name = NULL gives the default name, as in keras3", {
+  skip_if_no_keras()
+  expect_identical(optimizer_lion(name = NULL)$name, "lion")
+  expect_identical(optimizer_lion(name = "lion_head")$name, "lion_head")
+})
+
+test_that("NumPy scalars and 0-d tensors are accepted as numbers", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  np <- reticulate::import("numpy", convert = FALSE)
+  opt <- optimizer_lion(
+    learning_rate = np$float32(0.25),
+    beta_1 = np$array(0.5),
+    weight_decay = keras$ops$convert_to_tensor(0.125),
+    clipvalue = np$float64(2),
+    gradient_accumulation_steps = np$int64(3L),
+    ema_momentum = keras$ops$convert_to_tensor(0.75),
+    use_ema = TRUE,
+    ema_overwrite_frequency = keras$ops$convert_to_tensor(4L)
+  )
+  config <- opt$get_config()
+  expect_identical(config$learning_rate, 0.25)
+  expect_identical(config$beta_1, 0.5)
+  expect_identical(config$weight_decay, 0.125)
+  expect_identical(config$clipvalue, 2)
+  expect_identical(config$gradient_accumulation_steps, 3L)
+  expect_identical(config$ema_momentum, 0.75)
+  expect_identical(config$ema_overwrite_frequency, 4L)
+
+  # They are checked like R numbers.
+  expect_error(optimizer_lion(weight_decay = keras$ops$convert_to_tensor(-1)), "not `-1`")
+  expect_error(optimizer_lion(gradient_accumulation_steps = np$float64(2.5)), "not `2.5`")
+  expect_snapshot(error = TRUE, {
+    optimizer_lion(weight_decay = np$array(c(0.1, 0.2)))
+    optimizer_lion(clipnorm = np$bool_(TRUE))
+    optimizer_lion(beta_2 = np$array(c(0.9, 0.99)))
   })
 })
 

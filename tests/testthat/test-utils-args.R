@@ -35,7 +35,6 @@ test_that("check helpers pass good values through", {
   expect_true(check_flag(TRUE, "f"))
   expect_identical(check_string("a", "s"), "a")
   expect_identical(check_choice("bfloat16", "d", c("float32", "bfloat16")), "bfloat16")
-  expect_identical(as_patterns(c("bias", "norm$"), "p"), list("bias", "norm$"))
   expect_identical(check_at_most_one(list(a = NULL, b = 1)), list(a = NULL, b = 1))
   expect_identical(check_dots_named(list(a = 1)), list(a = 1))
   expect_identical(check_dots_known(list(), NULL), list())

@@ -120,12 +120,16 @@ found = _keraslion_probe()
 #' Import keraslion's Python module
 #'
 #' Imports `keraslion`, the Python package that ships inside this R
-#' package, and returns it. Importing it registers the `Lion` class with
-#' Keras, which loading a saved model compiled with [optimizer_lion()]
-#' needs: in a new R session, call `import_keraslion()` before
-#' `keras$saving$load_model()` (or 'keras3''s `load_model()`), or Keras
-#' stops with "Could not locate class 'Lion'". The module also gives R the
-#' whole Python API, e.g. `import_keraslion()$Lion`.
+#' package, and returns it: the whole Python API, e.g.
+#' `import_keraslion()$Lion`, with Python's argument names and types.
+#'
+#' Loading a saved model needs no call to it. Importing `keraslion`
+#' registers the `Lion` class with Keras, and `library(keraslion)` arranges
+#' for that to happen as soon as Python imports `keras` (or at once, if it
+#' already has), so `keras3::load_model()` and `keras$saving$load_model()`
+#' find `Lion` in a new R session, in whatever order keras3, keraslion and
+#' Python were started. Loading keraslion itself never starts Python. From
+#' Python alone, `import keraslion` before `keras.saving.load_model()`.
 #'
 #' @returns The Python module `keraslion`.
 #' @family helpers

@@ -7,6 +7,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 python="${RETICULATE_PYTHON:-$PWD/.venv/bin/python}"
+# The project's R library (keras3 and its reticulate; tools/setup-keras3.sh)
+# comes first for every R process, unless the caller chose otherwise.
+export R_LIBS="${R_LIBS-$PWD/.Rlib}"
 results=.test-results
 rm -rf "$results" keraslion.Rcheck keraslion_*.tar.gz docs
 mkdir -p "$results"
@@ -14,6 +17,11 @@ mkdir -p "$results"
 # One line per non-pytest suite: name passed failed skipped.
 record() { echo "$1 $2 $3 $4" >> "$results/counts.txt"; }
 section() { printf '\n==== %s ====\n' "$1"; }
+# Which reticulate and keras3 the R processes started from here will use.
+r_libraries() {
+  Rscript -e 'v <- function(p) if (requireNamespace(p, quietly = TRUE)) format(packageVersion(p)) else "not installed"' \
+    -e 'cat("reticulate", v("reticulate"), "| keras3", v("keras3"), "\n")'
+}
 
 section "ruff (Python lint)"
 if "$python" -m ruff check --config inst/python/pyproject.toml inst/python tests/python; then
@@ -65,7 +73,25 @@ check_package() {
 }
 
 section "R CMD check --as-cran with Python and Keras (KERAS_BACKEND=$KERAS_BACKEND)"
+r_libraries
 check_package R-CMD-check testthat "$PWD"
+
+# The keras3 tests again on a second backend, with the keraslion that R CMD
+# check installed.
+other_backend=torch
+[ "$KERAS_BACKEND" = torch ] && other_backend=tensorflow
+section "keras3 testthat suite, KERAS_BACKEND=$other_backend"
+KERAS_BACKEND=$other_backend R_LIBS="$PWD/keraslion.Rcheck${R_LIBS:+:$R_LIBS}" Rscript -e '
+  args <- commandArgs(trailingOnly = TRUE)
+  results <- as.data.frame(testthat::test_dir(
+    "tests/testthat", filter = "keras3", package = "keraslion",
+    load_package = "installed", stop_on_failure = FALSE
+  ))
+  counts <- c(sum(results$passed), sum(results$failed) + sum(results$error), sum(results$skipped))
+  cat(args[[1]], counts, "\n", file = args[[2]], append = TRUE)
+' "testthat-keras3-$other_backend" "$results/counts.txt"
+grep -q "^testthat-keras3-$other_backend " "$results/counts.txt" ||
+  record "testthat-keras3-$other_backend" 0 1 0
 # The vignettes in that tarball must have run their code.
 # doc_has TARBALL VIGNETTE TEXT: the built vignette's HTML contains TEXT.
 doc_has() {
@@ -80,7 +106,9 @@ else
   record vignettes-with-keras 0 1 0
 fi
 
-# Again with a Python that has no Keras: the tests and examples that need it
+# Again with a Python that has no Keras, and only the system's R libraries:
+# Debian's reticulate 1.28 and no keras3 (a suggested package, hence
+# _R_CHECK_FORCE_SUGGESTS_=false). The tests and examples that need them
 # must skip, and the vignettes must build without evaluating their code.
 section "R CMD check --as-cran with a Python without Keras"
 no_keras_python=/usr/bin/python3
@@ -90,7 +118,9 @@ if ! "$no_keras_python" -c 'import sys' 2>/dev/null ||
   "$python" -m venv --without-pip "$results/venv-no-keras"
   no_keras_python=$PWD/$results/venv-no-keras/bin/python
 fi
-RETICULATE_PYTHON=$no_keras_python check_package R-CMD-check-no-keras testthat-no-keras "$results/no-keras"
+R_LIBS= r_libraries
+R_LIBS= _R_CHECK_FORCE_SUGGESTS_=false RETICULATE_PYTHON=$no_keras_python \
+  check_package R-CMD-check-no-keras testthat-no-keras "$results/no-keras"
 no_keras_tarball=$(ls "$results"/no-keras/keraslion_*.tar.gz 2>/dev/null | head -n 1)
 if doc_has "$no_keras_tarball" keraslion 'Python with Keras was not available' &&
   doc_has "$no_keras_tarball" lion-vs-adamw 'Python with Keras was not available'; then

@@ -18,23 +18,32 @@ def _seed() -> None:
 
 
 def numpy_lion(theta, grads, learning_rate, beta_1=0.9, beta_2=0.99, weight_decay=0.0,
-               cautious=False, momentum=None):
-    """Independent float64 oracle: the paper's three lines, step by step.
+               cautious=False, momentum=None, storage_dtype=None):
+    """Independent oracle: the paper's three lines, step by step, in float64.
 
+    With a `storage_dtype` (float16, bfloat16), the weights and momentum are
+    stored in it: each step is computed in float32 and rounded once.
     Returns the parameters and momentum after applying every gradient in `grads`.
     """
-    theta = np.asarray(theta, np.float64).copy()
-    m = np.zeros_like(theta) if momentum is None else np.asarray(momentum, np.float64).copy()
+    compute = np.float64 if storage_dtype is None else np.float32
+    store = compute if storage_dtype is None else storage_dtype
+
+    def stored(x):
+        return np.asarray(x).astype(store).astype(compute)
+
+    theta = stored(theta)
+    m = np.zeros_like(theta) if momentum is None else stored(momentum)
+    beta_1, beta_2, weight_decay = compute(beta_1), compute(beta_2), compute(weight_decay)
     for step, g in enumerate(grads):
-        g = np.asarray(g, np.float64)
-        lr = learning_rate(step) if callable(learning_rate) else learning_rate
+        g = stored(g)
+        lr = compute(learning_rate(step) if callable(learning_rate) else learning_rate)
         c = beta_1 * m + (1 - beta_1) * g
         u = np.sign(c)
         if cautious:
-            keep = (u * g > 0).astype(np.float64)
-            u = u * keep * (keep.size / max(keep.sum(), 1.0))
-        theta = theta - lr * (u + weight_decay * theta)
-        m = beta_2 * m + (1 - beta_2) * g
+            keep = (u * g > 0).astype(compute)
+            u = u * keep * (compute(keep.size) / max(keep.sum(), compute(1)))
+        theta = stored(theta - lr * (u + weight_decay * theta))
+        m = stored(beta_2 * m + (1 - beta_2) * g)
     return theta, m
 
 

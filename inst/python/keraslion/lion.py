@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -27,8 +28,16 @@ def lion_direction(c: Any, gradient: Any, cautious: bool) -> Any:
     if not cautious:
         return direction
     agrees = ops.cast(ops.greater(direction * gradient, 0), direction.dtype)
-    kept = ops.maximum(ops.sum(agrees), 1.0)
+    kept = ops.sum(agrees)
+    # max(kept, 1) for a count; ops.maximum would compute it in float32 on torch.
+    kept = kept + ops.cast(ops.equal(kept, 0), kept.dtype)
     return direction * agrees * (math.prod(direction.shape) / kept)
+
+
+def cast_scalar(x: Any, dtype: str) -> Any:
+    """A hyperparameter in `dtype`: a Python number directly, as on TensorFlow
+    `ops.cast` would round it through float32 first."""
+    return ops.convert_to_tensor(x, dtype) if isinstance(x, numbers.Real) else ops.cast(x, dtype)
 
 
 def compute_dtype(variable_dtype: str, momentum_dtype: str) -> str:
@@ -268,7 +277,7 @@ class Lion(keras.optimizers.Optimizer):
         scalars = {} if scalars is None else scalars
         if dtype not in scalars:
             live = hyperparameters or self._hyperparameters()
-            scalars[dtype] = [None if x is None else ops.cast(x, dtype)
+            scalars[dtype] = [None if x is None else cast_scalar(x, dtype)
                               for x in (learning_rate, *live)]
         learning_rate, beta_1, beta_2, weight_decay = scalars[dtype]
         return StepInputs(

@@ -45,7 +45,7 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
             scalars[key] = (1 - step.beta_2, ratio, (1 - step.beta_1) - ratio * (1 - step.beta_2))
         one_minus_beta_2, ratio, gradient_weight = scalars[key]
         m = step.beta_2 * step.m + one_minus_beta_2 * step.g
-        stored = ops.cast(m, step.momentum.dtype)
-        optimizer.assign(step.momentum, stored)
-        c = ratio * ops.cast(stored, m.dtype) + gradient_weight * step.g
+        optimizer.assign(step.momentum, ops.cast(m, step.momentum.dtype))
+        # From the new momentum before it is rounded to a narrower dtype, as the paper's c.
+        c = ratio * m + gradient_weight * step.g
         optimizer._descend(variable, step, c)

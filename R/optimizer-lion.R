@@ -179,6 +179,6 @@ optimizer_lion <- function(learning_rate = 0.001,
       skip_nonfinite = check_flag(skip_nonfinite, "skip_nonfinite")
     )
   )
-  lion <- keraslion_py$Lion
+  lion <- python_core()$Lion
   do.call(lion, c(args, check_dots_known(dots, lion)))
 }

@@ -149,9 +149,7 @@ import_keraslion <- function() {
       "i" = "See {.fun keraslion::install_keraslion}."
     ), class = "keraslion_error_python")
   }
-  # Any attribute forces the delayed import.
-  keraslion_py$`__name__`
-  keraslion_py
+  python_core()
 }
 
 #' Install Keras and a backend for keraslion

@@ -1,15 +1,19 @@
-# The Python core, imported on first use so that loading the package never
-# starts Python.
-keraslion_py <- NULL
-
 .onLoad <- function(libname, pkgname) {
   declare_python_requirements()
-  keraslion_py <<- reticulate::import_from_path(
-    "keraslion",
-    path = system.file("python", package = pkgname),
-    delay_load = TRUE
-  )
   register_lion_with_keras()
+}
+
+# The Python core, imported on first use. (reticulate's delayed import would
+# import it, and with it keras, as soon as the package loads if Python has
+# already started.)
+python_core <- function() {
+  if (is.null(the$python_core)) {
+    the$python_core <- reticulate::import_from_path(
+      "keraslion",
+      path = system.file("python", package = "keraslion")
+    )
+  }
+  the$python_core
 }
 
 # Loading a saved model finds `Lion` only once the Python module keraslion has
@@ -31,7 +35,7 @@ register_lion_with_keras <- function() {
 # and optimizer_lion() will raise the error itself.
 import_on_keras_load <- function() {
   tryCatch(
-    keraslion_py$`__name__`,
+    python_core(),
     error = function(e) {
       cli::cli_warn(c(
         "keraslion could not register {.cls Lion} with Keras.",

@@ -16,7 +16,7 @@ test_that("lion_hparams_from_adamw() checks its arguments", {
 
 test_that("R and Python agree, and the result feeds optimizer_lion()", {
   skip_if_no_keras()
-  from_python <- keraslion:::keraslion_py$lion_hparams_from_adamw(1e-3, 0.01, factor = 5)
+  from_python <- keraslion:::python_core()$lion_hparams_from_adamw(1e-3, 0.01, factor = 5)
   expect_equal(lion_hparams_from_adamw(1e-3, 0.01, factor = 5), from_python)
   opt <- do.call(optimizer_lion, lion_hparams_from_adamw(1e-3, 0.01))
   expect_equal(opt$get_config()$weight_decay, 0.03)

@@ -139,7 +139,7 @@ test_that("it returns the Python optimizer with the arguments converted", {
 
 test_that("a Python-side error reaches R as an R error and R carries on", {
   skip_if_no_keras()
-  expect_error(keraslion:::keraslion_py$Lion(beta_2 = 1.5), "beta_2")
+  expect_error(keraslion:::python_core()$Lion(beta_2 = 1.5), "beta_2")
   expect_s3_class(optimizer_lion(), "keraslion.lion.Lion")
 })
 

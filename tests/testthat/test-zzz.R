@@ -1,5 +1,6 @@
 # .onLoad(): declares the Python requirements where reticulate can use them,
-# and sets up the delayed import of the Python core without starting Python.
+# sets up the delayed import of the Python core without starting Python, and
+# registers Lion with Keras once Python imports keras.
 
 test_that("loading keraslion does not start Python", {
   skip_on_cran()
@@ -18,6 +19,31 @@ test_that("loading keraslion does not start Python", {
     stdout = TRUE, stderr = TRUE
   )
   expect_true(any(grepl("python started: FALSE", out, fixed = TRUE)))
+})
+
+test_that("loading keraslion after Python started does not import keras", {
+  skip_on_cran()
+  skip_if_no_python()
+  skip_if(
+    length(find.package("keraslion", lib.loc = .libPaths(), quiet = TRUE)) == 0,
+    "keraslion is not installed"
+  )
+  rscript <- file.path(R.home("bin"), "Rscript")
+  code <- paste(
+    "invisible(reticulate::py_available(TRUE))",
+    "suppressPackageStartupMessages(library(keraslion))",
+    "modules <- names(reticulate::import('sys')$modules)",
+    "cat('keras imported:', 'keras' %in% modules, '\n')",
+    "cat('hook set:', length(getHook('reticulate::keras::load')) > 0, '\n')",
+    sep = "; "
+  )
+  out <- system2(rscript, c("--vanilla", "-e", shQuote(code)),
+    env = paste0("R_LIBS=", paste(.libPaths(), collapse = .Platform$path.sep)),
+    stdout = TRUE, stderr = TRUE
+  )
+  expect_true(any(grepl("keras imported: FALSE", out, fixed = TRUE)))
+  # Lion is registered when Python imports keras (test-keras3-sessions.R).
+  expect_true(any(grepl("hook set: TRUE", out, fixed = TRUE)))
 })
 
 test_that("Python requirements are declared only where py_require() exists", {

@@ -7,6 +7,7 @@ about 2 * learning_rate. The momentum does not depend on the weights, so it
 must match closely whatever the flips.
 """
 
+import math
 import types
 
 import keras
@@ -136,6 +137,32 @@ def test_tensorflow_update_is_traced_once():
     assert compiled.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")
+def test_torch_fast_path_compiles_to_one_graph_that_reads_the_learning_rate():
+    import torch
+    import torch._dynamo.testing
+
+    def run(compiled):
+        optimizer = Lion(learning_rate=LR, weight_decay=0.1)
+        variables = [keras.Variable(np.ones(s, np.float32)) for s in SHAPES[:3]]
+        grads = [torch.linspace(-1, 1, math.prod(s)).reshape(s) for s in SHAPES[:3]]
+        optimizer.apply(grads, variables)  # builds, and plans the blocks (once, not compiled)
+        update = optimizer._fast_path.update
+        if compiled:
+            torch._dynamo.reset()
+            counter = torch._dynamo.testing.CompileCounter()
+            update = torch.compile(update, backend=counter)
+        for learning_rate in (LR, 0.5, 0.25):  # a new value, not a new graph
+            optimizer.learning_rate = learning_rate
+            update(optimizer, grads, variables, optimizer.learning_rate)
+        return [to_numpy(v) for v in variables], counter.frame_count if compiled else None
+
+    (compiled, graphs), (eager, _) = run(compiled=True), run(compiled=False)
+    assert graphs == 1  # no graph break (as reading the learning rate into Python made)
+    for a, b in zip(compiled, eager):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 # bfloat16 momentum -------------------------------------------------------------
 
 def test_bfloat16_momentum_is_stored_in_bfloat16():
@@ -178,3 +205,26 @@ def test_bfloat16_momentum_training_tracks_float32():
     assert loss_32[-1] < 0.5 * loss_32[0]
     np.testing.assert_allclose(loss_16, loss_32, rtol=0.1)
     assert abs(accuracy_16 - accuracy_32) <= 0.03
+
+
+def test_infinite_gradients_give_what_the_plain_path_gives():
+    # +Inf in one element, -Inf in another, both in a third (momentum Inf - Inf = NaN).
+    g = np.ones((4, 3), np.float32)
+    first, second = g.copy(), -g
+    first[0, 0] = first[2, 1] = np.inf
+    second[1, 0] = second[2, 1] = -np.inf
+    results = []
+    for fast in (True, False):
+        optimizer = Lion(learning_rate=LR, weight_decay=0.1)
+        if not fast:
+            optimizer._fast_path = None
+        variable = keras.Variable(np.ones((4, 3), np.float32))
+        for grads in (first, second, g, -g, g):
+            optimizer.apply([keras.ops.convert_to_tensor(grads)], [variable])
+        results.append([to_numpy(variable), to_numpy(optimizer._momentums[0])])
+    momentum = results[1][1]
+    assert np.isposinf(momentum[0, 0]) and np.isneginf(momentum[1, 0]) and np.isnan(momentum[2, 1])
+    for ours, theirs in zip(*results):
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+        np.testing.assert_array_equal(np.isposinf(ours), np.isposinf(theirs))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6)  # NaN equals NaN here

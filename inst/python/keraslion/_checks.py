@@ -169,7 +169,8 @@ def float_dtype(name: str, value: Any) -> str | None:
 
 
 def patterns(name: str, value: str | Iterable[str] | None) -> list[str]:
-    """Regular expressions: one string means one pattern, not its characters."""
+    """Python regular expressions (`re`, which applies them): one string is one
+    pattern, not its characters."""
     if value is None:
         return []
     items = [value] if isinstance(value, str) else list(value)

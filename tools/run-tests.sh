@@ -42,6 +42,9 @@ done
 # skipped and every other --as-cran check runs. _R_CHECK_SYSTEM_CLOCK_=0 (from
 # the Makefile) skips the clock check, which also needs the network.
 export _R_CHECK_CRAN_INCOMING_=false
+# So does the check for orphaned dependencies, as soon as one is not
+# installed (keras3, a suggested package, in the check without Keras).
+export _R_CHECK_ORPHANED_=false
 export _R_CHECK_SYSTEM_CLOCK_=0
 
 # check_package NAME TESTS DIR: R CMD build and R CMD check --as-cran in DIR,

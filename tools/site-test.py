@@ -11,7 +11,12 @@ checks, each counted as one test:
 - the page has a Usage section whose code is a call of optimizer_lion();
 - for every argument of the seed (keras3's optimizer_lion()): the usage shows
   it, with the seed's default, and the Arguments section has an entry for it;
-- every argument documented in man/optimizer_lion.Rd has an entry too.
+- every argument documented in man/optimizer_lion.Rd has an entry too;
+- its keras3 example ran: the Examples section shows evaluate()'s output.
+
+Then, from the built files, each article is on the site with its title,
+linked from the home page's navigation bar, and shows what its code printed
+(ARTICLES below).
 
 Prints one line per check and exits with 1 if any failed. With --record, it
 appends `site-test PASSED FAILED 0` to FILE (the format of run-tests.sh's
@@ -29,6 +34,7 @@ import sys
 import tempfile
 import zlib
 from collections import Counter
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -48,6 +54,16 @@ SEED_ARGUMENTS = [
     ("...", None),
     ("loss_scale_factor", "NULL"),
     ("gradient_accumulation_steps", "NULL"),
+]
+
+# Each article's page, its title, and a text that its
+# page shows only when its code ran (or, for the article that runs nothing,
+# a text of its own).
+ARTICLES = [
+    # Printed by the R session that loads the saved model afresh.
+    ("keraslion", "Getting started with keraslion", 'chr "keraslion.lion.Lion"'),
+    ("lion-vs-adamw", "Lion vs AdamW on real data", "training runs, which took"),
+    ("several-machines", "Training on several machines", "MultiWorkerMirroredStrategy"),
 ]
 
 CHROMIUM_FLAGS = [
@@ -179,6 +195,12 @@ def png_summary(path: Path) -> tuple[int, int, float]:
     return width, height, 1 - background / (width * height)
 
 
+def page_text(html: str) -> str:
+    """The text of an HTML page: tags dropped, entities decoded, spaces collapsed."""
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.DOTALL)
+    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", text)))
+
+
 def rd_arguments(path: Path) -> list[str]:
     """The argument names in an Rd file's \\arguments section."""
     text = path.read_text(encoding="utf-8")
@@ -242,6 +264,20 @@ def main() -> int:
             if argument not in seed_names:
                 check(f"argument {argument} (keraslion)", argument in terms,
                       f"documented: {argument in terms}")
+        examples = page_text(dom.split('id="ref-examples"', 1)[-1]) if dom else ""
+        check("example ran", "#> $accuracy" in examples,
+              "the Examples section shows evaluate()'s output"
+              if "#> $accuracy" in examples else "no `#> $accuracy` in the Examples section")
+
+    home = args.site / "index.html"
+    navbar = home.read_text(encoding="utf-8") if home.exists() else ""
+    for name, title, evidence in ARTICLES:
+        article = args.site / "articles" / f"{name}.html"
+        linked = f'href="articles/{name}.html"' in navbar
+        text = page_text(article.read_text(encoding="utf-8")) if article.exists() else ""
+        titled, shows = title in text, evidence in text
+        check(f"article {name}", linked and titled and shows,
+              f"linked from the home page: {linked}; titled: {titled}; shows `{evidence}`: {shows}")
 
     passed = sum(ok for _, ok, _ in results)
     failed = len(results) - passed

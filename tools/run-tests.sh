@@ -42,13 +42,6 @@ done
 # skipped and every other --as-cran check runs. _R_CHECK_SYSTEM_CLOCK_=0 (from
 # the Makefile) skips the clock check, which also needs the network.
 export _R_CHECK_CRAN_INCOMING_=false
-# So does --as-cran's check for orphaned dependencies once one is not
-# installed (keras3, in the check without Keras): it reads CRAN's
-# package database. Offline, it reads an empty one, so nothing is orphaned.
-mkdir -p "$results/cran/web/packages"
-Rscript -e 'saveRDS(data.frame(Package = character(), Maintainer = character()), commandArgs(TRUE))' \
-  "$results/cran/web/packages/packages.rds"
-export R_CRAN_WEB="file://$PWD/$results/cran"
 export _R_CHECK_SYSTEM_CLOCK_=0
 
 # check_package NAME TESTS DIR: R CMD build and R CMD check --as-cran in DIR,

@@ -4,7 +4,8 @@
 
 Each backend runs in its own process (bench/worker.py); the optimizers of one
 path and case are timed in the same process, in alternating rounds. Writes
-bench/results/results.md, results.jsonl and bench.png.
+bench/results/results.md, results.jsonl and bench.png; then, with TensorFlow,
+bench/tf_variables.py writes bench/results/tf_variables.md.
 """
 
 from __future__ import annotations
@@ -256,6 +257,10 @@ def main() -> None:
     (RESULTS / "results.md").write_text(text)
     plot(cells, 20 / max(bw.values()), RESULTS / "bench.png")
     print(text)
+    if "tensorflow" in backends:
+        # First step and compile cache with many variables (TensorFlow eager).
+        subprocess.run([sys.executable, str(HERE / "tf_variables.py"),
+                        *(["--quick"] if args.quick else [])], check=True)
 
 
 if __name__ == "__main__":

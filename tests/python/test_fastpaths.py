@@ -127,16 +127,6 @@ def test_jax_step_copies_no_momentum(momentum_dtype):
         assert copies == []
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's compiled update")
-def test_tensorflow_update_is_traced_once():
-    optimizer = Lion(learning_rate=LR, beta_1=lambda: 0.9)
-    variables = [keras.Variable(np.ones(s, np.float32)) for s in SHAPES]
-    for _ in range(4):
-        optimizer.apply([keras.ops.ones(s) for s in SHAPES], variables)
-    (compiled,) = optimizer._tf_compiled_updates.values()
-    assert compiled.experimental_get_tracing_count() == 1
-
-
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")
 def test_torch_fast_path_compiles_to_one_graph_that_reads_the_learning_rate():
     import torch

@@ -5,8 +5,8 @@
 options(pkgdown.internet = FALSE)
 
 # downlit 0.4.2 (Debian 12) links `library(pkg)` in code to the package's
-# site. For a package that is not installed (keras3, in the README and the
-# getting-started vignette) it downloads CRAN's package database, and stops
+# site. For a package that is not installed (keras3, where tools/setup-keras3.sh
+# could not install it) it downloads CRAN's package database, and stops
 # with an error when it cannot. Give it an empty database instead: such calls
 # are simply not linked. The override lives in this process only, hence
 # new_process = FALSE below.

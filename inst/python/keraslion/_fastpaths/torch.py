@@ -8,12 +8,13 @@ sits in cache, with views of one small scratch buffer for `c`, so that
 memory is read and written about once per step and nothing full-size is
 allocated:
 
-    c = beta_1 * m + (1 - beta_1) * g
-    p = p - lr * (sign(c) + weight_decay * p)     (weight decay where not excluded)
+    c / beta_1 = m + ((1 - beta_1) / beta_1) * g    (the sign of c, in one pass)
+    p = p - lr * (sign(c) + weight_decay * p)       (weight decay where not excluded)
     m = beta_2 * m + (1 - beta_2) * g
 
-(`lerp` would save a pass over the block, but turns an infinite momentum
-into NaN where these products keep it infinite, as the plain path does.)
+`c / beta_1` can differ from `c` in its last bits, so `sign(c)` may differ
+where `c` is within rounding of zero. `lerp` would save a pass for `m`, but
+turns an infinite momentum into NaN where the plain path keeps it infinite.
 The learning rate stays a tensor, so that `torch.compile` does not break
 its graph to read it.
 
@@ -67,32 +68,30 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     grads = [g if isinstance(g, torch.Tensor) and g.dtype == p.dtype
              else torch.as_tensor(g).to(p.dtype) for g, p in zip(grads, plan.params)]
     # Per dtype, as the plain path computes them: the learning rate cast (a
-    # tensor, not read into Python), and 1 - beta.
-    scalars: dict[Any, tuple[Any, float, float]] = {}
+    # tensor, not read into Python), beta_2 and 1 - beta_2. (A tensor factor
+    # makes `_foreach_mul_` about 3x faster per tensor on CPU than a float.)
+    scalars: dict[Any, tuple[Any, Any, float]] = {}
     for block in plan.blocks:
         dtype = block.scratch[0].dtype
         if dtype not in scalars:
-            exact = _NUMPY_DTYPES[dtype]
             scalars[dtype] = (ops.cast(learning_rate, keras.backend.standardize_dtype(dtype)),
-                              *(float(1 - exact(b)) for b in (beta_1, beta_2)))
+                              torch.tensor(beta_2, dtype=dtype, device=block.scratch[0].device),
+                              float(1 - _NUMPY_DTYPES[dtype](beta_2)))
         gs = [grads[i] if part is None else grads[i].reshape(-1)[part]
               for i, part in block.grads]
         weight_decay = live.weight_decay if block.decayed else None
-        _lion(block.params, block.momentums, gs, block.scratch,
-              beta_1, beta_2, *scalars[dtype], weight_decay)
+        _lion(block.params, block.momentums, gs, block.scratch, beta_1, *scalars[dtype],
+              weight_decay)
 
 
 def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], beta_1: float,
-          beta_2: float, lr: Any, one_minus_beta_1: float, one_minus_beta_2: float,
-          weight_decay: float | None) -> None:
+          lr: Any, beta_2: Any, one_minus_beta_2: float, weight_decay: float | None) -> None:
     torch._foreach_copy_(cs, ms)
-    torch._foreach_mul_(cs, beta_1)
-    torch._foreach_add_(cs, gs, alpha=one_minus_beta_1)
+    torch._foreach_add_(cs, gs, alpha=(1 - beta_1) / beta_1)
     torch._foreach_sign_(cs)
     if weight_decay is not None:
         torch._foreach_add_(cs, ps, alpha=weight_decay)
-    torch._foreach_mul_(cs, lr)
-    torch._foreach_sub_(ps, cs)
+    torch._foreach_addcmul_(ps, cs, [lr] * len(ps), value=-1)
     if ms[0].dtype == cs[0].dtype:
         torch._foreach_mul_(ms, beta_2)
         torch._foreach_add_(ms, gs, alpha=one_minus_beta_2)

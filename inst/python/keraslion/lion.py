@@ -52,7 +52,7 @@ class Hyperparameters(NamedTuple):
 
     beta_1: Any
     beta_2: Any
-    weight_decay: float | None  # None: no weight decay
+    weight_decay: Any  # None: no weight decay
 
 
 class StepInputs(NamedTuple):
@@ -84,6 +84,12 @@ class Lion(keras.optimizers.Optimizer):
     rate is typically 3-10x smaller than AdamW's and the weight decay 3-10x
     larger, so that `learning_rate * weight_decay` stays the same
     (`lion_hparams_from_adamw()` does this conversion).
+
+    `learning_rate`, `beta_1`, `beta_2` and `weight_decay` may be set between
+    steps, by a callback for example: a new value is checked when set and is
+    used from the next step. Inside a compiled `fit()`, as with Keras's own
+    optimizers, a number traced into the step keeps its traced value, while
+    the learning rate (a variable) follows.
 
     Args:
         learning_rate: A float, a

@@ -140,3 +140,13 @@ def test_callable_beta_is_checked_when_called_and_trains_nothing(argument, value
     after = [keras.ops.convert_to_numpy(v) for v in [*variables, *optimizer.variables]]
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("value", [-0.1, float("inf"), "0.1", None])
+def test_bad_learning_rate_assignment_is_refused_and_changes_nothing(value):
+    optimizer = Lion(learning_rate=0.01)
+    with pytest.raises((ValueError, TypeError), match="`learning_rate`.*learning_rate="):
+        optimizer.learning_rate = value
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.01)
+    optimizer.learning_rate = np.float64(0.5)  # as ReduceLROnPlateau sets it
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == 0.5

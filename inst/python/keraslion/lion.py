@@ -228,6 +228,14 @@ class Lion(keras.optimizers.Optimizer):
     # Hyperparameters a user may change between steps, checked when set ----------
 
     @property
+    def learning_rate(self) -> Any:
+        return self._get_current_learning_rate()
+
+    @learning_rate.setter
+    def learning_rate(self, value: Any) -> None:
+        keras.optimizers.Optimizer.learning_rate.fset(self, _checks.learning_rate(value))
+
+    @property
     def weight_decay(self) -> float | None:
         return self._weight_decay
 

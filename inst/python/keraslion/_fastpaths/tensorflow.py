@@ -5,8 +5,8 @@ a `tf.function` removes it. One function for a whole set of variables would
 cost a trace (about a millisecond per operation, some twenty per variable)
 and a compile for every new set (eager loops whose `None` gradients change
 make many), and both grow with the set. So the variables are grouped by
-shape, dtypes and weight decay, and each group is updated in chunks of
-power-of-two lengths by functions that take the variables and momentums as
+shape, dtypes and weight decay, and each group is updated in chunks of at
+most MAX_CHUNK by functions that take the variables and momentums as
 arguments, so that alike variables reuse them:
 
 - large variables: a function per shape and chunk length, compiled by XLA,
@@ -16,9 +16,11 @@ arguments, so that alike variables reuse them:
   TensorFlow instantiates once per shape (an XLA compile per shape would
   cost more than many steps' dispatch).
 
-A bounded least-recently-used cache holds these functions. Inside `fit()`
-they are traced into its train function. Under a `tf.distribute` strategy
-the plain path runs, through Keras's per-replica update.
+Bounded least-recently-used caches hold these functions, and the concrete
+function of each shape, chunk length and dtypes, which is called directly
+(without tf.function's search for a matching trace on every call). Inside
+`fit()` they are traced into its train function. Under a `tf.distribute`
+strategy the plain path runs, through Keras's per-replica update.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from . import xla
 
 # Longest chunk: its trace stays short, and calls per step stay few.
 MAX_CHUNK = 64
-# Compiled functions kept: up to 7 chunk lengths of each of 64 kinds.
-CACHE_SIZE = 448
+# Functions, and concrete functions, kept in each cache.
+CACHE_SIZE = 512
 # Elements from which a variable's shape gets its own XLA-compiled functions.
 XLA_MIN_SIZE = 1 << 14
 
@@ -57,36 +59,52 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     live = [None if x is None else tf.constant(x, tf.float64) for x in optimizer._hyperparameters()]
     learning_rate = tf.convert_to_tensor(learning_rate)
     for (shape, *kind), members in groups.items():
-        # Cautious Lion scales by the element count, a constant of the shape.
-        fixed_shape = optimizer.cautious or math.prod(shape) >= XLA_MIN_SIZE
         for chunk in _chunks(members):
-            compiled = _compiled(optimizer, (shape if fixed_shape else None, *kind, len(chunk)))
-            compiled([variables[i].value for i in chunk], [momentums[i].value for i in chunk],
-                     [grads[i] for i in chunk], learning_rate, *live)
+            args = ([variables[i].value for i in chunk], [momentums[i].value for i in chunk],
+                    [grads[i] for i in chunk], learning_rate, *live)
+            _concrete(optimizer, shape, (*kind, len(chunk)), args)(*args)
 
 
 def _chunks(members: list[int]) -> list[list[int]]:
-    """`members` in chunks of MAX_CHUNK, then of the powers of two that make up the rest."""
-    chunks, start = [], 0
-    length = MAX_CHUNK
-    while start < len(members):
-        while length > len(members) - start:
-            length //= 2
-        chunks.append(members[start:start + length])
-        start += length
-    return chunks
+    # A group's own length for its remainder: one call more would cost more
+    # at every step than a trace of that length once.
+    return [members[start:start + MAX_CHUNK] for start in range(0, len(members), MAX_CHUNK)]
 
 
-def _compiled(optimizer: Any, key: tuple[Any, ...]) -> Any:
+def _concrete(optimizer: Any, shape: tuple[int, ...], kind: tuple[Any, ...],
+              args: tuple[Any, ...]) -> Any:
+    """The compiled update of a chunk, as the concrete function for its
+    arguments: calling it skips tf.function's search for a matching trace."""
+    # Cautious Lion scales by the element count, a constant of the shape.
+    fixed_shape = optimizer.cautious or math.prod(shape) >= XLA_MIN_SIZE
+    concretes = _cache(optimizer, "_tf_compiled_updates")
+    # No weight decay (None), or a learning rate of another dtype: another trace.
+    key = (shape, *kind, args[-1] is None, args[3].dtype)
+    if key not in concretes:
+        functions = _cache(optimizer, "_tf_update_functions")
+        function_key = (shape if fixed_shape else None, *kind)
+        if function_key not in functions:
+            functions[function_key] = _compile(optimizer, fixed_shape)
+        concretes[key] = functions[function_key].get_concrete_function(*args)
+    return concretes[key]
+
+
+class _LRUCache(OrderedDict):
+    """At most CACHE_SIZE entries; a lookup makes an entry the most recent."""
+
+    def __getitem__(self, key: Any) -> Any:
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        if len(self) > CACHE_SIZE:
+            self.popitem(last=False)
+
+
+def _cache(optimizer: Any, name: str) -> _LRUCache:
     # Kept outside Keras's attribute tracking: a cache, not optimizer state.
-    cache = optimizer.__dict__.setdefault("_tf_compiled_updates", OrderedDict())
-    if key in cache:
-        cache.move_to_end(key)
-    else:
-        cache[key] = _compile(optimizer, fixed_shape=key[0] is not None)
-        if len(cache) > CACHE_SIZE:
-            cache.popitem(last=False)
-    return cache[key]
+    return optimizer.__dict__.setdefault(name, _LRUCache())
 
 
 def _compile(optimizer: Any, fixed_shape: bool) -> Any:

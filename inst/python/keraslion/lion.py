@@ -88,9 +88,10 @@ class Lion(keras.optimizers.Optimizer):
     `learning_rate`, `beta_1`, `beta_2` and `weight_decay` may be set between
     steps, by a callback for example: a new value is checked when set and is
     used from the next step. A callable beta is checked each time it is
-    called (a `LearningRateSchedule`, a function of the step, is refused). Inside a compiled `fit()`, as with Keras's own
-    optimizers, a number traced into the step keeps its traced value, while
-    the learning rate (a variable) follows.
+    called (a `LearningRateSchedule`, a function of the step, is refused).
+    Inside a compiled `fit()`, as with Keras's own optimizers, a number
+    traced into the step keeps its traced value, while the learning rate (a
+    variable) follows.
 
     Args:
         learning_rate: A float, a

@@ -54,7 +54,7 @@ is_number <- function(x) {
   is.numeric(x) && !is.object(x) && length(x) == 1 && !is.na(x)
 }
 
-# Checks that need Python's own rules, defined once per session. (Names
+# Python's own notion of a real number, defined once per session. (Names
 # imported at the top would not be seen by the functions of a local namespace.)
 py_checks_code <- '
 def real_number(x):
@@ -66,21 +66,6 @@ def real_number(x):
     if not isinstance(x, numbers.Real) and getattr(x, "shape", None) != ():
         return None
     return float(x)
-
-
-def pattern_problem(pattern):
-    """Why re, which applies the patterns, rejects `pattern` or warns about it."""
-    import re
-    import warnings
-
-    re.purge()  # A cached pattern would not warn again.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            re.compile(pattern)
-        except (re.error, Warning) as err:
-            return str(err)
-    return None
 '
 
 py_checks <- function() {
@@ -185,7 +170,7 @@ as_patterns <- function(x, arg, call = caller_env()) {
     abort_arg(arg, "`NULL` or a character vector of non-empty regular expressions", x, call)
   }
   for (pattern in x) {
-    problem <- py_checks()$pattern_problem(pattern)
+    problem <- python_core()$`_checks`$regex_problem(pattern)
     if (!is.null(problem)) {
       received <- describe(pattern)
       cli::cli_abort(

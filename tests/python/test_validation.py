@@ -37,6 +37,8 @@ BAD_ARGUMENTS = [
     ({"skip_nonfinite": None}, "skip_nonfinite"),
     ({"exclude_from_weight_decay": ["bias", ""]}, "exclude_from_weight_decay"),
     ({"exclude_from_weight_decay": "(unclosed"}, "exclude_from_weight_decay"),
+    # R's syntax: Python's `re` reads a nested set that matches none of the names.
+    ({"exclude_from_weight_decay": "[[:alpha:]]+"}, "exclude_from_weight_decay"),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -168,6 +169,20 @@ def float_dtype(name: str, value: Any) -> str | None:
     return dtype
 
 
+def regex_problem(pattern: str) -> str | None:
+    """Why Python's `re`, which applies the patterns, rejects `pattern` or warns
+    about it (as for R's `"[[:alpha:]]"`, which means something else here);
+    None if it is fine."""
+    re.purge()  # A pattern compiled before would come from the cache, without its warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            re.compile(pattern)
+        except (re.error, Warning) as err:
+            return str(err)
+    return None
+
+
 def patterns(name: str, value: str | Iterable[str] | None) -> list[str]:
     """Python regular expressions (`re`, which applies them): one string is one
     pattern, not its characters."""
@@ -180,10 +195,9 @@ def patterns(name: str, value: str | Iterable[str] | None) -> list[str]:
                 f"Argument `{name}` must be a string or a list of non-empty strings "
                 f"(regular expressions). {_received(name, value)}"
             )
-        try:
-            re.compile(item)
-        except re.error as err:
+        problem = regex_problem(item)
+        if problem is not None:
             raise ValueError(
-                f"Argument `{name}` holds an invalid regular expression {item!r}: {err}."
-            ) from None
+                f"Argument `{name}` holds an invalid regular expression {item!r}: {problem}."
+            )
     return items

@@ -4,4 +4,4 @@ from .hparams import lion_hparams_from_adamw
 from .lion import Lion
 
 __all__ = ["Lion", "lion_hparams_from_adamw"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

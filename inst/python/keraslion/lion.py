@@ -56,16 +56,16 @@ class Hyperparameters(NamedTuple):
 
 
 class StepInputs(NamedTuple):
-    """One variable's step, cast to the dtype the update is computed in."""
+    """A step's tensors (one variable's, or alike variables' stacked), cast to
+    the dtype the update is computed in."""
 
-    momentum: keras.Variable
     theta: Any
     m: Any
     g: Any
     learning_rate: Any
     beta_1: Any
     beta_2: Any
-    weight_decay: Any  # None: this variable gets no weight decay
+    weight_decay: Any  # None: no weight decay
 
 
 @keras.saving.register_keras_serializable(package="keraslion")
@@ -278,18 +278,20 @@ class Lion(keras.optimizers.Optimizer):
 
     # The update ---------------------------------------------------------------
 
-    def _step_inputs(self, gradient: Any, variable: keras.Variable, learning_rate: Any,
+    def _momentum(self, variable: keras.Variable) -> keras.Variable:
+        return self._momentums[self._get_variable_index(variable)]
+
+    def _step_inputs(self, theta: Any, m: Any, gradient: Any, decays: bool, learning_rate: Any,
                      hyperparameters: Hyperparameters | None = None,
                      scalars: dict[Any, Any] | None = None) -> StepInputs:
-        """Gathers one variable's step, cast to its compute dtype.
+        """Gathers a step's weights, momentum and gradient, cast to their compute dtype.
 
         For the fast paths: `hyperparameters`, read once for all variables
         (a compiled path passes them in as tensors), and `scalars`, a dict
         shared by the variables of one step, which keeps them cast once per
         dtype instead of once per variable (fewer operations to trace).
         """
-        momentum = self._momentums[self._get_variable_index(variable)]
-        dtype = compute_dtype(variable.dtype, momentum.dtype)
+        dtype = compute_dtype(*(keras.backend.standardize_dtype(x.dtype) for x in (theta, m)))
         scalars = {} if scalars is None else scalars
         if dtype not in scalars:
             live = hyperparameters or self._hyperparameters()
@@ -297,31 +299,31 @@ class Lion(keras.optimizers.Optimizer):
                               for x in (learning_rate, *live)]
         learning_rate, beta_1, beta_2, weight_decay = scalars[dtype]
         return StepInputs(
-            momentum=momentum,
-            theta=ops.cast(variable, dtype),
-            m=ops.cast(momentum, dtype),
+            theta=ops.cast(theta, dtype),
+            m=ops.cast(m, dtype),
             g=ops.cast(ops.convert_to_tensor(gradient), dtype),
             learning_rate=learning_rate,
             beta_1=beta_1,
             beta_2=beta_2,
-            weight_decay=weight_decay if self._use_weight_decay(variable) else None,
+            weight_decay=weight_decay if decays else None,
         )
 
-    def _descend(self, variable: keras.Variable, step: StepInputs, c: Any) -> None:
-        """theta <- theta - lr * (direction(c) + weight_decay * theta)."""
+    def _descended(self, step: StepInputs, c: Any) -> Any:
+        """theta - lr * (direction(c) + weight_decay * theta), in the compute dtype."""
         direction = lion_direction(c, step.g, self.cautious)
         if step.weight_decay is not None:
             direction = direction + step.weight_decay * step.theta
-        theta = step.theta - step.learning_rate * direction
-        self.assign(variable, ops.cast(theta, variable.dtype))
+        return step.theta - step.learning_rate * direction
 
     def update_step(self, gradient: Any, variable: keras.Variable, learning_rate: Any) -> None:
         """One Lion step for one variable, as written in the paper (Alg. 2)."""
-        step = self._step_inputs(gradient, variable, learning_rate)
+        momentum = self._momentum(variable)
+        step = self._step_inputs(variable, momentum, gradient, self._use_weight_decay(variable),
+                                 learning_rate)
         c = step.beta_1 * step.m + (1 - step.beta_1) * step.g
-        self._descend(variable, step, c)
+        self.assign(variable, ops.cast(self._descended(step, c), variable.dtype))
         m = step.beta_2 * step.m + (1 - step.beta_2) * step.g
-        self.assign(step.momentum, ops.cast(m, step.momentum.dtype))
+        self.assign(momentum, ops.cast(m, momentum.dtype))
 
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
                              learning_rate: Any) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from keras import ops
 
 if TYPE_CHECKING:
-    from ..lion import Hyperparameters
+    from ..lion import Hyperparameters, StepInputs
 
 
 def supports(optimizer: Any, variables: list[Any]) -> bool:
@@ -38,14 +38,24 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     hyperparameters = hyperparameters or optimizer._hyperparameters()
     scalars: dict[Any, Any] = {}
     for gradient, variable in zip(grads, variables):
-        step = optimizer._step_inputs(gradient, variable, learning_rate, hyperparameters, scalars)
-        key = ("momentum-first", step.g.dtype)
-        if key not in scalars:
-            ratio = step.beta_1 / step.beta_2
-            scalars[key] = (1 - step.beta_2, ratio, (1 - step.beta_1) - ratio * (1 - step.beta_2))
-        one_minus_beta_2, ratio, gradient_weight = scalars[key]
-        m = step.beta_2 * step.m + one_minus_beta_2 * step.g
-        optimizer.assign(step.momentum, ops.cast(m, step.momentum.dtype))
-        # From the new momentum before it is rounded to a narrower dtype, as the paper's c.
-        c = ratio * m + gradient_weight * step.g
-        optimizer._descend(variable, step, c)
+        momentum = optimizer._momentum(variable)
+        step = optimizer._step_inputs(variable, momentum, gradient,
+                                      optimizer._use_weight_decay(variable), learning_rate,
+                                      hyperparameters, scalars)
+        theta, m = momentum_first(optimizer, step, scalars)
+        optimizer.assign(momentum, ops.cast(m, momentum.dtype))
+        optimizer.assign(variable, ops.cast(theta, variable.dtype))
+
+
+def momentum_first(optimizer: Any, step: StepInputs, scalars: dict[Any, Any]) -> tuple[Any, Any]:
+    """The new weights and momentum, in the compute dtype; `scalars` as for
+    `Lion._step_inputs`, which keeps this step's coefficients too."""
+    key = ("momentum-first", step.g.dtype)
+    if key not in scalars:
+        ratio = step.beta_1 / step.beta_2
+        scalars[key] = (1 - step.beta_2, ratio, (1 - step.beta_1) - ratio * (1 - step.beta_2))
+    one_minus_beta_2, ratio, gradient_weight = scalars[key]
+    m = step.beta_2 * step.m + one_minus_beta_2 * step.g
+    # From the new momentum before it is rounded to a narrower dtype, as the paper's c.
+    c = ratio * m + gradient_weight * step.g
+    return optimizer._descended(step, c), m

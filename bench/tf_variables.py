@@ -3,13 +3,16 @@
     python bench/tf_variables.py [--quick]            # every case, each in a fresh process
     python bench/tf_variables.py --run CASE OPTIMIZER  # one measurement, one JSON line
 
-Cases: `N variables` (200, 2000, 5000 small tensors of 8 shapes): the first
-step (which builds the optimizer and compiles keraslion's update), its peak
-RSS, and the median later step; `80 subsets`: 80 steps, each with gradients
-for a different subset of 30 variables (the others None), as eager loops
-whose `None` gradients change give: the total time and the RSS it added.
+Cases: `N variables` (200, 2000, 5000 small tensors of 8 shapes) and `200
+mixed` (bench/worker.py's transformer: 200 tensors, small and large, 16.8M
+parameters): the first step (which builds the optimizer and compiles
+keraslion's update), its peak RSS, and the median later step; `80 subsets`:
+80 steps, each with gradients for a different subset of 30 variables (the
+others None), as eager loops whose `None` gradients change give: the total
+time and the RSS it added.
 Wall times on a shared machine are noisy; CPU times (all threads) are shown
-beside them. Called by bench/bench.py (`make bench`); writes
+beside them, and `taskset -c 1 python bench/tf_variables.py` pins every case
+to one CPU. Called by bench/bench.py (`make bench`); writes
 bench/results/tf_variables.md.
 """
 
@@ -27,8 +30,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHAPES = [(32, 32), (32,), (32, 64), (64,), (64, 16), (16,), (128,), (8, 4, 4, 2)]
-VARIABLE_COUNTS = (200, 2000, 5000)
+CASES = ("200 variables", "2000 variables", "5000 variables", "200 mixed")
 OPTIMIZERS = ("keraslion", "keras Lion")
+
+
+def transformer_shapes() -> list[tuple[int, ...]]:
+    """200 ViT/GPT-like tensors (d=256, 16 blocks), 16,777,192 parameters."""
+    d, blocks = 256, 16
+    block = [(d, 3 * d), (3 * d,), (d, d), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,),
+             (d,), (d,), (d,), (d,)]
+    return [*block * blocks, (14204, d), (197, d), (d, 1000), (1000,), (768, d), (d,),
+            (d,), (d,)]
 
 
 def rss_mib() -> float:
@@ -55,9 +67,12 @@ def measure(case: str, optimizer_name: str, later_steps: int) -> dict:
             return Lion(learning_rate=1e-4, weight_decay=0.01)
         return keras.optimizers.Lion(learning_rate=1e-4, weight_decay=0.01)
 
-    count = 30 if case == "80 subsets" else int(case.split()[0])
     rng = np.random.default_rng(0)
-    shapes = [SHAPES[i % len(SHAPES)] for i in range(count)]
+    if case == "200 mixed":
+        shapes = transformer_shapes()
+    else:
+        count = 30 if case == "80 subsets" else int(case.split()[0])
+        shapes = [SHAPES[i % len(SHAPES)] for i in range(count)]
     variables = [keras.Variable(rng.normal(size=s).astype(np.float32), name=f"v{i}")
                  for i, s in enumerate(shapes)]
     grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]
@@ -69,7 +84,7 @@ def measure(case: str, optimizer_name: str, later_steps: int) -> dict:
         # 80 distinct subsets of 10 to 29 variables.
         subsets = []
         while len(subsets) < 80:
-            subset = tuple(sorted(rng.choice(count, size=rng.integers(10, count), replace=False)))
+            subset = tuple(sorted(rng.choice(30, size=rng.integers(10, 30), replace=False)))
             if subset not in subsets:
                 subsets.append(subset)
         rss, wall, cpu = rss_mib(), time.perf_counter(), time.process_time()
@@ -95,9 +110,8 @@ def measure(case: str, optimizer_name: str, later_steps: int) -> dict:
 
 
 def run_all(quick: bool) -> str:
-    cases = [f"{n} variables" for n in VARIABLE_COUNTS] + ["80 subsets"]
     records = []
-    for case in cases:
+    for case in (*CASES, "80 subsets"):
         for name in OPTIMIZERS:
             print(f"[tf_variables] {case}, {name} ...", file=sys.stderr, flush=True)
             command = [sys.executable, __file__, "--run", case, name]
@@ -116,8 +130,7 @@ def report(records: list[dict]) -> str:
              "| case | optimizer | first step s (CPU s) | peak RSS MiB | later step ms "
              "| first step vs Keras | peak RSS vs Keras |",
              "|---|---|---|---|---|---|---|"]
-    for n in VARIABLE_COUNTS:
-        case = f"{n} variables"
+    for case in CASES:
         keras_lion = cell(case, "keras Lion")
         for name in OPTIMIZERS:
             r = cell(case, name)

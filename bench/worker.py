@@ -31,6 +31,7 @@ if ARGS.threads == 1:  # Pin before the frameworks start their thread pools.
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from tf_variables import transformer_shapes  # noqa: E402
 
 from keraslion import Lion  # noqa: E402
 
@@ -49,15 +50,6 @@ def emit(**record: object) -> None:
 
 
 # Cases -------------------------------------------------------------------------
-
-def transformer_shapes() -> list[tuple[int, ...]]:
-    """200 ViT/GPT-like tensors (d=256, 16 blocks), 16,777,192 parameters."""
-    d, blocks = 256, 16
-    block = [(d, 3 * d), (3 * d,), (d, d), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,),
-             (d,), (d,), (d,), (d,)]
-    return [*block * blocks, (14204, d), (197, d), (d, 1000), (1000,), (768, d), (d,),
-            (d,), (d,)]
-
 
 CASES = {
     "1x16.7M": [(1 << 24,)],

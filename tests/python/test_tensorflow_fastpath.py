@@ -157,3 +157,11 @@ def test_the_cache_evicts_the_least_recently_used(monkeypatch):
     shapes = [(n,) for n in range(1, 9)]  # 8 kinds
     optimizer = assert_matches_plain_path({}, count=8, steps=4, shapes=shapes)
     assert len(optimizer._tf_update_functions) == len(optimizer._tf_compiled_updates) == 3
+
+
+def test_plans_are_kept_per_set_of_variables_and_bounded(monkeypatch):
+    # Each step's set of variables is grouped once; changing subsets keep at
+    # most CACHE_SIZE of those groupings, and every step still matches.
+    monkeypatch.setattr(fastpath, "CACHE_SIZE", 3)
+    optimizer = assert_matches_plain_path({"weight_decay": 0.1}, count=30, steps=10, subsets=True)
+    assert len(optimizer._tf_plans) == 3

@@ -48,21 +48,33 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     grads = [tf.convert_to_tensor(g) for g in grads]
-    momentums = [optimizer._momentum(v) for v in variables]
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, (variable, momentum) in enumerate(zip(variables, momentums)):
-        kind = (tuple(variable.shape), variable.dtype, momentum.dtype, grads[i].dtype,
-                optimizer._use_weight_decay(variable))
-        groups.setdefault(kind, []).append(i)
     # float64, so that float64 variables get them unrounded; no weight decay
     # (None) is a trace of its own.
     live = [None if x is None else tf.constant(x, tf.float64) for x in optimizer._hyperparameters()]
     learning_rate = tf.convert_to_tensor(learning_rate)
-    for (shape, *kind), members in groups.items():
-        for chunk in _chunks(members):
-            args = ([variables[i].value for i in chunk], [momentums[i].value for i in chunk],
-                    [grads[i] for i in chunk], learning_rate, *live)
-            _concrete(optimizer, shape, (*kind, len(chunk)), args)(*args)
+    for shape, kind, chunk, weights, momentums in _plan(optimizer, variables, grads):
+        args = (weights, momentums, [grads[i] for i in chunk], learning_rate, *live)
+        _concrete(optimizer, shape, kind, args)(*args)
+
+
+def _plan(optimizer: Any, variables: list[Any], grads: list[Any]) -> list[tuple[Any, ...]]:
+    """The chunks of alike variables, kept for the next steps on the same
+    variables (grouping them again would cost more than running them)."""
+    # By identity: the plan holds the variables, so that no other takes an id.
+    key = (*map(id, variables), *(g.dtype for g in grads))
+    plans = _cache(optimizer, "_tf_plans")
+    if key not in plans:
+        momentums = [optimizer._momentum(v) for v in variables]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, (variable, momentum) in enumerate(zip(variables, momentums)):
+            kind = (tuple(variable.shape), variable.dtype, momentum.dtype, grads[i].dtype,
+                    optimizer._use_weight_decay(variable))
+            groups.setdefault(kind, []).append(i)
+        plans[key] = tuple(variables), [
+            (shape, (*kind, len(chunk)), chunk, [variables[i].value for i in chunk],
+             [momentums[i].value for i in chunk])
+            for (shape, *kind), members in groups.items() for chunk in _chunks(members)]
+    return plans[key][1]
 
 
 def _chunks(members: list[int]) -> list[list[int]]:

@@ -14,13 +14,15 @@ arguments, so that alike variables reuse them:
 - small ones: a function per chunk length shared by all shapes (traced for
   any shape once a second shape comes), run as a TensorFlow graph, which
   TensorFlow instantiates once per shape (an XLA compile per shape would
-  cost more than many steps' dispatch).
+  cost more than many steps' dispatch); it stacks the chunk to do the
+  step's maths once for all its variables.
 
-Bounded least-recently-used caches hold these functions, and the concrete
-function of each shape, chunk length and dtypes, which is called directly
-(without tf.function's search for a matching trace on every call). Inside
-`fit()` they are traced into its train function. Under a `tf.distribute`
-strategy the plain path runs, through Keras's per-replica update.
+Bounded least-recently-used caches hold these functions, the concrete
+function of each shape, chunk length and dtypes, and the chunks of each set
+of variables; the concrete functions are called directly, with their flat
+inputs. Inside `fit()` they are traced into its train function. Under a
+`tf.distribute` strategy the plain path runs, through Keras's per-replica
+update.
 """
 
 from __future__ import annotations
@@ -52,9 +54,17 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     # (None) is a trace of its own.
     live = [None if x is None else tf.constant(x, tf.float64) for x in optimizer._hyperparameters()]
     learning_rate = tf.convert_to_tensor(learning_rate)
+    scalars = [learning_rate, *(x for x in live if x is not None)]
     for shape, kind, chunk, weights, momentums in _plan(optimizer, variables, grads):
-        args = (weights, momentums, [grads[i] for i in chunk], learning_rate, *live)
-        _concrete(optimizer, shape, kind, args)(*args)
+        chunk_grads = [grads[i] for i in chunk]
+        concrete = _concrete(optimizer, shape, kind,
+                             (weights, momentums, chunk_grads, learning_rate, *live))
+        # Its flat inputs, in the order of the arguments it was traced for
+        # (no tensor for no weight decay): calling it with the arguments
+        # would check each against its trace, which for small variables
+        # costs as much as their step.
+        handles = [variable.handle for variable in (*weights, *momentums)]
+        concrete._call_flat([*handles, *chunk_grads, *scalars], concrete.captured_inputs)
 
 
 def _plan(optimizer: Any, variables: list[Any], grads: list[Any]) -> list[tuple[Any, ...]]:

@@ -57,7 +57,7 @@ test_that("bad arguments get an error naming the argument and the value", {
 })
 
 test_that("exclude_from_weight_decay is checked by Python's re, which applies it", {
-  skip_if_no_python()
+  skip_if_no_keras()
   expect_identical(
     keraslion:::as_patterns(c("bias", "norm$", "^dense_[0-9]+/kernel"), "p"),
     list("bias", "norm$", "^dense_[0-9]+/kernel")

@@ -90,6 +90,16 @@ check_package() {
 section "R CMD check --as-cran with Python and Keras (KERAS_BACKEND=$KERAS_BACKEND)"
 r_libraries
 check_package R-CMD-check testthat "$PWD"
+# Where keras3 is installed, its suite must have run in that check, not skipped
+# (skip_if_not_installed() says "keras3 cannot be loaded" or "is not installed").
+if Rscript -e 'quit(status = !requireNamespace("keras3", quietly = TRUE))' 2>/dev/null; then
+  if grep -Eq 'keras3 (cannot be loaded|is not installed)' keraslion.Rcheck/tests/testthat.Rout*; then
+    echo "keras3 is installed, but R CMD check skipped its tests."
+    record keras3-suite-ran 0 1 0
+  else
+    record keras3-suite-ran 1 0 0
+  fi
+fi
 
 # The keras3 tests again on a second backend, with the keraslion that R CMD
 # check installed.

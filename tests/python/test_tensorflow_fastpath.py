@@ -9,6 +9,8 @@ test_fastpaths.py: equal but for rare sign flips where `c` is within rounding
 of zero.
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -19,6 +21,8 @@ from keraslion import Lion
 if keras.backend.backend() != "tensorflow":
     pytest.skip("TensorFlow's compiled update (KERAS_BACKEND=tensorflow)",
                 allow_module_level=True)
+
+import tensorflow as tf  # noqa: E402
 
 from keraslion._fastpaths import tensorflow as fastpath  # noqa: E402
 
@@ -165,3 +169,30 @@ def test_plans_are_kept_per_set_of_variables_and_bounded(monkeypatch):
     monkeypatch.setattr(fastpath, "CACHE_SIZE", 3)
     optimizer = assert_matches_plain_path({"weight_decay": 0.1}, count=30, steps=10, subsets=True)
     assert len(optimizer._tf_plans) == 3
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_traced_chunks_are_updated_variable_by_variable(jit_compile):
+    # Inside a caller's tf.function (fit()'s train step) chunks are not
+    # stacked (XLA would compile stacks slowly); eagerly they are. Both
+    # match the plain path.
+    results = []
+    for mode in ("traced", "eager", "plain"):
+        optimizer = Lion(learning_rate=LR, weight_decay=0.1)
+        if mode == "plain":
+            optimizer._fast_path = None
+        variables = make_variables(7)
+        optimizer.build(variables)
+        grads = list(gradient_steps(7, 1))[0]
+        apply = functools.partial(optimizer.apply, grads, variables)
+        if mode == "traced":
+            apply = tf.function(apply, jit_compile=jit_compile, autograph=False)
+        for _ in range(3):
+            apply()
+        results.append([to_numpy(v) for v in (*variables, *optimizer._momentums)])
+        if mode != "plain":
+            stacked = {key[-1] for key in optimizer._tf_update_functions}
+            assert stacked == {mode == "eager"}
+    for traced, eager, plain in zip(*results):
+        np.testing.assert_allclose(traced, plain, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(eager, plain, rtol=1e-5, atol=1e-5)

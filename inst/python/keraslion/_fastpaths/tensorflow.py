@@ -14,8 +14,8 @@ arguments, so that alike variables reuse them:
 - small ones: a function per chunk length shared by all shapes (traced for
   any shape once a second shape comes), run as a TensorFlow graph, which
   TensorFlow instantiates once per shape (an XLA compile per shape would
-  cost more than many steps' dispatch); it stacks the chunk to do the
-  step's maths once for all its variables.
+  cost more than many steps' dispatch); called eagerly, it stacks the
+  chunk to do the step's maths once for all its variables.
 
 Bounded least-recently-used caches hold these functions, the concrete
 function of each shape, chunk length and dtypes, and the chunks of each set
@@ -99,14 +99,18 @@ def _concrete(optimizer: Any, shape: tuple[int, ...], kind: tuple[Any, ...],
     arguments: calling it skips tf.function's search for a matching trace."""
     # Cautious Lion scales by the element count, a constant of the shape.
     fixed_shape = optimizer.cautious or math.prod(shape) >= XLA_MIN_SIZE
+    # Stacked only when called eagerly: traced into a function that XLA
+    # compiles (fit()'s train step, by default), stacks and unstacks would
+    # take XLA several times as long to compile as the step as written.
+    stacked = not fixed_shape and tf.executing_eagerly()
     concretes = _cache(optimizer, "_tf_compiled_updates")
     # No weight decay (None), or a learning rate of another dtype: another trace.
-    key = (shape, *kind, args[-1] is None, args[3].dtype)
+    key = (shape, *kind, stacked, args[-1] is None, args[3].dtype)
     if key not in concretes:
         functions = _cache(optimizer, "_tf_update_functions")
-        function_key = (shape if fixed_shape else None, *kind)
+        function_key = (shape if fixed_shape else None, *kind, stacked)
         if function_key not in functions:
-            functions[function_key] = _compile(optimizer, fixed_shape, decays=kind[3])
+            functions[function_key] = _compile(optimizer, fixed_shape, stacked, decays=kind[3])
         concretes[key] = functions[function_key].get_concrete_function(*args)
     return concretes[key]
 
@@ -129,7 +133,7 @@ def _cache(optimizer: Any, name: str) -> _LRUCache:
     return optimizer.__dict__.setdefault(name, _LRUCache())
 
 
-def _compile(optimizer: Any, fixed_shape: bool, decays: bool) -> Any:
+def _compile(optimizer: Any, fixed_shape: bool, stacked: bool, decays: bool) -> Any:
     # The variables and momentums passed in are reached by the optimizer too
     # (TensorFlow maps a variable passed in to its argument wherever it is
     # reached). The hyperparameters enter as tensors, so that their values
@@ -140,8 +144,8 @@ def _compile(optimizer: Any, fixed_shape: bool, decays: bool) -> Any:
         xla.update(optimizer, grads, variables, learning_rate,
                    Hyperparameters(*hyperparameters))
 
-    def stacked(variables: list[Any], momentums: list[Any], grads: list[Any],
-                learning_rate: Any, *hyperparameters: Any) -> None:
+    def stacked_update(variables: list[Any], momentums: list[Any], grads: list[Any],
+                       learning_rate: Any, *hyperparameters: Any) -> None:
         # The chunk's variables stacked into one tensor: a dozen operations
         # for the step's maths instead of a dozen per variable, which a graph
         # (unlike XLA) would run one by one at every step.
@@ -153,7 +157,7 @@ def _compile(optimizer: Any, fixed_shape: bool, decays: bool) -> Any:
                 target.assign(row)
 
     # Without a fixed shape, the second trace (for other shapes) is for any shapes.
-    compiled = tf.function(per_variable if fixed_shape else stacked, jit_compile=fixed_shape,
+    compiled = tf.function(stacked_update if stacked else per_variable, jit_compile=fixed_shape,
                            reduce_retracing=not fixed_shape, autograph=False)
     # TensorFlow counts traces per Python function, which all of these share,
     # and would warn of a tf.function "created repeatedly in a loop".

@@ -19,7 +19,8 @@ record() { echo "$1 $2 $3 $4" >> "$results/counts.txt"; }
 section() { printf '\n==== %s ====\n' "$1"; }
 # Which reticulate and keras3 the R processes started from here will use.
 r_libraries() {
-  Rscript -e 'v <- function(p) if (requireNamespace(p, quietly = TRUE)) format(packageVersion(p)) else "not installed"' \
+  Rscript -e 'v <- function(p) if (requireNamespace(p, quietly = TRUE)) format(packageVersion(p)) else' \
+    -e '  if (nzchar(system.file(package = p))) "installed, cannot be loaded" else "not installed"' \
     -e 'cat("reticulate", v("reticulate"), "| keras3", v("keras3"), "\n")'
 }
 
@@ -51,8 +52,9 @@ Rscript -e 'saveRDS(data.frame(Package = character(), Maintainer = character()),
 export R_CRAN_WEB="file://$PWD/$results/cran"
 export _R_CHECK_SYSTEM_CLOCK_=0
 
-# Without keras3 (keras3_absent=1), --as-cran notes that the suggested
-# package is missing, and R 4.2 has no switch for that NOTE: it alone passes.
+# Without keras3 (keras3_absent=1: it could not be installed), --as-cran notes
+# that the suggested package is missing, and R 4.2 has no switch for that
+# NOTE: it alone passes.
 only_keras3_missing_note() {
   [ -n "${keras3_absent:-}" ] && grep -Eq '^Status: 1 NOTE$' "$1" &&
     grep -Fq "Package suggested but not available for checking: ‘keras3’" "$1"
@@ -133,10 +135,11 @@ else
   record vignettes-with-keras 0 1 0
 fi
 
-# Again with a Python that has no Keras, and only the system's R libraries:
-# Debian's reticulate 1.28 and no keras3 (a suggested package, hence
-# _R_CHECK_FORCE_SUGGESTS_=false). The tests and examples that need them
-# must skip, and the vignettes must build without evaluating their code.
+# Again with a Python that has no Keras, and Debian's reticulate 1.28: the
+# system's R libraries come first, .Rlib after them. keras3 is then installed
+# (so R CMD check finds every suggested package) but cannot load, as it needs
+# reticulate >= 1.42: its tests skip saying so, like those that need Keras,
+# and the vignettes must build without evaluating their code.
 section "R CMD check --as-cran with a Python without Keras"
 no_keras_python=/usr/bin/python3
 if ! "$no_keras_python" -c 'import sys' 2>/dev/null ||
@@ -145,8 +148,12 @@ if ! "$no_keras_python" -c 'import sys' 2>/dev/null ||
   "$python" -m venv --without-pip "$results/venv-no-keras"
   no_keras_python=$PWD/$results/venv-no-keras/bin/python
 fi
-R_LIBS= r_libraries
-R_LIBS= _R_CHECK_FORCE_SUGGESTS_=false keras3_absent=1 RETICULATE_PYTHON=$no_keras_python \
+system_first="$(R_LIBS= Rscript -e 'cat(.Library.site, sep = ":")'):$PWD/.Rlib"
+R_LIBS= R_LIBS_SITE=$system_first r_libraries
+# Where keras3 could not be installed at all, it is missing here too.
+keras3_absent=$(R_LIBS= R_LIBS_SITE=$system_first Rscript -e 'cat(if (!nzchar(system.file(package = "keras3"))) 1)')
+R_LIBS= R_LIBS_SITE=$system_first _R_CHECK_FORCE_SUGGESTS_=false keras3_absent=$keras3_absent \
+  RETICULATE_PYTHON=$no_keras_python \
   check_package R-CMD-check-no-keras testthat-no-keras "$results/no-keras"
 no_keras_tarball=$(ls "$results"/no-keras/keraslion_*.tar.gz 2>/dev/null | head -n 1)
 if doc_has "$no_keras_tarball" keraslion 'Python with Keras was not available' &&

@@ -24,6 +24,11 @@
 #'   real data, over batch sizes and seeds.
 #' - [lion_hparams_from_adamw()]: Lion's hyperparameters from AdamW's.
 #'
+#' The vignettes are installed with the package when it is installed from a
+#' tarball made by `R CMD build` (see the README); `vignette(package =
+#' "keraslion")` lists them. `citation("keraslion")` says how to cite Lion
+#' and this package.
+#'
 #' @keywords internal
 "_PACKAGE"
 

@@ -24,18 +24,47 @@
 #' or of a model built through `reticulate::import("keras")`.
 #' Wherever a number is expected, a NumPy scalar or a 0-d tensor (such as
 #' the `op_*()` functions of 'keras3' return) works too, as in
-#' `keras3::optimizer_lion()`.
+#' `keras3::optimizer_lion()`. Keras keeps `learning_rate`, `weight_decay`,
+#' the clipping thresholds and `loss_scale_factor` in float32, so a number
+#' that float32 would round to 0 or to infinity (magnitudes below about
+#' 1.4e-45 or above 3.4e+38) is an error; 0 itself is allowed where the
+#' argument allows it.
+#'
+#' @section Changing hyperparameters during training:
+#' `optimizer$learning_rate`, `optimizer$weight_decay`, `optimizer$beta_1`
+#' and `optimizer$beta_2` can be set between steps, e.g. by a callback; a new
+#' value is checked when it is set. A learning rate given as a number is
+#' held in a variable, so a new number is used at the next step, also in a
+#' compiled `fit()`. `weight_decay` and betas given as numbers are, as in
+#' Keras's own optimizers, constants of the compiled train step: in `fit()`'s
+#' compiled step (the default, XLA or `tf.function`) a new value takes effect
+#' only once the step is rebuilt, e.g. by
+#' `model$make_train_function(force = TRUE)` or by compiling the model again.
+#' Steps run eagerly (`compile(run_eagerly = TRUE)`, or `optimizer$apply()`
+#' called from R) use it at once. In the same way, a function given as
+#' learning rate or beta is called when the step is traced, and a compiled
+#' step keeps the value it returned then.
 #'
 #' @param learning_rate The learning rate: a number >= 0, a
 #'   `LearningRateSchedule` (e.g. from `keras3::learning_rate_schedule_cosine_decay()`),
-#'   or a function of no arguments that returns the learning rate.
-#' @param beta_1 A number in (0, 1], or a function of no arguments that
-#'   returns one: the weight of the momentum in the interpolation whose sign
-#'   is the step.
-#' @param beta_2 A number in \[0, 1), or a function of no arguments that
-#'   returns one: the decay rate of the momentum.
+#'   or a function that can be called with no arguments (such as
+#'   `function() 1e-3` or `function(...) 1e-3`) and returns the learning
+#'   rate. What the function returns is checked each time it is called: `NA`,
+#'   a negative, infinite or non-numeric result is an error naming
+#'   `learning_rate`.
+#' @param beta_1 A number in (0, 1], or a function that can be called with no
+#'   arguments and returns one: the weight of the momentum in the
+#'   interpolation whose sign is the step. A number set later with
+#'   `optimizer$beta_1 <- ...` reaches a compiled `fit()` step only when it
+#'   is rebuilt (see "Changing hyperparameters during training").
+#' @param beta_2 A number in \[0, 1), or a function that can be called with
+#'   no arguments and returns one: the decay rate of the momentum. Set later,
+#'   it behaves as `beta_1`.
 #' @param weight_decay `NULL` or a number >= 0: decoupled weight decay; each
-#'   step also subtracts `learning_rate * weight_decay * theta`.
+#'   step also subtracts `learning_rate * weight_decay * theta`. A value set
+#'   later with `optimizer$weight_decay <- ...` reaches a compiled `fit()`
+#'   step only when it is rebuilt, as in Keras's own optimizers (see
+#'   "Changing hyperparameters during training").
 #' @param clipnorm `NULL` or a number > 0: each gradient is clipped so that
 #'   its norm is at most this value.
 #' @param clipvalue `NULL` or a number > 0: each gradient element is clipped
@@ -52,8 +81,11 @@
 #'   their average. With `NULL` this happens once, when
 #'   `optimizer$finalize_variable_values()` is called, which `fit()` does at
 #'   the end of training.
-#' @param name A single string, or `NULL` for the default `"lion"`: the
-#'   optimizer's name, used in the names of its variables.
+#' @param name A single string: the optimizer's name, used in the paths of
+#'   its variables. Not given (or `NULL`), Keras numbers the default name
+#'   as it does for its own optimizers: `"lion"`, then `"lion_1"`, ..., so
+#'   that two optimizers in one session (e.g. in one `MultiOptimizer`) never
+#'   share variable paths. A name given explicitly is kept as it is.
 #' @param ... Further named arguments passed to the Python optimizer, for
 #'   forward and backward compatibility. An argument it does not know is an
 #'   error.
@@ -100,6 +132,11 @@
 #' @family optimizers
 #' @export
 #' @examplesIf keraslion_available() && requireNamespace("keras3", quietly = TRUE)
+#' # A Keras optimizer, checked and ready for compile():
+#' opt <- optimizer_lion(learning_rate = 1e-3, weight_decay = 0.01)
+#' str(opt$get_config()[c("learning_rate", "beta_1", "beta_2", "weight_decay")])
+#' \donttest{
+#' # Training with keras3 (a few seconds: Keras compiles the steps first).
 #' library(keras3)
 #' model <- keras_model_sequential(input_shape = 4) |>
 #'   layer_dense(16, activation = "relu") |>
@@ -116,6 +153,7 @@
 #' y <- as.integer(iris$Species) - 1L
 #' model |> fit(x, y, epochs = 20, batch_size = 16, verbose = 0)
 #' model |> evaluate(x, y, verbose = 0)
+#' }
 optimizer_lion <- function(learning_rate = 0.001,
                            beta_1 = 0.9,
                            beta_2 = 0.99,
@@ -135,22 +173,37 @@ optimizer_lion <- function(learning_rate = 0.001,
                            exclude_from_weight_decay = NULL,
                            skip_nonfinite = FALSE) {
   dots <- check_dots_named(list(...))
+  # Keras keeps these in float32: a number that float32 rounds to 0 or to
+  # infinity is refused (`float32 = TRUE`); the betas are not, as Python
+  # takes them as they are.
   clipping <- check_at_most_one(list(
-    clipnorm = as_number(clipnorm, "clipnorm", 0, lower_closed = FALSE, allow_null = TRUE),
-    clipvalue = as_number(clipvalue, "clipvalue", 0, lower_closed = FALSE, allow_null = TRUE),
+    clipnorm = as_number(
+      clipnorm, "clipnorm", 0,
+      lower_closed = FALSE, allow_null = TRUE, float32 = TRUE
+    ),
+    clipvalue = as_number(
+      clipvalue, "clipvalue", 0,
+      lower_closed = FALSE, allow_null = TRUE, float32 = TRUE
+    ),
     global_clipnorm = as_number(
       global_clipnorm, "global_clipnorm", 0,
-      lower_closed = FALSE, allow_null = TRUE
+      lower_closed = FALSE, allow_null = TRUE, float32 = TRUE
     )
   ))
   args <- c(
     list(
-      learning_rate = as_number(learning_rate, "learning_rate", 0, allow_callable = TRUE),
+      learning_rate = as_number(
+        learning_rate, "learning_rate", 0,
+        allow_callable = TRUE, float32 = TRUE
+      ),
       beta_1 = as_number(beta_1, "beta_1", 0, 1,
         lower_closed = FALSE, upper_closed = TRUE, allow_callable = TRUE
       ),
       beta_2 = as_number(beta_2, "beta_2", 0, 1, allow_callable = TRUE),
-      weight_decay = as_number(weight_decay, "weight_decay", 0, allow_null = TRUE)
+      weight_decay = as_number(
+        weight_decay, "weight_decay", 0,
+        allow_null = TRUE, float32 = TRUE
+      )
     ),
     clipping,
     list(
@@ -159,11 +212,13 @@ optimizer_lion <- function(learning_rate = 0.001,
       ema_overwrite_frequency = as_whole_number(
         ema_overwrite_frequency, "ema_overwrite_frequency", 1
       ),
-      # keras3's optimizer_lion() takes `NULL` for Keras's default name too.
-      name = check_string(name, "name", allow_null = TRUE) %||% "lion",
+      # Not given, or `NULL` (as keras3's optimizer_lion() takes): `None`, so
+      # that Keras numbers the default name ("lion", "lion_1", ...) and two
+      # optimizers never share variable paths.
+      name = if (!missing(name)) check_string(name, "name", allow_null = TRUE),
       loss_scale_factor = as_number(
         loss_scale_factor, "loss_scale_factor", 0,
-        lower_closed = FALSE, allow_null = TRUE
+        lower_closed = FALSE, allow_null = TRUE, float32 = TRUE
       ),
       gradient_accumulation_steps = as_whole_number(
         gradient_accumulation_steps, "gradient_accumulation_steps", 2

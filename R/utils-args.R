@@ -6,16 +6,30 @@ is_py_object <- function(x) {
   inherits(x, "python.builtin.object")
 }
 
-# A short description of a value for error messages.
+# A short description of a value for error messages. A classed value is
+# named by its class, not shown as the numbers or strings it is made of (a
+# factor's codes, a date's days since 1970).
 describe <- function(x) {
   if (is.null(x)) {
     return("`NULL`")
+  }
+  if (is.primitive(x)) {
+    return(paste0("the primitive function `", primitive_name(x), "()`"))
   }
   if (is.function(x)) {
     return("a function")
   }
   if (is_py_object(x)) {
     return(paste0("a Python object of class <", class(x)[[1]], ">"))
+  }
+  if (is.factor(x)) {
+    return("a factor")
+  }
+  if (is.data.frame(x)) {
+    return("a data frame")
+  }
+  if (is.object(x)) {
+    return(paste0("a <", class(x)[[1]], "> object"))
   }
   if (is.atomic(x) && length(x) == 1) {
     if (is.na(x)) {
@@ -28,6 +42,11 @@ describe <- function(x) {
   }
   type <- if (is.atomic(x)) paste(typeof(x), "vector") else class(x)[[1]]
   paste0("a ", type, " of length ", length(x))
+}
+
+# "sum" for `sum`: deparse() gives `.Primitive("sum")`.
+primitive_name <- function(x) {
+  sub('^\\.Primitive\\("(.*)"\\)$', "\\1", deparse(x)[[1]])
 }
 
 abort_arg <- function(arg, rule, x, call) {
@@ -86,32 +105,92 @@ from_py_number <- function(x) {
 }
 
 # A number in an interval, as a double; with `allow_callable`, an R function
-# or a Python object is passed through for Python to use as a callable.
+# that can be called with no arguments, or a Python object, is passed through
+# for Python to use as a callable (Python checks what it returns). With
+# `float32`, a number that float32 (the dtype Keras keeps it in) would round
+# to 0 or to infinity is refused as well: 0 itself stays allowed where the
+# interval has it.
 as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
                       upper_closed = FALSE, allow_null = FALSE,
-                      allow_callable = FALSE, call = caller_env()) {
+                      allow_callable = FALSE, float32 = FALSE,
+                      call = caller_env()) {
   if (allow_null && is.null(x)) {
     return(NULL)
   }
   x <- from_py_number(x)
+  rule <- describe_range(lower, upper, lower_closed, upper_closed)
+  if (allow_null) rule <- paste("`NULL` or", rule)
+  if (allow_callable) rule <- paste0(rule, ", or a function that can be called with no arguments")
   callable <- is.function(x) || (is_py_object(x) && reticulate::py_has_attr(x, "__call__"))
   if (allow_callable && callable) {
-    # An R function, or a Python callable such as a LearningRateSchedule.
-    if (is.function(x) && !is_py_object(x) && length(formals(x)) > 0) {
-      abort_arg(arg, "a function of no arguments", x, call)
-    }
+    if (!is_py_object(x)) check_callable_without_arguments(x, arg, rule, call)
     return(x)
   }
   in_range <- is_number(x) && is.finite(x) &&
     (if (lower_closed) x >= lower else x > lower) &&
     (if (upper_closed) x <= upper else x < upper)
   if (!in_range) {
-    rule <- describe_range(lower, upper, lower_closed, upper_closed)
-    if (allow_null) rule <- paste("`NULL` or", rule)
-    if (allow_callable) rule <- paste0(rule, ", or a function of no arguments")
     abort_arg(arg, rule, x, call)
   }
+  if (float32) {
+    check_float32(x, arg, rule, call)
+  }
   as.double(x)
+}
+
+# An R function that Python can call with no arguments: no argument without a
+# default (`...` is fine), and not a primitive such as `sum`, which reticulate
+# does not pass to Python as a function.
+check_callable_without_arguments <- function(x, arg, rule, call) {
+  received <- describe(x)
+  if (is.primitive(x)) {
+    cli::cli_abort(
+      c(
+        "{.arg {arg}} must be {rule}, not {received}.",
+        i = paste(
+          "A primitive does not reach Python as a function: call it in a function",
+          "of your own, as in {.code function() {primitive_name(x)}(x)}."
+        )
+      ),
+      call = call,
+      class = "keraslion_error_argument"
+    )
+  }
+  args <- formals(x)
+  required <- vapply(seq_along(args), function(i) identical(args[[i]], quote(expr = )), logical(1))
+  required <- setdiff(names(args)[required], "...")
+  if (length(required) > 0) {
+    received <- "a function with {cli::qty(required)}required argument{?s} {.arg {required}}"
+    cli::cli_abort(
+      paste0("{.arg {arg}} must be {rule}, not ", received, "."),
+      call = call,
+      class = "keraslion_error_argument"
+    )
+  }
+  invisible(x)
+}
+
+# The smallest magnitude that float32 rounds up to its smallest subnormal,
+# 2^-149, rather than to 0 (2^-150 itself ties to 0), and the smallest that it
+# rounds to infinity rather than to its largest finite value.
+float32_to_zero <- 2^-150
+float32_to_inf <- 2^128 - 2^103
+
+check_float32 <- function(x, arg, rule, call) {
+  if (x == 0 || (abs(x) > float32_to_zero && abs(x) < float32_to_inf)) {
+    return(invisible(x))
+  }
+  received <- describe(x)
+  rounded <- if (abs(x) >= float32_to_inf) "infinity" else "0"
+  cli::cli_abort(
+    c(
+      "{.arg {arg}} must be {rule}, not {received}.",
+      x = "In float32, which Keras keeps it in, {received} rounds to {rounded}.",
+      i = "float32 holds magnitudes from about 1.4e-45 to 3.4e+38."
+    ),
+    call = call,
+    class = "keraslion_error_argument"
+  )
 }
 
 # `NULL` or a whole number (integer or double) at least `lower`, as an

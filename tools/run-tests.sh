@@ -103,6 +103,26 @@ if Rscript -e 'quit(status = !requireNamespace("keras3", quietly = TRUE))' 2>/de
   fi
 fi
 
+# The README's installation route: the tarball that R CMD build made (with
+# the vignettes it built), installed with R CMD INSTALL into an empty library,
+# has both vignettes where vignette() finds them.
+section "Install the built tarball: vignettes"
+vignette_lib=$(mktemp -d)
+if R CMD INSTALL -l "$vignette_lib" keraslion_*.tar.gz > "$results/install-tarball.log" 2>&1 &&
+  R_LIBS="$vignette_lib${R_LIBS:+:$R_LIBS}" Rscript -e '
+    found <- vignette(package = "keraslion")$results
+    found <- found[found[, "Package"] == "keraslion", "Item"]
+    cat("vignette(package = \"keraslion\") lists:", found, "\n")
+    quit(status = !setequal(found, c("keraslion", "lion-vs-adamw")))
+  '; then
+  record installed-vignettes 1 0 0
+else
+  tail -n 20 "$results/install-tarball.log"
+  echo "The installed tarball does not have both vignettes."
+  record installed-vignettes 0 1 0
+fi
+rm -rf "$vignette_lib"
+
 # The keras3 tests again on a second backend, with the keraslion that R CMD
 # check installed.
 other_backend=torch

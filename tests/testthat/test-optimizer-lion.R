@@ -56,6 +56,52 @@ test_that("bad arguments get an error naming the argument and the value", {
   })
 })
 
+test_that("a classed value is named by its class in the error", {
+  expect_snapshot(error = TRUE, {
+    optimizer_lion(learning_rate = factor("0.001"))
+    optimizer_lion(weight_decay = as.Date("2024-01-01"))
+    optimizer_lion(clipnorm = data.frame(x = 1))
+    optimizer_lion(momentum_dtype = factor("float32"))
+    optimizer_lion(use_ema = factor("TRUE"))
+    optimizer_lion(ema_momentum = structure(0.5, class = "units"))
+  })
+})
+
+test_that("a function must be callable with no arguments; primitives are refused in R", {
+  expect_snapshot(error = TRUE, {
+    optimizer_lion(learning_rate = function(step, ...) 0.1)
+    optimizer_lion(beta_1 = function(x, y = 1) 0.9)
+    optimizer_lion(learning_rate = sum)
+    optimizer_lion(beta_2 = max)
+  })
+})
+
+test_that("numbers that float32 rounds to 0 or infinity are refused, naming the argument", {
+  expect_snapshot(error = TRUE, {
+    optimizer_lion(learning_rate = 1e39)
+    optimizer_lion(weight_decay = 1e39)
+    optimizer_lion(weight_decay = 1e-46)
+    optimizer_lion(clipnorm = 1e-46)
+    optimizer_lion(clipvalue = 1e39)
+    optimizer_lion(global_clipnorm = 1e-300)
+    optimizer_lion(loss_scale_factor = 1e39)
+  })
+})
+
+test_that("zero and the betas' documented edge values stay accepted", {
+  skip_if_no_keras()
+  config <- optimizer_lion(
+    learning_rate = 0, weight_decay = 0, beta_1 = 1e-40, beta_2 = 1e-50,
+    clipnorm = 2^-149
+  )$get_config()
+  expect_identical(config$learning_rate, 0)
+  expect_identical(config$weight_decay, 0)
+  expect_identical(config$beta_1, 1e-40)
+  expect_identical(config$beta_2, 1e-50)
+  config <- optimizer_lion(clipvalue = 3e38, global_clipnorm = NULL)$get_config()
+  expect_identical(config$clipvalue, 3e38)
+})
+
 test_that("exclude_from_weight_decay is checked by Python's re, which applies it", {
   skip_if_no_keras()
   expect_identical(
@@ -71,10 +117,26 @@ test_that("exclude_from_weight_decay is checked by Python's re, which applies it
   })
 })
 
-test_that("name = NULL gives the default name, as in keras3", {
+test_that("the default name is numbered, as Keras does; a name given is kept", {
   skip_if_no_keras()
-  expect_identical(optimizer_lion(name = NULL)$name, "lion")
+  first <- optimizer_lion()
+  second <- optimizer_lion()
+  from_null <- optimizer_lion(name = NULL)
+  names <- c(first$name, second$name, from_null$name)
+  expect_match(names, "^lion(_[0-9]+)?$")
+  expect_identical(anyDuplicated(names), 0L)
   expect_identical(optimizer_lion(name = "lion_head")$name, "lion_head")
+  expect_identical(optimizer_lion(name = "lion")$name, "lion")
+  expect_identical(optimizer_lion(name = "lion")$name, "lion")
+
+  # So two optimizers for two parts of one model have distinct variable paths.
+  keras <- keras_module()
+  a <- keras$Variable(array(c(1, 2)))
+  b <- keras$Variable(array(c(3, 4)))
+  first$build(list(a))
+  second$build(list(b))
+  paths <- vapply(c(first$variables, second$variables), function(v) v$path, "")
+  expect_identical(anyDuplicated(paths), 0L)
 })
 
 test_that("NumPy scalars and 0-d tensors are accepted as numbers", {
@@ -134,7 +196,7 @@ test_that("it returns the Python optimizer with the arguments converted", {
   expect_identical(config$ema_overwrite_frequency, 3L)
   # One pattern stays one pattern, not a set of characters.
   expect_identical(config$exclude_from_weight_decay, "bias")
-  expect_identical(config$name, "lion")
+  expect_match(config$name, "^lion(_[0-9]+)?$")
 })
 
 test_that("a Python-side error reaches R as an R error and R carries on", {
@@ -168,6 +230,47 @@ test_that("R functions work as learning rate and betas", {
   opt$apply(list(gradient), list(variable))
   expect_equal(as.vector(as_r_array(variable)), c(0.75, 1.25))
   expect_gt(calls, 0)
+})
+
+test_that("functions that can be called with no arguments work as learning rate", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  for (lr in list(function(...) 0.25, function(scale = 1) scale * 0.25)) {
+    opt <- optimizer_lion(learning_rate = lr)
+    variable <- keras$Variable(array(c(1, 1)))
+    opt$apply(list(keras$ops$convert_to_tensor(array(c(1, -1)))), list(variable))
+    expect_equal(as.vector(as_r_array(variable)), c(0.75, 1.25))
+  }
+})
+
+test_that("a learning rate function's result is checked when it is called", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  one_step <- function(learning_rate) {
+    opt <- optimizer_lion(learning_rate = learning_rate)
+    variable <- keras$Variable(array(c(1, 1)))
+    opt$apply(list(keras$ops$convert_to_tensor(array(c(1, -1)))), list(variable))
+    as.vector(as_r_array(variable))
+  }
+  # R's NA reaches Python as True, which was a learning rate of 1; a negative
+  # one trained uphill.
+  bad <- list(
+    function() NA, function() NA_real_, function() -0.05, function() Inf,
+    function() NaN, function() "0.1", function() c(0.1, 0.2),
+    reticulate::py_eval("lambda: -0.05"), reticulate::py_eval("lambda: float('nan')")
+  )
+  for (learning_rate in bad) {
+    expect_error(one_step(learning_rate), "learning_rate")
+  }
+  # The same inside a compiled fit() step.
+  model <- keras$Sequential(list(keras$Input(shape = list(2L)), keras$layers$Dense(1L)))
+  model$compile(optimizer = optimizer_lion(learning_rate = function() -0.05), loss = "mse")
+  expect_error(
+    model$fit(matrix(1, 4, 2), matrix(0, 4, 1), epochs = 1L, verbose = 0L),
+    "learning_rate"
+  )
+  # A good one still works.
+  expect_equal(one_step(function() 0.25), c(0.75, 1.25))
 })
 
 test_that("a model trained with optimizer_lion() classifies iris", {

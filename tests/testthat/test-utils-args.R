@@ -8,6 +8,18 @@ test_that("describe() shows values briefly", {
   expect_identical(describe(mean), "a function")
 })
 
+test_that("describe() names a classed value by its class, not its contents", {
+  expect_identical(describe(factor("a")), "a factor")
+  expect_identical(describe(factor(c("a", "b"))), "a factor")
+  expect_identical(describe(as.Date("2024-01-01")), "a <Date> object")
+  expect_identical(describe(as.POSIXct("2024-01-01", tz = "UTC")), "a <POSIXct> object")
+  expect_identical(describe(data.frame(x = 1)), "a data frame")
+  expect_identical(describe(structure(0.1, class = "units")), "a <units> object")
+  expect_identical(describe(methods::getClass("numeric")), "a <classRepresentation> object")
+  expect_identical(describe(sum), "the primitive function `sum()`")
+  expect_identical(describe(`[`), "the primitive function `[()`")
+})
+
 test_that("as_number() checks the interval and converts to double", {
   expect_identical(as_number(1L, "x", 0), 1)
   expect_identical(as_number(0, "x", 0), 0)
@@ -20,6 +32,44 @@ test_that("as_number() checks the interval and converts to double", {
   f <- function() 1
   expect_identical(as_number(f, "x", 0, allow_callable = TRUE), f)
   expect_error(as_number(f, "x", 0), "function")
+})
+
+test_that("a function that can be called with no arguments is a callable", {
+  dots <- function(...) 1e-3
+  default <- function(scale = 1) scale * 1e-3
+  both <- function(scale = 1, ...) scale * 1e-3
+  expect_identical(as_number(dots, "x", 0, allow_callable = TRUE), dots)
+  expect_identical(as_number(default, "x", 0, allow_callable = TRUE), default)
+  expect_identical(as_number(both, "x", 0, allow_callable = TRUE), both)
+  expect_error(
+    as_number(function(step, ...) 1, "x", 0, allow_callable = TRUE),
+    "not a function with required argument `step`",
+    class = "keraslion_error_argument"
+  )
+  # A primitive reaches Python as a capsule, not as a function.
+  expect_error(
+    as_number(sum, "x", 0, allow_callable = TRUE),
+    "not the primitive function `sum\\(\\)`",
+    class = "keraslion_error_argument"
+  )
+})
+
+test_that("with float32 = TRUE, numbers that float32 rounds to 0 or Inf are refused", {
+  expect_identical(as_number(0, "x", 0, float32 = TRUE), 0)
+  # The extremes that float32 still holds: its smallest subnormal (and a
+  # little less, which rounds up to it) and its largest finite value (and a
+  # little more, which rounds down to it).
+  expect_identical(as_number(2^-149, "x", 0, float32 = TRUE), 2^-149)
+  expect_identical(as_number(2^-150 * 1.0000001, "x", 0, float32 = TRUE), 2^-150 * 1.0000001)
+  largest <- (2 - 2^-23) * 2^127
+  expect_identical(as_number(largest, "x", 0, float32 = TRUE), largest)
+  expect_identical(as_number(2^128 - 2^103 - 2^80, "x", 0, float32 = TRUE), 2^128 - 2^103 - 2^80)
+  expect_error(as_number(2^-150, "x", 0, float32 = TRUE), "rounds to 0", class = "keraslion_error_argument")
+  expect_error(as_number(1e-46, "x", 0, float32 = TRUE), "rounds to 0", class = "keraslion_error_argument")
+  expect_error(as_number(2^128 - 2^103, "x", 0, float32 = TRUE), "rounds to infinity")
+  expect_error(as_number(1e39, "x", 0, float32 = TRUE), "rounds to infinity")
+  # Without float32 = TRUE (the betas), such numbers are kept.
+  expect_identical(as_number(1e-50, "x", 0), 1e-50)
 })
 
 test_that("as_whole_number() accepts whole doubles and integers only", {

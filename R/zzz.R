@@ -8,12 +8,28 @@
 # already started.)
 python_core <- function() {
   if (is.null(the$python_core)) {
-    the$python_core <- reticulate::import_from_path(
+    core <- reticulate::import_from_path(
       "keraslion",
       path = system.file("python", package = "keraslion")
     )
+    route_state_warnings(core)
+    the$python_core <- core
   }
   the$python_core
+}
+
+# Python shows its warnings on stderr, where an R user may never see them.
+# keraslion's StateWarning says that optimizer state was dropped while
+# loading a checkpoint (e.g. by `load_model_weights()`), so it is signalled
+# as an R warning instead; other Python warnings keep their usual path.
+route_state_warnings <- function(core) {
+  core$`_restore`$route_state_warnings(signal_state_warning)
+  invisible()
+}
+
+signal_state_warning <- function(message) {
+  cli::cli_warn("{message}", class = "keraslion_warning_state")
+  invisible()
 }
 
 # Loading a saved model finds `Lion` only once the Python module keraslion has

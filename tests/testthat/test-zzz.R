@@ -65,3 +65,49 @@ test_that("Python requirements are declared only where py_require() exists", {
   expect_false(keraslion:::declare_python_requirements(function(packages) warning("too late")))
 })
 
+
+test_that("state dropped while loading a checkpoint arrives as an R warning", {
+  skip_if_not(keraslion_available())
+  keras <- keras_module()
+  lion <- import_keraslion()
+  make_model <- function(optimizer) {
+    model <- keras$Sequential(list(keras$Input(shape = list(3L)), keras$layers$Dense(2L)))
+    model$compile(optimizer = optimizer, loss = "mse")
+    model$optimizer$build(model$trainable_variables)
+    model
+  }
+  source <- make_model(optimizer_lion(skip_nonfinite = TRUE))
+  source$optimizer$`_nonfinite_steps`$assign(2L)
+  path <- withr::local_tempfile(fileext = ".weights.h5")
+  source$save_weights(path)
+
+  # skip_nonfinite turned off: the count of skipped steps has no place.
+  model <- make_model(optimizer_lion())
+  expect_warning(model$load_weights(path), class = "keraslion_warning_state")
+  expect_warning(model$load_weights(path), "skipped non-finite steps")
+  if (requireNamespace("keras3", quietly = TRUE)) {
+    expect_warning(keras3::load_model_weights(model, path), class = "keraslion_warning_state")
+  }
+
+  # Other Python warnings keep their path (Python's stderr), not R's.
+  code <- paste(
+    "import io, sys, warnings",
+    "stderr, sys.stderr = sys.stderr, io.StringIO()",
+    "try:",
+    "    warnings.warn('not keraslion', UserWarning)",
+    "finally:",
+    "    shown, sys.stderr = sys.stderr.getvalue(), stderr",
+    sep = "\n"
+  )
+  expect_no_warning(shown <- reticulate::py_run_string(code)$shown)
+  expect_match(shown, "not keraslion")
+
+  # What the checkpoint lacks is an error, or with skip_mismatch a warning.
+  unbuilt <- keras$Sequential(list(keras$Input(shape = list(3L)), keras$layers$Dense(2L)))
+  unbuilt$compile(optimizer = optimizer_lion(), loss = "mse")
+  expect_error(unbuilt$load_weights(path), "not built")
+  expect_warning(
+    unbuilt$load_weights(path, skip_mismatch = TRUE),
+    class = "keraslion_warning_state"
+  )
+})

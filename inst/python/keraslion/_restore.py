@@ -1,0 +1,456 @@
+"""Loading a Lion's saved variables by role and variable path, not by index.
+
+Keras saves an optimizer's variables by index only ("0", "1", ...) and its
+own `load_own_variables` skips them all, with one warning, when their
+count differs from the optimizer's. Options such as `skip_nonfinite` or
+`use_ema` add or drop variables, so a changed option lost the step count and
+every momentum. The store is left as Keras writes it (so that files of
+Keras's Lion and of keraslion load into either); instead the saved layout
+is inferred from the count, shapes and kinds (int or float) of the entries.
+
+An optimizer's variables are, in order: the iteration count (an int
+scalar), the learning rate (a float scalar; absent for a schedule or a
+callable), then per trainable variable the moving averages (`use_ema`),
+the gradient accumulators (`gradient_accumulation_steps`) and the
+momentums, and last keraslion's count of skipped steps (`skip_nonfinite`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+
+class StateWarning(UserWarning):
+    """Optimizer state in a checkpoint was dropped, or could not be loaded."""
+
+
+# Shown every time: a repeated load drops state again. Appended, so that a
+# user's own filter for it (added at the front) still wins.
+warnings.filterwarnings("always", category=StateWarning, append=True)
+
+# A slot: a role and, for per-variable roles, the index of the trainable
+# variable (None in a saved slot: a variable this model does not have).
+Slot = tuple[str, int | None]
+SCALARS = ("iterations", "learning_rate", "nonfinite_steps")
+PER_VARIABLE = ("average", "accumulator", "momentum")
+DESCRIPTIONS = {
+    "iterations": "the iteration count",
+    "learning_rate": "the learning rate",
+    "nonfinite_steps": "the count of skipped non-finite steps",
+    "average": "the moving average",
+    "accumulator": "the gradient accumulator",
+    "momentum": "the momentum",
+}
+# Why saved state has no place here, by its role.
+NO_PLACE = {
+    "learning_rate": "the learning rate here is a schedule or a callable",
+    "nonfinite_steps": "skip_nonfinite is off here",
+    "average": "use_ema is off here",
+    "accumulator": "gradient_accumulation_steps is off here",
+    "variable": "this model has no variable of that shape in that place",
+}
+HOW_TO_ALLOW = (
+    "To load what matches and start the rest fresh, pass `skip_mismatch=True` to "
+    "`model.load_weights()` (from R: `load_model_weights(model, filepath, "
+    "skip_mismatch = TRUE)`).")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One saved variable: its key in the store, shape, kind and value."""
+
+    key: str
+    value: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
+    @property
+    def kind(self) -> str:
+        dtype = keras.backend.standardize_dtype(self.value.dtype)
+        return "int" if "int" in dtype else "float" if "float" in dtype else dtype
+
+
+@dataclass(frozen=True)
+class Options:
+    """Which optional variables an optimizer has (or a checkpoint's had)."""
+
+    learning_rate: bool
+    ema: bool
+    accumulation: bool
+    counter: bool
+
+    def agreement(self, other: Options) -> int:
+        return sum(a == b for a, b in zip(vars(self).values(), vars(other).values()))
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One interpretation of the store: the slot of each entry."""
+
+    options: Options
+    slots: tuple[Slot, ...]
+    rank: int  # 0: same variables; 1: a model with more or fewer; 2: shapes differ
+    ambiguous: bool = False  # which variables the entries belong to is unclear
+
+
+@dataclass
+class Plan:
+    """What loading does, decided before anything is assigned."""
+
+    loads: list[tuple[keras.Variable, Entry]] = field(default_factory=list)
+    fresh: list[tuple[Slot, keras.Variable]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # warned about
+    # Errors unless allowed; each with what allowing it does.
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def load_own_variables(optimizer: Any, store: Any) -> None:
+    """Loads `store`, written by Keras's `save_own_variables`, into `optimizer`.
+
+    What matches is loaded, what the optimizer's options add starts fresh,
+    and saved state it has no place for is dropped with a `StateWarning`.
+    What the checkpoint lacks, or what cannot be matched, raises a
+    `ValueError` and loads nothing, unless Keras was asked to skip
+    mismatches (`load_weights(..., skip_mismatch=True)`): then it is
+    warned about and starts fresh.
+    """
+    own = own_slots(optimizer)
+    if own is None:
+        # A subclass with variables of its own: only Keras's positional loading knows them.
+        keras.optimizers.Optimizer.load_own_variables(optimizer, store)
+        return
+    allowed = keras_skips_mismatch()
+    plan = make_plan(optimizer, own, store)
+    if plan.problems and not allowed:
+        raise ValueError(
+            f"Cannot load the state of optimizer '{optimizer.name}' from the checkpoint: "
+            f"{'; '.join(problem for problem, _ in plan.problems)}. Nothing was loaded into "
+            f"the optimizer. {HOW_TO_ALLOW}")
+    notes = plan.dropped + [f"{problem}: {outcome}, as `skip_mismatch=True` allows"
+                            for problem, outcome in plan.problems]
+    if notes:
+        # Warned before anything is assigned: a warning turned into an error loads nothing.
+        warnings.warn(
+            f"Loading the state of optimizer '{optimizer.name}': {'; '.join(notes)}.",
+            StateWarning, stacklevel=3)
+    for variable, entry in plan.loads:
+        variable.assign(entry.value)
+    for (role, index), variable in plan.fresh:
+        variable.assign(fresh_value(optimizer, role, index, variable))
+
+
+def keras_skips_mismatch() -> bool:
+    """Whether the enclosing Keras load was given `skip_mismatch=True`.
+
+    Keras passes it to `_load_state`, which calls `load_own_variables`
+    without it; strict when no such frame is found.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if (frame.f_code.co_name == "_load_state"
+                and frame.f_globals.get("__name__", "").startswith("keras")):
+            return bool(frame.f_locals.get("skip_mismatch", False))
+        frame = frame.f_back
+    return False
+
+
+def own_slots(optimizer: Any) -> dict[Slot, keras.Variable] | None:
+    """This optimizer's variables by slot, in order; None if they are not all known."""
+    slots: dict[Slot, keras.Variable] = {("iterations", None): optimizer._iterations}
+    if isinstance(optimizer._learning_rate, keras.Variable):
+        slots["learning_rate", None] = optimizer._learning_rate
+    if optimizer.built:
+        groups = [("average", optimizer._model_variables_moving_average if optimizer.use_ema
+                   else []),
+                  ("accumulator", optimizer._accumulated_gradients
+                   if optimizer.gradient_accumulation_steps else []),
+                  ("momentum", optimizer._momentums)]
+        for role, variables in groups:
+            slots.update(((role, j), v) for j, v in enumerate(variables) if v is not None)
+        if optimizer.skip_nonfinite:
+            slots["nonfinite_steps", None] = optimizer._nonfinite_steps
+    if [id(v) for v in slots.values()] != [id(v) for v in optimizer.variables]:
+        return None
+    return slots
+
+
+def own_options(optimizer: Any) -> Options:
+    return Options(learning_rate=isinstance(optimizer._learning_rate, keras.Variable),
+                   ema=bool(optimizer.use_ema),
+                   accumulation=bool(optimizer.gradient_accumulation_steps),
+                   counter=bool(optimizer.skip_nonfinite))
+
+
+def read_store(store: Any) -> list[Entry] | None:
+    keys = {str(key) for key in store.keys()}
+    if keys != {str(i) for i in range(len(keys))}:
+        return None
+    return [Entry(str(i), np.asarray(store[str(i)])) for i in range(len(keys))]
+
+
+def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Plan:
+    plan = Plan()
+    entries = read_store(store)
+    if entries is None:
+        plan.problems.append((
+            f"the checkpoint's entries {sorted(store.keys())} are not those Keras writes for "
+            "an optimizer", "nothing was loaded"))
+        return plan
+    if not entries:
+        # Nothing saved (a model saved without an optimizer): only a fresh,
+        # unbuilt optimizer loses nothing by it.
+        fresh = not optimizer.built and int(keras.ops.convert_to_numpy(optimizer._iterations)) == 0
+        if not fresh:
+            plan.problems.append((
+                "the checkpoint holds no optimizer state (no iteration count, no momentums)",
+                "the optimizer's state was left as it is"))
+        return plan
+    trainables = list(optimizer._trainable_variables) if optimizer.built else []
+    readings = list(candidate_readings(entries, trainables))
+    best, ambiguity = choose(readings, own_options(optimizer), own, entries)
+    if not best:
+        plan.problems.append((
+            f"{ambiguity or 'its layout fits none this optimizer could have saved'} "
+            f"({len(entries)} saved variables, of shapes "
+            f"{summary([str(e.shape) for e in entries], 8)}, for {len(trainables)} trainable "
+            "variables)", "nothing was loaded"))
+        return plan
+
+    reading = best[0]
+    if not optimizer.built and any(role not in ("iterations", "learning_rate")
+                                   for role, _ in reading.slots):
+        plan.problems.append((
+            f"the optimizer is not built, so it has no place yet for the checkpoint's "
+            f"{len(entries)} saved variables (momentums and the like); build it first, with "
+            "`optimizer.build(model.trainable_variables)` (from R: "
+            "`model$optimizer$build(model$trainable_variables)`), then load",
+            "only the iteration count and learning rate were loaded"))
+    saved = reading.options
+    saved_roles = {"iterations", "momentum", *(["average"] * saved.ema),
+                   *(["accumulator"] * saved.accumulation), *(["nonfinite_steps"] * saved.counter)}
+    dropped: dict[tuple[str, str], list[str]] = {}
+    for i, (entry, slot) in enumerate(zip(entries, reading.slots)):
+        variable = own.get(slot)
+        if variable is None:
+            if optimizer.built or slot[0] == "learning_rate":  # Else said once, above.
+                # Tied readings may differ in the role (see `choose`).
+                roles = list(dict.fromkeys(r.slots[i][0] for r in best))
+                reason = " and ".join(NO_PLACE["variable" if slot[1] is None and role in
+                                               PER_VARIABLE else role] for role in roles)
+                what, of = describe_saved(roles, slot, entry, trainables)
+                dropped.setdefault((what, reason), []).extend([of] if of else [])
+        elif tuple(variable.shape) != entry.shape:
+            plan.problems.append((
+                f"{describe(slot, trainables)} has shape {tuple(variable.shape)} here but "
+                f"{entry.shape} in the checkpoint", "it starts fresh"))
+            plan.fresh.append((slot, variable))
+        else:
+            plan.loads.append((variable, entry))
+    plan.dropped = [f"dropped {what}{f' of {summary(of, 4)}' if of else ''}: {reason}"
+                    for (what, reason), of in dropped.items()]
+
+    missing = [slot for slot in own if slot not in reading.slots and slot[0] != "learning_rate"]
+    lacked = [slot for slot in missing if slot[0] in saved_roles]
+    if lacked:
+        unbuilt = all(role in SCALARS for role, _ in reading.slots)
+        plan.problems.append((
+            f"the checkpoint lacks {summary([describe(s, trainables) for s in lacked], 6)} ("
+            f"{'its optimizer was not built' if unbuilt else 'its model had other variables'})",
+            "these start fresh and the rest was loaded"))
+    plan.fresh.extend((slot, own[slot]) for slot in missing)
+    return plan
+
+
+def candidate_readings(entries: list[Entry], trainables: list[Any]) -> Iterator[Reading]:
+    """Every reading of the entries consistent with their count, kinds and shapes."""
+    shapes = [tuple(v.shape) for v in trainables]
+    stepped = [j for j, v in enumerate(trainables)
+               if not getattr(v, "overwrite_with_gradient", False)]
+    for learning_rate, ema, accumulation, counter in itertools.product((True, False), repeat=4):
+        options = Options(learning_rate, ema, accumulation, counter)
+        head = 1 + learning_rate
+        body = entries[head:len(entries) - counter]
+        if len(entries) < head + counter or not scalars_fit(entries, options):
+            continue
+        if any(e.kind != "float" for e in body):
+            continue
+        head_slots: list[Slot] = [("iterations", None)] + [("learning_rate", None)] * learning_rate
+        tail_slots: list[Slot] = [("nonfinite_steps", None)] * counter
+        roles = [role for role, on in zip(PER_VARIABLE, (ema, accumulation, True)) if on]
+        # The checkpoint's model had these very variables (EMA and momentum
+        # skip those overwritten with their gradient, accumulators do not).
+        full = [(role, j) for role in roles
+                for j in (range(len(trainables)) if role == "accumulator" else stepped)]
+        if len(full) == len(body):
+            by_variable: dict[int | None, set[tuple[int, ...]]] = {}
+            for (_, j), entry in zip(full, body):
+                by_variable.setdefault(j, set()).add(entry.shape)
+            if all(len(s) == 1 for s in by_variable.values()):
+                differ = any(shapes[j] != next(iter(s)) for j, s in by_variable.items())
+                yield Reading(options, tuple(head_slots + full + tail_slots), 2 if differ else 0)
+            continue
+        # A model with more or fewer variables: which ones, by their shapes.
+        # (Not tried with variables overwritten with their gradient.)
+        if len(stepped) != len(trainables) or len(body) % len(roles):
+            continue
+        n = len(body) // len(roles)
+        groups = [[e.shape for e in body[g * n:(g + 1) * n]] for g in range(len(roles))]
+        if any(group != groups[0] for group in groups):
+            continue
+        ways, mapping = align(groups[0], trainables)
+        if ways == 0:
+            continue
+        slots = [(role, j) for role in roles for j in mapping]
+        yield Reading(options, tuple(head_slots + slots + tail_slots), 1, ambiguous=ways > 1)
+
+
+def scalars_fit(entries: list[Entry], options: Options) -> bool:
+    def is_scalar(entry: Entry, kind: str) -> bool:
+        return entry.shape == () and entry.kind == kind
+
+    return (is_scalar(entries[0], "int")
+            and (not options.learning_rate or is_scalar(entries[1], "float"))
+            and (not options.counter or is_scalar(entries[-1], "int")))
+
+
+def align(saved: list[tuple[int, ...]], trainables: list[Any]) -> tuple[int, list[int | None]]:
+    """Matches the saved shapes to this model's variables, in order, where the
+    checkpoint's model had layers more or fewer (whole layers first: a
+    layer's kernel and bias come and go together), else variables more or fewer.
+
+    Returns the number of ways to do it (0, 1, or 2 for "more than one") and,
+    for one way, the trainable index of each saved shape (None where this
+    model has no such variable).
+    """
+    shapes = [tuple(v.shape) for v in trainables]
+    layers = [list(group) for _, group in itertools.groupby(
+        range(len(trainables)), key=lambda j: trainables[j].path.rpartition("/")[0])]
+    ways, mapping = align_units(saved, shapes, layers)
+    if ways == 0:
+        ways, mapping = align_units(saved, shapes, [[j] for j in range(len(shapes))])
+    return ways, mapping
+
+
+def align_units(saved: list[tuple[int, ...]], shapes: list[tuple[int, ...]],
+                units: list[list[int]]) -> tuple[int, list[int | None]]:
+    fewer = len(saved) < len(shapes)  # Else more: this model lacks some saved variables.
+    n, count = len(saved), len(units)
+
+    def fits(i: int, u: int) -> bool:
+        return [shapes[j] for j in units[u]] == saved[i:i + len(units[u])]
+
+    # ways[i][u]: the ways to place units[u:] against saved[i:], counted up to 2;
+    # with fewer saved variables a unit may be left out, with more a saved one.
+    ways = [[0] * (count + 1) for _ in range(n + 1)]
+    for i in reversed(range(n + 1)):
+        for u in reversed(range(count + 1)):
+            if (i == n and fewer) or (u == count and not fewer):
+                ways[i][u] = 1
+            elif i < n and u < count:
+                skip = ways[i][u + 1] if fewer else ways[i + 1][u]
+                take = ways[i + len(units[u])][u + 1] if fits(i, u) else 0
+                ways[i][u] = min(2, skip + take)
+    if ways[0][0] != 1:
+        return ways[0][0], []
+    mapping: list[int | None] = [None] * n
+    i = u = 0
+    while i < n and u < count:
+        if fits(i, u) and ways[i + len(units[u])][u + 1]:
+            mapping[i:i + len(units[u])] = units[u]
+            i, u = i + len(units[u]), u + 1
+        elif fewer:
+            u += 1
+        else:
+            i += 1
+    return 1, mapping
+
+
+def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Variable],
+           entries: list[Entry]) -> tuple[list[Reading], str | None]:
+    """The readings with the fewest problems, then closest to this optimizer's options.
+
+    Several only where they load the same (they may drop different roles:
+    a moving average or a gradient accumulator); none, with why, otherwise.
+    """
+    if not readings:
+        return [], None
+    best_key = min((r.rank, -r.options.agreement(options)) for r in readings)
+    best = [r for r in readings if (r.rank, -r.options.agreement(options)) == best_key]
+    if any(r.ambiguous for r in best):
+        return [], "which of this model's variables its entries belong to is ambiguous"
+
+    def loaded(reading: Reading) -> set[tuple[Slot, str]]:
+        return {(slot, e.key) for slot, e in zip(reading.slots, entries) if slot in own}
+
+    if any(loaded(r) != loaded(best[0]) for r in best[1:]):
+        return [], ("its layout can be read in more than one way, each loading different "
+                    "variables")
+    return best, None
+
+
+def describe(slot: Slot, trainables: list[Any]) -> str:
+    role, index = slot
+    if index is None:
+        return DESCRIPTIONS[role]
+    return f"{DESCRIPTIONS[role]} of {trainables[index].path}"
+
+
+def describe_saved(roles: list[str], slot: Slot, entry: Entry,
+                   trainables: list[Any]) -> tuple[str, str | None]:
+    """What a dropped entry is (plural for per-variable roles), and of which variable."""
+    role, index = slot
+    if role in SCALARS:
+        value = entry.value.item()
+        return f"{DESCRIPTIONS[role]} ({value:.6g})" if isinstance(value, float) else (
+            f"{DESCRIPTIONS[role]} ({value})"), None
+    # Several roles: from the store alone, a moving average and a gradient
+    # accumulator are alike (one per variable, in the same place).
+    what = " or ".join(f"{DESCRIPTIONS[r]}s" for r in roles)
+    return what, (trainables[index].path if index is not None else f"shape {entry.shape}")
+
+
+def summary(items: list[str], limit: int) -> str:
+    if len(items) > limit:
+        return f"{', '.join(items[:limit])} and {len(items) - limit} more"
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def fresh_value(optimizer: Any, role: str, index: int | None, variable: keras.Variable) -> Any:
+    if role == "average":
+        # Keras sets an average to its weight only at iteration 0; with a
+        # restored count it would average from zero. (A copy: on JAX the two
+        # must not share a buffer.)
+        return keras.ops.convert_to_numpy(optimizer._trainable_variables[index])
+    return keras.ops.zeros(variable.shape, variable.dtype)
+
+
+def route_state_warnings(callback: Callable[[str], Any]) -> None:
+    """Sends each `StateWarning` that Python would show to `callback(message)` instead.
+
+    The R package passes a function that signals an R warning. Other
+    warnings, and those raised off the main thread, are shown as before.
+    """
+    current = warnings.showwarning
+    previous = getattr(current, "_keraslion_previous", current)
+
+    def showwarning(message: Any, category: type[Warning], filename: str, lineno: int,
+                    file: Any = None, line: str | None = None) -> None:
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        if issubclass(category, StateWarning) and on_main_thread:
+            callback(str(message))
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    showwarning._keraslion_previous = previous  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning

@@ -1,0 +1,342 @@
+"""Loading a checkpoint into a Lion whose options add or drop a variable.
+
+Keras stores optimizer variables by index and skipped them all when their
+count changed; keraslion matches them by role and variable path. What
+matches loads, what the new options add starts fresh, saved state with no
+place here is dropped with a `StateWarning`, and what the checkpoint lacks
+or what cannot be matched raises (or, with `skip_mismatch=True`, warns).
+Runs on the current Keras backend.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from conftest import to_numpy
+
+from keraslion import Lion, StateWarning, _restore
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(24, 5)).astype(np.float32)
+Y = rng.normal(size=(24, 2)).astype(np.float32)
+
+
+def make_model(optimizer, frozen_first=False, extra_layer=False, build=True):
+    keras.utils.set_random_seed(3)
+    layers = [keras.Input((5,)), keras.layers.Dense(4, activation="tanh", name="first"),
+              keras.layers.Dense(2, name="second")]
+    if extra_layer:
+        layers.append(keras.layers.Dense(2, name="third"))
+    model = keras.Sequential(layers)
+    model.layers[0].trainable = not frozen_first
+    model.compile(optimizer=optimizer, loss="mse")
+    if build:
+        model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def trained(optimizer, **kwargs):
+    model = make_model(optimizer, **kwargs)
+    # 3 batches: with gradient accumulation over 2 steps, saved mid-cycle.
+    model.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    return model
+
+
+def save(model, tmp_path, fmt, name="checkpoint"):
+    path = tmp_path / f"{name}.{fmt}"
+    if fmt == "keras":
+        model.save(path)
+    else:
+        model.save_weights(path)
+    return path
+
+
+def value(variable):
+    return to_numpy(variable).copy()
+
+
+def state(variables):
+    return {v.path: value(v) for v in variables}
+
+
+def by_role(optimizer):
+    """Scalars and momentums by role and the path of their weight (names differ by class)."""
+    out = {"iterations": value(optimizer._iterations)}
+    if isinstance(optimizer._learning_rate, keras.Variable):
+        out["learning_rate"] = value(optimizer._learning_rate)
+    for variable, momentum in zip(optimizer._trainable_variables, optimizer._momentums):
+        out[f"momentum/{variable.path.split('/', 1)[1]}"] = value(momentum)
+    return out
+
+
+def assert_same(actual, expected):
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(actual[key].astype(np.float64),
+                                      expected[key].astype(np.float64), err_msg=key)
+
+
+def load_quietly(model, path, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StateWarning)
+        model.load_weights(path, **kwargs)
+
+
+FORMATS = ["weights.h5", "keras"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_skip_nonfinite_turned_on_loads_everything(fmt, tmp_path):
+    source = trained(Lion(learning_rate=0.01))
+    path = save(source, tmp_path, fmt)
+    model = make_model(Lion(learning_rate=0.02, skip_nonfinite=True))
+    load_quietly(model, path)
+    assert_same(by_role(model.optimizer), by_role(source.optimizer))
+    assert int(to_numpy(model.optimizer.iterations)) == 3
+    assert model.optimizer.nonfinite_steps == 0
+    # Training goes on from there, as the source's does.
+    for m in (model, source):
+        m.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert int(to_numpy(model.optimizer.iterations)) == 6
+    for weight, expected in zip(model.weights, source.weights):
+        np.testing.assert_allclose(to_numpy(weight), to_numpy(expected), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_skip_nonfinite_turned_off_warns_about_the_counter(fmt, tmp_path):
+    source = trained(Lion(skip_nonfinite=True))
+    nan = [keras.ops.full(v.shape, np.nan) for v in source.trainable_variables]
+    source.optimizer.apply(nan, source.trainable_variables)
+    assert source.optimizer.nonfinite_steps == 1
+    path = save(source, tmp_path, fmt)
+    model = make_model(Lion())
+    with pytest.warns(StateWarning, match=r"skipped non-finite steps \(1\): skip_nonfinite is off"):
+        model.load_weights(path)
+    assert_same(by_role(model.optimizer), by_role(source.optimizer))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_keras_lion_checkpoint_loads_into_keraslion_with_skip_nonfinite(fmt, tmp_path):
+    source = trained(keras.optimizers.Lion(learning_rate=0.01))
+    path = save(source, tmp_path, fmt)
+    model = make_model(Lion(skip_nonfinite=True, cautious=True))
+    load_quietly(model, path)
+    assert_same(by_role(model.optimizer), by_role(source.optimizer))
+    assert model.optimizer.nonfinite_steps == 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_keraslion_checkpoint_loads_into_keras_lion(fmt, tmp_path):
+    source = trained(Lion(learning_rate=0.01, weight_decay=0.1))
+    path = save(source, tmp_path, fmt)
+    model = make_model(keras.optimizers.Lion())
+    model.load_weights(path)
+    assert_same(by_role(model.optimizer), by_role(source.optimizer))
+
+
+def test_keras_lion_skips_a_checkpoint_with_the_counter(tmp_path):
+    # Keras's own loading, not keraslion's: one UserWarning, and nothing is
+    # loaded (the counter makes the counts differ).
+    source = trained(Lion(skip_nonfinite=True))
+    path = save(source, tmp_path, "weights.h5")
+    model = make_model(keras.optimizers.Lion())
+    with pytest.warns(UserWarning, match="Skipping variable loading for optimizer"):
+        model.load_weights(path)
+    assert int(to_numpy(model.optimizer.iterations)) == 0
+    assert all(not np.any(value(m)) for m in model.optimizer._momentums)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_use_ema_turned_on_starts_averages_at_the_weights(fmt, tmp_path):
+    source = trained(Lion())
+    path = save(source, tmp_path, fmt)
+    model = make_model(Lion(use_ema=True))
+    load_quietly(model, path)
+    assert_same(by_role(model.optimizer), by_role(source.optimizer))
+    averages = model.optimizer._model_variables_moving_average
+    for weight, average in zip(model.trainable_variables, averages):
+        assert np.any(value(average))
+        np.testing.assert_array_equal(value(average), value(weight))
+    # A copy, not the weight's own buffer.
+    weight = model.trainable_variables[0]
+    before = value(averages[0])
+    weight.assign(keras.ops.zeros(weight.shape))
+    np.testing.assert_array_equal(value(averages[0]), before)
+    model.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+
+
+def test_use_ema_turned_off_warns(tmp_path):
+    source = trained(Lion(use_ema=True))
+    path = save(source, tmp_path, "weights.h5")
+    model = make_model(Lion())
+    with pytest.warns(StateWarning, match=r"dropped the moving averages or the gradient "
+                      r"accumulators of .*first/kernel.*use_ema is off"):
+        model.load_weights(path)
+    assert_same(by_role(model.optimizer), by_role(source.optimizer))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gradient_accumulation_turned_on_and_off(fmt, tmp_path):
+    source = trained(Lion())
+    path = save(source, tmp_path, fmt)
+    model = make_model(Lion(gradient_accumulation_steps=2))
+    load_quietly(model, path)
+    assert_same(by_role(model.optimizer), by_role(source.optimizer))
+    assert all(not np.any(value(a)) for a in model.optimizer._accumulated_gradients)
+    model.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+
+    # Saved mid-cycle: the accumulated gradients are lost, so said.
+    accumulating = trained(Lion(gradient_accumulation_steps=2))
+    assert any(np.any(value(a)) for a in accumulating.optimizer._accumulated_gradients)
+    path = save(accumulating, tmp_path, fmt, "accumulating")
+    model = make_model(Lion())
+    # From the store alone, accumulators and averages are alike.
+    with pytest.warns(StateWarning, match=r"moving averages or the gradient accumulators "
+                      r"of .*first/kernel.*use_ema is off here and gradient_accumulation_steps"):
+        model.load_weights(path)
+    assert_same(by_role(model.optimizer), by_role(accumulating.optimizer))
+
+
+def test_schedule_and_float_learning_rate(tmp_path):
+    schedule = keras.optimizers.schedules.CosineDecay(0.01, decay_steps=10)
+    source = trained(Lion(learning_rate=schedule))
+    path = save(source, tmp_path, "weights.h5")
+    model = make_model(Lion(learning_rate=0.005, skip_nonfinite=True))
+    load_quietly(model, path)
+    expected = by_role(source.optimizer)
+    expected["learning_rate"] = np.float32(0.005)  # Its own: the checkpoint has none.
+    assert_same(by_role(model.optimizer), expected)
+
+    source = trained(Lion(learning_rate=0.0025))
+    path = save(source, tmp_path, "weights.h5", "float")
+    model = make_model(Lion(learning_rate=schedule))
+    with pytest.warns(StateWarning, match=r"dropped the learning rate \(0.0025\): the learning "
+                      "rate here is a schedule"):
+        model.load_weights(path)
+    expected = by_role(source.optimizer)
+    del expected["learning_rate"]
+    assert_same(by_role(model.optimizer), expected)
+
+
+def test_checkpoint_lacking_a_momentum_raises_and_loses_nothing(tmp_path):
+    # Saved with the first layer frozen; loaded with it trainable.
+    source = trained(Lion(), frozen_first=True)
+    path = save(source, tmp_path, "weights.h5")
+    model = trained(Lion(learning_rate=0.003))
+    before = state(model.optimizer.variables)
+    with pytest.raises(ValueError, match=r"lacks the momentum of .*first/kernel and the "
+                       r"momentum of .*first/bias.*skip_mismatch=True"):
+        model.load_weights(path)
+    assert_same(state(model.optimizer.variables), before)
+
+    with pytest.warns(StateWarning, match=r"lacks the momentum of .*first/kernel.*start fresh"):
+        model.load_weights(path, skip_mismatch=True)
+    loaded = by_role(model.optimizer)
+    assert not np.any(loaded.pop("momentum/first/kernel"))
+    assert not np.any(loaded.pop("momentum/first/bias"))
+    assert_same(loaded, by_role(source.optimizer))
+
+
+def test_momentums_of_a_layer_now_frozen_are_dropped_with_a_warning(tmp_path):
+    source = trained(Lion())
+    path = save(source, tmp_path, "weights.h5")
+    model = make_model(Lion(), frozen_first=True)
+    with pytest.warns(StateWarning, match=r"dropped the momentums of shape \(5, 4\) and shape "
+                      r"\(4,\): this model has no variable of that shape in that place"):
+        model.load_weights(path)
+    expected = by_role(source.optimizer)
+    del expected["momentum/first/kernel"], expected["momentum/first/bias"]
+    assert_same(by_role(model.optimizer), expected)
+
+
+# Keras's own warning, for the layer "third".
+@pytest.mark.filterwarnings("ignore:A total of 1 objects could not be loaded")
+def test_model_with_an_extra_layer_and_skip_mismatch(tmp_path):
+    source = trained(Lion())
+    path = save(source, tmp_path, "weights.h5")
+    model = make_model(Lion(), extra_layer=True)
+    with pytest.raises(ValueError, match="could not be loaded"):
+        model.load_weights(path)  # Keras's message: the layer "third" has no weights.
+    with pytest.warns(StateWarning, match=r"lacks the momentum of .*third/kernel"):
+        model.load_weights(path, skip_mismatch=True)
+    loaded = by_role(model.optimizer)
+    assert not np.any(loaded.pop("momentum/third/kernel"))
+    assert not np.any(loaded.pop("momentum/third/bias"))
+    assert_same(loaded, by_role(source.optimizer))
+
+
+def saved_store(optimizer):
+    store = {}
+    optimizer.save_own_variables(store)
+    return store
+
+
+def test_shapes_that_differ_raise_and_change_nothing():
+    source = make_model(Lion())
+    source.optimizer.apply([keras.ops.ones(v.shape) for v in source.trainable_variables])
+    other = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+    other.compile(optimizer=Lion(skip_nonfinite=True), loss="mse")
+    other.optimizer.build(other.trainable_variables)
+    other.optimizer.apply([keras.ops.ones(v.shape) for v in other.trainable_variables])
+    before = state(other.optimizer.variables)
+    with pytest.raises(ValueError, match=r"the momentum of .*kernel has shape \(5, 3\) here but "
+                       r"\(5, 4\) in the checkpoint"):
+        other.optimizer.load_own_variables(saved_store(source.optimizer))
+    assert_same(state(other.optimizer.variables), before)
+
+
+def test_a_layout_that_fits_nothing_raises():
+    model = make_model(Lion())
+    store = saved_store(model.optimizer)
+    store["2"] = np.zeros((5, 4), np.int32)  # Not a momentum.
+    before = state(model.optimizer.variables)
+    with pytest.raises(ValueError, match=r"fits none .*6 saved variables"):
+        model.optimizer.load_own_variables(store)
+    assert_same(state(model.optimizer.variables), before)
+
+
+def test_unbuilt_optimizer(tmp_path):
+    source = trained(Lion())
+    path = save(source, tmp_path, "weights.h5")
+    model = make_model(Lion(), build=False)
+    with pytest.raises(ValueError, match=r"not built.*optimizer.build\(model.trainable_variables"):
+        model.load_weights(path)
+    assert int(to_numpy(model.optimizer.iterations)) == 0
+    with pytest.warns(StateWarning, match="not built"):
+        model.load_weights(path, skip_mismatch=True)
+    assert int(to_numpy(model.optimizer.iterations)) == 3
+    # Built first, it loads.
+    model = make_model(Lion(), build=False)
+    model.optimizer.build(model.trainable_variables)
+    load_quietly(model, path)
+    assert_same(by_role(model.optimizer), by_role(source.optimizer))
+
+
+def test_empty_checkpoint():
+    fresh = make_model(Lion(), build=False)
+    fresh.optimizer.load_own_variables({})  # Nothing on either side.
+    model = make_model(Lion())
+    with pytest.raises(ValueError, match="holds no optimizer state"):
+        model.optimizer.load_own_variables({})
+
+
+def test_momentum_dtype_changed(tmp_path):
+    source = trained(Lion(momentum_dtype="bfloat16"))
+    path = save(source, tmp_path, "weights.h5")
+    model = make_model(Lion())
+    load_quietly(model, path)
+    assert_same(by_role(model.optimizer), by_role(source.optimizer))
+
+
+def test_state_warnings_can_be_routed(monkeypatch):
+    shown, routed = [], []
+    monkeypatch.setattr(warnings, "showwarning", lambda *args, **kwargs: shown.append(args[0]))
+    _restore.route_state_warnings(routed.append)
+    _restore.route_state_warnings(routed.append)  # Twice: still once.
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("state", StateWarning, stacklevel=1)
+        warnings.warn("other", UserWarning, stacklevel=1)
+    assert routed == ["state"]
+    assert [str(w) for w in shown] == ["other"]

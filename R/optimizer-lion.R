@@ -131,28 +131,30 @@
 #'   this function keeps.
 #' @family optimizers
 #' @export
-#' @examplesIf keraslion_available() && requireNamespace("keras3", quietly = TRUE)
+#' @examplesIf keraslion_available()
 #' # A Keras optimizer, checked and ready for compile():
 #' opt <- optimizer_lion(learning_rate = 1e-3, weight_decay = 0.01)
 #' str(opt$get_config()[c("learning_rate", "beta_1", "beta_2", "weight_decay")])
 #' \donttest{
-#' # Training with keras3 (a few seconds: Keras compiles the steps first).
-#' library(keras3)
-#' model <- keras_model_sequential(input_shape = 4) |>
-#'   layer_dense(16, activation = "relu") |>
-#'   layer_dense(3, activation = "softmax")
+#' # Training a keras3 model (a few seconds: Keras compiles the steps first).
+#' if (requireNamespace("keras3", quietly = TRUE)) {
+#'   library(keras3)
+#'   model <- keras_model_sequential(input_shape = 4) |>
+#'     layer_dense(16, activation = "relu") |>
+#'     layer_dense(3, activation = "softmax")
 #'
-#' # keras3 exports an optimizer_lion() too: attach keraslion after keras3,
-#' # or name the package, as here.
-#' model |> compile(
-#'   optimizer = keraslion::optimizer_lion(learning_rate = 1e-3, weight_decay = 0.01),
-#'   loss = "sparse_categorical_crossentropy",
-#'   metrics = "accuracy"
-#' )
-#' x <- scale(as.matrix(iris[, 1:4]))
-#' y <- as.integer(iris$Species) - 1L
-#' model |> fit(x, y, epochs = 20, batch_size = 16, verbose = 0)
-#' model |> evaluate(x, y, verbose = 0)
+#'   # keras3 exports an optimizer_lion() too: attach keraslion after keras3,
+#'   # or name the package, as here.
+#'   model |> compile(
+#'     optimizer = keraslion::optimizer_lion(learning_rate = 1e-3, weight_decay = 0.01),
+#'     loss = "sparse_categorical_crossentropy",
+#'     metrics = "accuracy"
+#'   )
+#'   x <- scale(as.matrix(iris[, 1:4]))
+#'   y <- as.integer(iris$Species) - 1L
+#'   model |> fit(x, y, epochs = 20, batch_size = 16, verbose = 0)
+#'   print(model |> evaluate(x, y, verbose = 0))
+#' }
 #' }
 optimizer_lion <- function(learning_rate = 0.001,
                            beta_1 = 0.9,

@@ -1,0 +1,437 @@
+"""The oracle of the path-parity matrix (test_path_parity.py), and its tolerances.
+
+Not a test file: plain NumPy, no Keras, so that it can judge every path alike.
+
+The oracle is the paper's three lines, in float64, on the values the
+optimizer really saw:
+
+    c      = beta_1 * m + (1 - beta_1) * g
+    u      = sign(c)           (cautious: keep = u * g > 0,
+                                u = u * keep * size / max(kept, 1))
+    theta' = theta - lr * (u + weight_decay * theta)   (weight_decay = 0 if excluded)
+    m'     = beta_2 * m + (1 - beta_2) * g
+
+- theta and m are the stored values (as their dtypes hold them, widened to
+  float64), g the gradient as given to the optimizer (in its dtype, widened),
+  lr the float32 value of the optimizer's learning-rate variable, the betas
+  and the weight decay Python floats (float64).
+- What is stored: theta' rounded once to the weight dtype; m' rounded once to
+  the momentum dtype, after saturating to +-65504 if that is float16 (every
+  |m'| > 65504, Inf included, becomes +-65504 with its sign; NaN stays NaN).
+- The compute dtype is float64 if the weight or the momentum is float64,
+  else float32; eps_c is its machine epsilon, tiny_c its smallest subnormal.
+
+Subnormals on CPU: XLA (JAX, and TensorFlow with or without jit_compile)
+runs with flush-to-zero and denormals-are-zero, so there a subnormal input
+or result is 0. For these backends (`flushes_subnormals=True`), and only
+there, tiny_c is the smallest *normal* number of the compute dtype (in the
+ambiguity bound below), a stored value may also be off by that much, and a
+cautious element whose gradient is subnormal may count as not agreeing
+(its gradient was 0). A coefficient that is itself subnormal (beta_1 =
+1e-40 in float32) is not excused: flushing it changes c = beta_1 * m by far
+more than a rounding wherever |beta_1 * m| is normal.
+
+Tolerances (one rounding, no more):
+
+- An element is *ambiguous* where |c| <= 8 eps_c (|beta_1 m| + |(1 - beta_1) g|)
+  + 4 tiny_c (c finite): its direction may be -1, 0 or +1, so theta' is
+  accepted for any of them. Cautious: an ambiguous element can change the
+  kept count and so every element's scale, so any kept count between the
+  definite count and definite + ambiguous is accepted (the same count for
+  the whole tensor).
+- Elsewhere the direction must be the oracle's, and
+  |theta_actual - theta'| <= max(1 ulp of the weight dtype at theta',
+                                 4 eps_c (|theta| + lr |u| + lr |wd theta|)),
+  |m_actual - m'| <= max(1 ulp of the momentum dtype at m',
+                         4 eps_c (|beta_2 m| + |(1 - beta_2) g|)).
+  Where the expected value is NaN the actual must be NaN; where it is +-Inf,
+  the same Inf.
+
+Keras's semantics around the step (`check_apply`):
+
+- gradient accumulation (Keras's base optimizer): a call whose
+  `(iterations + 1) % steps != 0` adds the gradient to its accumulator (in
+  the weight dtype) and changes nothing else; the others step with
+  `(g + accumulator) / steps` (in the weight dtype) and zero the
+  accumulators. `_iterations` counts every call.
+- EMA (`_update_model_variables_moving_average`): after every call's step,
+  `average = mu * average + (1 - mu) * weight` in the weight dtype, with
+  mu = 0 while `optimizer.iterations` (before the increment) is 0, else
+  `ema_momentum` rounded to the weight dtype (JAX, TensorFlow) or to
+  float32 (PyTorch's promotion of a 0-d tensor); every `ema_overwrite_frequency` steps
+  (and at the end of each `fit()`) the weights are set to their averages.
+  Tolerance: 2 ulp of the weight dtype + 2 eps of it (|mu average| +
+  |(1 - mu) weight|) (the three operations may be fused and rounded once,
+  or rounded each).
+- skip_nonfinite: a call with any non-finite gradient changes nothing
+  (weights, momentum, accumulators, EMA, iterations, all bit for bit) and
+  increments `nonfinite_steps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+NUMPY_DTYPES = {
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "float32": np.float32,
+    "float64": np.float64,
+}
+FLOAT16_MAX = 65504.0
+
+
+def finfo(dtype: str) -> Any:
+    return ml_dtypes.finfo(NUMPY_DTYPES[dtype])
+
+
+def rounded(x: Any, dtype: str) -> np.ndarray:
+    """`x` rounded once to `dtype` (Inf beyond its range), as float64."""
+    with np.errstate(all="ignore"):
+        return np.asarray(x, np.float64).astype(NUMPY_DTYPES[dtype]).astype(np.float64)
+
+
+def saturated_float16(x: np.ndarray) -> np.ndarray:
+    """Every |x| > 65504 (Inf too) as +-65504 with its sign; NaN unchanged."""
+    with np.errstate(all="ignore"):
+        return np.where(np.abs(x) > FLOAT16_MAX, np.sign(x) * FLOAT16_MAX, x)
+
+
+def ulp(x: Any, dtype: str) -> np.ndarray:
+    """The spacing of `dtype` at |x| (the one above a power of two; the
+    smallest subnormal at and near zero); Inf for non-finite x."""
+    info = finfo(dtype)
+    ax = np.abs(np.asarray(x, np.float64))
+    with np.errstate(all="ignore"):
+        _, exponent = np.frexp(np.where(np.isfinite(ax), ax, 1.0))
+        spacing = np.ldexp(1.0, exponent - 1 - int(info.nmant))
+    spacing = np.maximum(spacing, float(info.smallest_subnormal))
+    return np.where(np.isfinite(ax), spacing, np.inf)
+
+
+def compute_dtype(weight_dtype: str, momentum_dtype: str) -> str:
+    return "float64" if "float64" in (weight_dtype, momentum_dtype) else "float32"
+
+
+def matches(actual: np.ndarray, expected: np.ndarray, tolerance: np.ndarray) -> np.ndarray:
+    """Per element: NaN where NaN is expected, the same Inf where Inf is,
+    else a finite value within `tolerance`."""
+    actual = np.asarray(actual, np.float64)
+    with np.errstate(all="ignore"):
+        close = np.isfinite(actual) & (np.abs(actual - expected) <= tolerance)
+    return np.where(np.isnan(expected), np.isnan(actual),
+                    np.where(np.isinf(expected), actual == expected, close))
+
+
+@dataclasses.dataclass
+class Expected:
+    """The accepted values of one stored tensor.
+
+    `scenarios`: alternatives that hold for the whole tensor at once (a
+    cautious step's kept count); in each, per element, one or more candidate
+    values (axis 0) with their tolerances. An element passes if it matches
+    any of its candidates; the tensor passes if one scenario passes all of
+    its elements.
+    """
+
+    scenarios: list[tuple[np.ndarray, np.ndarray]]
+    # For messages: per element, what the oracle saw (c, m, g, ...).
+    notes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def exactly(cls, values: np.ndarray) -> Expected:
+        values = np.asarray(values, np.float64)
+        return cls([(values[None], np.zeros((1, *values.shape)))])
+
+    @classmethod
+    def within(cls, values: np.ndarray, tolerance: np.ndarray) -> Expected:
+        values = np.asarray(values, np.float64)
+        return cls([(values[None], np.broadcast_to(tolerance, values.shape)[None])])
+
+    def mapped(self, function: Any, extra_tolerance: Any = 0.0) -> Expected:
+        """Each candidate v as function(v), with tolerance
+        extra_tolerance(v) + d function/d v * tol (a linear function)."""
+        scenarios = []
+        for values, tolerance in self.scenarios:
+            new_values, slope = function(values)
+            scenarios.append((new_values, np.abs(slope) * tolerance + extra_tolerance(new_values)))
+        return Expected(scenarios, self.notes)
+
+    def union(self, other: Expected) -> Expected:
+        """Either's candidates, scenario by scenario."""
+        return Expected([(np.concatenate([a, c]), np.concatenate([b, d]))
+                         for (a, b), (c, d) in zip(self.scenarios, other.scenarios)], self.notes)
+
+    def failures(self, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The elements that fail in the best scenario: (mask, its candidates, tolerances)."""
+        actual = np.asarray(actual, np.float64)
+        best = None
+        for values, tolerance in self.scenarios:
+            if values.shape[1:] != actual.shape:
+                raise AssertionError(f"shape {actual.shape}, expected {values.shape[1:]}")
+            ok = np.zeros(actual.shape, bool)
+            for candidate, tol in zip(values, tolerance):
+                ok |= matches(actual, candidate, tol)
+            if best is None or (~ok).sum() < (~best[0]).sum():
+                best = (ok, values, tolerance)
+        ok, values, tolerance = best
+        return ~ok, values, tolerance
+
+
+def smallest(dtype: str, flushes_subnormals: bool) -> float:
+    """tiny_c: the smallest subnormal of `dtype`, or its smallest normal
+    number where subnormals are flushed to zero."""
+    info = finfo(dtype)
+    return float(info.smallest_normal if flushes_subnormals else info.smallest_subnormal)
+
+
+def lion_step(theta: np.ndarray, m: np.ndarray, g: np.ndarray, *, learning_rate: float,
+              beta_1: float, beta_2: float, weight_decay: float, cautious: bool,
+              weight_dtype: str, momentum_dtype: str,
+              flushes_subnormals: bool = False) -> tuple[Expected, Expected]:
+    """What one Lion step must store for one variable: (weights, momentum).
+
+    `weight_decay` is 0 for a variable excluded from it.
+    """
+    theta, m, g = (np.asarray(x, np.float64) for x in (theta, m, g))
+    dtype = compute_dtype(weight_dtype, momentum_dtype)
+    eps, tiny = float(finfo(dtype).eps), smallest(dtype, flushes_subnormals)
+    flushed = np.zeros(g.shape, bool)
+    if flushes_subnormals:
+        flushed = (g != 0) & (np.abs(g) < float(finfo(dtype).smallest_normal))
+    lr = float(np.float32(learning_rate))
+    with np.errstate(all="ignore"):
+        from_m, from_g = beta_1 * m, (1 - beta_1) * g
+        c = from_m + from_g
+        ambiguous = np.isfinite(c) & (np.abs(c) <= 8 * eps * (np.abs(from_m) + np.abs(from_g))
+                                      + 4 * tiny)
+        direction = np.sign(c)  # NaN where c is NaN
+        decay = weight_decay * theta
+        if not cautious:
+            # Candidates -1, 0, +1 where ambiguous; the direction elsewhere.
+            options = [np.stack([np.where(ambiguous, k, direction) for k in (-1.0, 0.0, 1.0)])]
+        else:
+            agrees = ~ambiguous & (direction * g > 0)
+            kept = agrees & ~flushed
+            could_keep = (ambiguous & (g != 0)) | (agrees & flushed)
+            options = []
+            for count in range(int(kept.sum()), int(kept.sum() + could_keep.sum()) + 1):
+                scale = g.size / max(count, 1)
+                definite = direction * kept * scale  # NaN stays NaN, as in the paper's maths
+                options.append(np.stack([
+                    np.where(ambiguous, 0.0, definite),
+                    np.where(could_keep, np.sign(g) * scale, np.where(ambiguous, 0.0, definite)),
+                ]))
+        weights = []
+        for u in options:
+            expected = rounded(theta - lr * (u + decay), weight_dtype)
+            tolerance = np.maximum(ulp(expected, weight_dtype),
+                                   4 * eps * (np.abs(theta) + lr * np.abs(u) + lr * np.abs(decay)))
+            if flushes_subnormals:
+                tolerance = np.maximum(tolerance, tiny)
+            weights.append((expected, tolerance))
+        new_m = beta_2 * m + (1 - beta_2) * g
+        if momentum_dtype == "float16":
+            new_m = saturated_float16(new_m)
+        expected_m = rounded(new_m, momentum_dtype)
+        tolerance_m = np.maximum(ulp(expected_m, momentum_dtype),
+                                 4 * eps * (np.abs(beta_2 * m) + np.abs((1 - beta_2) * g)))
+        if flushes_subnormals:
+            tolerance_m = np.maximum(tolerance_m, tiny)
+    notes = {"theta": theta, "m": m, "g": g, "c": c, "ambiguous": ambiguous}
+    return Expected(weights, notes), Expected([(expected_m[None], tolerance_m[None])], notes)
+
+
+# Keras's semantics around the step ------------------------------------------------
+
+
+@dataclasses.dataclass
+class State:
+    """What a path's optimizer holds after a step (all as float64 arrays),
+    and the dtypes it holds them in."""
+
+    weights: list[np.ndarray]
+    momentums: list[np.ndarray]
+    accumulators: list[np.ndarray] | None = None
+    averages: list[np.ndarray] | None = None
+    iterations: int = 0  # the raw count (`_iterations`), every call
+    nonfinite_steps: int = 0
+    weight_dtypes: list[str] = dataclasses.field(default_factory=list)
+    momentum_dtypes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Config:
+    """The settings the oracle needs (per variable: its path and whether it decays)."""
+
+    learning_rate: float
+    beta_1: float
+    beta_2: float
+    weight_decay: float | None
+    decays: list[bool]
+    paths: list[str]
+    cautious: bool
+    weight_dtype: str
+    momentum_dtype: str | None
+    accumulation_steps: int | None = None
+    use_ema: bool = False
+    ema_momentum: float = 0.99
+    ema_overwrite_frequency: int | None = None
+    skip_nonfinite: bool = False
+    finalize_ema: bool = False  # fit(): weights set to their averages at its end
+    flushes_subnormals: bool = False  # the backend's CPU kernels flush subnormals to zero
+
+    @property
+    def stored_momentum_dtype(self) -> str:
+        return self.momentum_dtype or self.weight_dtype
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit for bit, as float64 (NaN equals NaN, -0 differs from +0)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _in_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return np.asarray(x, np.float64).astype(NUMPY_DTYPES[dtype])
+
+
+def describe(name: str, actual: np.ndarray, expected: Expected, limit: int = 4) -> str | None:
+    """None if `actual` passes, else a message naming the worst elements."""
+    bad, values, tolerance = expected.failures(actual)
+    if not bad.any():
+        return None
+    actual = np.asarray(actual, np.float64)
+    lines = [f"{name}: {int(bad.sum())} of {bad.size} elements differ"]
+    for index in list(zip(*np.nonzero(bad)))[:limit]:
+        candidates = ", ".join(f"{v:.9g}" for v in np.unique(values[(slice(None), *index)]))
+        tol = float(np.max(tolerance[(slice(None), *index)]))
+        seen = " ".join(f"{k}={float(v[index]):.6g}" for k, v in expected.notes.items()
+                        if v.shape == actual.shape)
+        lines.append(f"  [{','.join(map(str, index))}] actual {actual[index]:.9g}, "
+                     f"expected {candidates} (tol {tol:.3g}); {seen}")
+    return "\n".join(lines)
+
+
+def check_apply(before: State, after: State, grads: list[np.ndarray], config: Config) -> list[str]:
+    """Everything wrong in `after`, the state after one `optimizer.apply(grads)`
+    from `before`; an empty list if it is right."""
+    problems = []
+    wdtype, mdtype = config.weight_dtype, config.stored_momentum_dtype
+    for i, path in enumerate(config.paths):
+        if after.weight_dtypes and after.weight_dtypes[i] != wdtype:
+            problems.append(f"{path}: weight stored as {after.weight_dtypes[i]}, not {wdtype}")
+        if after.momentum_dtypes and after.momentum_dtypes[i] != mdtype:
+            problems.append(f"{path}: momentum stored as {after.momentum_dtypes[i]}, not {mdtype}")
+
+    def unchanged(kind: str) -> None:
+        for i, path in enumerate(config.paths):
+            old, new = getattr(before, kind), getattr(after, kind)
+            if old is not None and not _identical(old[i], new[i]):
+                problems.append(f"{path}: {kind} changed by a step that must change nothing")
+
+    if config.skip_nonfinite and not all(np.isfinite(g).all() for g in grads):
+        for kind in ("weights", "momentums", "accumulators", "averages"):
+            unchanged(kind)
+        if after.iterations != before.iterations:
+            problems.append(
+                f"iterations {before.iterations} -> {after.iterations} in a skipped step")
+        if after.nonfinite_steps != before.nonfinite_steps + 1:
+            problems.append(f"nonfinite_steps {before.nonfinite_steps} -> "
+                            f"{after.nonfinite_steps} in a skipped step")
+        return problems
+    if after.iterations != before.iterations + 1:
+        problems.append(f"iterations {before.iterations} -> {after.iterations} (one call)")
+    if after.nonfinite_steps != before.nonfinite_steps:
+        problems.append(f"nonfinite_steps {before.nonfinite_steps} -> {after.nonfinite_steps} "
+                        "in a finite step")
+
+    steps = config.accumulation_steps
+    stepping = not steps or (before.iterations + 1) % steps == 0
+    used = grads
+    if steps:
+        with np.errstate(all="ignore"):
+            sums = [_in_dtype(g, wdtype) + _in_dtype(a, wdtype)
+                    for g, a in zip(grads, before.accumulators)]
+            if stepping:
+                used = [np.asarray(s / steps, np.float64) for s in sums]
+        for i, path in enumerate(config.paths):
+            want = np.asarray(sums[i], np.float64)
+            if stepping:
+                want = np.zeros_like(want)
+            tolerance = ulp(want, wdtype)
+            if config.flushes_subnormals:
+                tolerance = np.maximum(tolerance, smallest(wdtype, True))
+            message = describe(f"{path}: accumulator", after.accumulators[i],
+                               Expected.within(want, tolerance))
+            if message:
+                problems.append(message)
+
+    new_weights = []
+    for i, path in enumerate(config.paths):
+        if stepping:
+            weights, momentum = lion_step(
+                before.weights[i], before.momentums[i], used[i],
+                learning_rate=config.learning_rate, beta_1=config.beta_1, beta_2=config.beta_2,
+                weight_decay=(config.weight_decay or 0.0) if config.decays[i] else 0.0,
+                cautious=config.cautious, weight_dtype=wdtype, momentum_dtype=mdtype,
+                flushes_subnormals=config.flushes_subnormals)
+        else:
+            weights, momentum = (Expected.exactly(before.weights[i]),
+                                 Expected.exactly(before.momentums[i]))
+        new_weights.append(weights)
+        message = describe(f"{path}: momentum", after.momentums[i], momentum)
+        if message:
+            problems.append(message)
+
+    overwritten = config.use_ema and config.finalize_ema
+    if config.use_ema:
+        iterations = before.iterations // steps if steps else before.iterations
+        frequency = config.ema_overwrite_frequency
+        overwritten = overwritten or bool(frequency and (iterations + 1) % frequency == 0)
+        # mu as Keras computes it: `cast(iterations != 0, dtype) * ema_momentum`,
+        # which JAX and TensorFlow round to the weight dtype and PyTorch keeps
+        # in float32 (a 0-d float32 tensor): either is accepted.
+        mus = [0.0] if iterations == 0 else sorted(
+            {float(rounded(config.ema_momentum, wdtype)), float(np.float32(config.ema_momentum))})
+        eps = float(finfo(wdtype).eps)
+        for i, path in enumerate(config.paths):
+            # The average of the new weights: those seen where they are not
+            # overwritten, else those the oracle expects.
+            source = new_weights[i] if overwritten else Expected.exactly(after.weights[i])
+            expected = None
+            for mu in mus:
+                one_minus = float(rounded(1 - mu, wdtype)) if mu == float(
+                    rounded(mu, wdtype)) else float(np.float32(1 - np.float32(mu)))
+
+                def ema(values: np.ndarray, mu: float = mu, one_minus: float = one_minus,
+                        average: np.ndarray = before.averages[i]) -> tuple[Any, float]:
+                    with np.errstate(all="ignore"):
+                        return rounded(mu * average + one_minus * values, wdtype), one_minus
+
+                def ema_tolerance(values: np.ndarray, mu: float = mu, one_minus: float = one_minus,
+                                  average: np.ndarray = before.averages[i]) -> np.ndarray:
+                    with np.errstate(all="ignore"):
+                        return 2 * ulp(values, wdtype) + 2 * eps * (
+                            np.abs(mu * average) + np.abs(one_minus * values)) + (
+                            smallest(wdtype, True) if config.flushes_subnormals else 0.0)
+
+                mapped = source.mapped(ema, ema_tolerance)
+                expected = mapped if expected is None else expected.union(mapped)
+            message = describe(f"{path}: EMA average", after.averages[i], expected)
+            if message:
+                problems.append(message)
+    for i, path in enumerate(config.paths):
+        if overwritten:
+            if not _identical(after.weights[i], after.averages[i]):
+                problems.append(f"{path}: weights not overwritten by their EMA average")
+            continue
+        message = describe(f"{path}: weights", after.weights[i], new_weights[i])
+        if message:
+            problems.append(message)
+    return problems

@@ -1,0 +1,800 @@
+"""The path-parity matrix (issue 13, part 1): every way of running Lion, on
+every backend, against one oracle.
+
+Modelled on PyTorch's optimizer tests (optim_db / OptimizerInfo), which run
+every implementation of an optimizer against the others over dtypes and
+settings. Here one table of settings (CASES) is crossed with one table of
+paths (RUNNERS); every (path, case) is a test, judged step by step by
+`lion_oracle` (the paper's three lines in float64 NumPy, on the same inputs;
+its docstring states the tolerances).
+
+Paths: `plain` (`update_step`, fast path off), `fast` (the backend's fast
+path, eager), `stateless` (`stateless_apply`, JAX and torch), `jit`
+(`jax.jit(stateless_apply)` with donated buffers), `tf_function` and
+`tf_xla` (`tf.function` of `optimizer.apply`, without and with
+jit_compile), `fit` (`model.fit()` of a model whose gradient is a chosen
+tensor), `mirrored` (`tf.distribute.MirroredStrategy` over 2 logical CPUs,
+in a fresh process) and `compile` (`torch.compile` of the step). A path the
+backend lacks is one skipped test.
+
+Settings: weight dtype (float16, bfloat16, float32, float64) x
+momentum_dtype (None, bfloat16, float32, float64), cautious, weight decay
+with exclusion (anchored patterns `"bias$"`, `"^head/kernel$"`),
+skip_nonfinite, EMA (with and without overwriting), gradient accumulation,
+sparse gradients (TF `IndexedSlices`, JAX BCOO; given dense where a path
+has none) and a variable larger than the fast paths' block and XLA
+thresholds. CORE_CASES run every time: each edge value of beta_1 and of
+beta_2, alone and in pairs, and each dtype and feature. SAMPLED cases are
+drawn from the full cross product with a fixed seed. Every case's
+gradients hold the edge values 0, -0, subnormals, +-3e38, the dtype's
+largest, among ordinary values, and steps 1 and 3 add +-Inf and NaN.
+
+JAX has float64 only with `jax_enable_x64`, and MirroredStrategy needs its
+logical devices before TensorFlow starts: those cases run in a fresh
+process (path_parity_worker.py), started when the module starts, and each
+test checks its own case's results. Without x64, `momentum_dtype="float64"`
+must be refused when the optimizer is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import lion_oracle as oracle
+import numpy as np
+import pytest
+from keras import ops
+
+from keraslion import Lion
+
+BACKEND = keras.backend.backend()
+HERE = Path(__file__).resolve().parent
+# Exact in the optimizer's float32 learning-rate variable.
+LEARNING_RATE = 2.0**-7
+STEPS = 4
+EMA_MOMENTUM = 0.9
+# XLA (JAX, TensorFlow) flushes subnormals to zero on CPU; PyTorch does not.
+FLUSHES_SUBNORMALS = BACKEND in ("jax", "tensorflow")
+# How many sampled cases each backend runs (a prefix of one fixed sequence).
+SAMPLED_COUNT = {"jax": 60, "tensorflow": 24, "torch": 60}
+WORKER_TIMEOUT = 540
+
+BETA_1_EDGES = (1e-40, 1e-7, 0.5, 0.9, 1 - 1e-7, 1.0)
+BETA_2_EDGES = (0.0, 1e-50, 1e-7, 0.5, 0.99, 1 - 1e-7)
+ANCHORED = ("bias$", "^head/kernel$")
+
+
+# The settings table -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One row of the settings table: a Lion configuration and its inputs."""
+
+    id: str
+    weight_dtype: str = "float32"
+    momentum_dtype: str | None = None
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    weight_decay: float | None = 0.1
+    exclude: tuple[str, ...] | None = ANCHORED
+    cautious: bool = False
+    skip_nonfinite: bool = False
+    use_ema: bool = False
+    ema_overwrite_frequency: int | None = None
+    accumulation: int | None = None
+    sparse: bool = False
+    large: bool = False
+    compile: bool = False  # also on torch.compile (slow to compile: edge cases only)
+    seed: int = 0
+
+    @property
+    def uses_float64(self) -> bool:
+        return "float64" in (self.weight_dtype, self.momentum_dtype)
+
+    def lion_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(
+            learning_rate=LEARNING_RATE, beta_1=self.beta_1, beta_2=self.beta_2,
+            weight_decay=self.weight_decay, momentum_dtype=self.momentum_dtype,
+            cautious=self.cautious, skip_nonfinite=self.skip_nonfinite,
+            exclude_from_weight_decay=list(self.exclude) if self.exclude else None)
+        if self.use_ema:
+            kwargs.update(use_ema=True, ema_momentum=EMA_MOMENTUM,
+                          ema_overwrite_frequency=self.ema_overwrite_frequency)
+        if self.accumulation:
+            kwargs["gradient_accumulation_steps"] = self.accumulation
+        return kwargs
+
+
+def _core_cases() -> list[Case]:
+    cases = []
+    for beta_1 in BETA_1_EDGES:
+        cases.append(Case(f"beta_1={beta_1:.8g}", beta_1=beta_1))
+    for beta_2 in BETA_2_EDGES:
+        if beta_2 != Case.beta_2:
+            cases.append(Case(f"beta_2={beta_2:.8g}", beta_2=beta_2))
+    # Every edge value of each beta, paired, also on torch.compile.
+    for beta_1, beta_2 in zip(BETA_1_EDGES, BETA_2_EDGES):
+        cases.append(Case(f"betas={beta_1:.8g},{beta_2:.8g}", beta_1=beta_1, beta_2=beta_2,
+                          compile=True))
+    for weight, momentum in [("float16", None), ("bfloat16", None), ("float64", None),
+                             ("float32", "bfloat16"), ("float32", "float64"),
+                             ("float16", "float32"), ("bfloat16", "float16"),
+                             ("float64", "bfloat16"), ("bfloat16", "float64"),
+                             ("float16", "bfloat16")]:
+        cases.append(Case(f"{weight}-momentum_{momentum}", weight_dtype=weight,
+                          momentum_dtype=momentum))
+    features = {
+        "cautious": dict(cautious=True),
+        "cautious-float16": dict(cautious=True, weight_dtype="float16"),
+        "cautious-bfloat16_momentum": dict(cautious=True, momentum_dtype="bfloat16"),
+        "no_weight_decay": dict(weight_decay=None, exclude=None),
+        "decay_everything": dict(weight_decay=0.5, exclude=None),
+        "exclude_unanchored": dict(weight_decay=0.5, exclude=("dense",)),
+        "skip_nonfinite": dict(skip_nonfinite=True),
+        "skip_nonfinite-cautious-float16": dict(skip_nonfinite=True, cautious=True,
+                                                weight_dtype="float16"),
+        "ema": dict(use_ema=True),
+        "ema-overwrite": dict(use_ema=True, ema_overwrite_frequency=2),
+        "accumulation": dict(accumulation=2),
+        "accumulation-ema-skip_nonfinite": dict(accumulation=2, use_ema=True,
+                                                skip_nonfinite=True),
+        "accumulation-bfloat16": dict(accumulation=2, weight_dtype="bfloat16"),
+        "sparse": dict(sparse=True),
+        "sparse-cautious-bfloat16_momentum": dict(sparse=True, cautious=True,
+                                                  momentum_dtype="bfloat16"),
+        "large": dict(large=True),
+        "large-cautious": dict(large=True, cautious=True),
+        "large-bfloat16_momentum": dict(large=True, momentum_dtype="bfloat16"),
+    }
+    cases += [Case(name, **settings) for name, settings in features.items()]
+    return [dataclasses.replace(case, seed=i) for i, case in enumerate(cases)]
+
+
+def _sampled_cases(count: int, seed: int = 13) -> list[Case]:
+    """`count` draws from the full cross product, the same on every run."""
+    rng = np.random.default_rng(seed)
+    decay = [(None, None), (0.1, None), (0.1, ANCHORED), (0.5, ("dense",))]
+    ema = [(False, None), (False, None), (True, None), (True, 2)]
+    cases = []
+    for i in range(count):
+        weight_decay, exclude = decay[rng.integers(len(decay))]
+        use_ema, frequency = ema[rng.integers(len(ema))]
+        case = Case(
+            "",
+            weight_dtype=str(rng.choice(["float16", "bfloat16", "float32", "float64"])),
+            momentum_dtype=[None, "bfloat16", "float32", "float64"][rng.integers(4)],
+            beta_1=float(rng.choice([*BETA_1_EDGES, 0.95])),
+            beta_2=float(rng.choice([*BETA_2_EDGES, 0.98])),
+            weight_decay=weight_decay, exclude=exclude,
+            cautious=bool(rng.random() < 0.4),
+            skip_nonfinite=bool(rng.random() < 0.3),
+            use_ema=use_ema, ema_overwrite_frequency=frequency,
+            accumulation=2 if rng.random() < 0.25 else None,
+            sparse=bool(rng.random() < 0.25),
+            large=bool(rng.random() < 0.08),
+            seed=1000 + i)
+        settings = [f"{case.weight_dtype}", f"m_{case.momentum_dtype}",
+                    f"b1={case.beta_1:.8g}", f"b2={case.beta_2:.8g}"]
+        settings += [name for name, on in [
+            ("wd" if not exclude else "wd_excl", weight_decay), ("cautious", case.cautious),
+            ("skip", case.skip_nonfinite), ("ema", use_ema), ("overwrite", frequency),
+            ("accum", case.accumulation), ("sparse", case.sparse), ("large", case.large)] if on]
+        cases.append(dataclasses.replace(case, id=f"sampled{i:02d}-" + "-".join(settings)))
+    return cases
+
+
+CORE_CASES = _core_cases()
+SAMPLED = _sampled_cases(max(SAMPLED_COUNT.values()))
+CASES = CORE_CASES + SAMPLED[:SAMPLED_COUNT.get(BACKEND, 0)]
+CASES_BY_ID = {case.id: case for case in CORE_CASES + SAMPLED}
+
+
+# Variables and gradients ------------------------------------------------------
+
+# (scope, name, shape): paths "head/kernel", ... . The large one is bigger
+# than a torch block (2**17 elements) and TensorFlow's XLA threshold.
+VARIABLES = [("head", "kernel", (4, 8)), ("head", "bias", (8,)),
+             ("dense", "kernel", (4, 8)), ("dense", "bias", (8,))]
+LARGE = ("embed", "embeddings", (257, 512))
+SPARSE_VARIABLE = 2  # dense/kernel: gradient rows SPARSE_ROWS only
+SPARSE_ROWS = np.array([0, 2])
+
+
+def variable_specs(case: Case) -> list[tuple[str, str, tuple[int, ...]]]:
+    return VARIABLES + ([LARGE] if case.large else [])
+
+
+def decays(case: Case) -> list[bool]:
+    """Which variables get weight decay: those whose path and name match no pattern."""
+    return [not any(re.search(p, s) for p in case.exclude or () for s in (f"{scope}/{name}", name))
+            for scope, name, _ in variable_specs(case)]
+
+
+def edge_values(case: Case) -> tuple[list[float], list[float]]:
+    """(finite, non-finite) edge gradients, as the weight dtype holds them."""
+    info = oracle.finfo(case.weight_dtype)
+    candidates = [0.0, -0.0, float(info.smallest_subnormal), -float(info.smallest_subnormal),
+                  2.0**-149, -(2.0**-149), 3e38, -3e38, float(info.max), -float(info.max)]
+    if case.accumulation:
+        # Sums of two: exact in the dtype whether rounded once or twice.
+        candidates = candidates[:6]
+    values = [float(oracle.rounded(v, case.weight_dtype)) for v in candidates]
+    values = [v for v in values if v != 0] + [0.0, -0.0]  # keep one +0 and one -0
+    finite = [v for v in values if np.isfinite(v)]
+    nonfinite = [v for v in values if not np.isfinite(v)] + [np.inf, -np.inf, np.nan]
+    return finite, nonfinite
+
+
+def problem(case: Case) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """The initial weights and each step's gradients, as the weight dtype
+    holds them (float64 arrays): ordinary values, edge values at random
+    places of both kernels at every step, and Inf and NaN at steps 1 and 3
+    (at step 3, the opposite infinity where step 1 put one)."""
+    rng = np.random.default_rng(case.seed)
+    specs = variable_specs(case)
+    dtype = case.weight_dtype
+    init = [oracle.rounded(rng.normal(0, 0.5, shape), dtype) for _, _, shape in specs]
+    init[0].flat[:2] = [0.0, -0.0]
+    finite, nonfinite = edge_values(case)
+    grads = []
+    for step in range(STEPS):
+        step_grads = []
+        for index, (_, _, shape) in enumerate(specs):
+            g = rng.normal(0, 1, shape)
+            if case.accumulation:
+                g = np.round(g * 8) / 8  # sums and halves exact in every dtype
+            if index in (0, 2):
+                places = rng.permutation(g.size)
+                g.flat[places[:len(finite)]] = finite
+                if step in (1, 3):
+                    bad = nonfinite if step == 1 else [-v for v in nonfinite]
+                    # The same places at both steps (from the same stream).
+                    fixed = np.random.default_rng(case.seed + index).permutation(g.size)
+                    g.flat[fixed[:len(bad)]] = bad
+            if case.sparse and index == SPARSE_VARIABLE:
+                keep = np.zeros(shape[0], bool)
+                keep[SPARSE_ROWS] = True
+                g[~keep] = 0.0
+            step_grads.append(oracle.rounded(g, dtype))
+        grads.append(step_grads)
+    return init, grads
+
+
+def oracle_config(case: Case, path: str) -> oracle.Config:
+    return oracle.Config(
+        learning_rate=LEARNING_RATE, beta_1=case.beta_1, beta_2=case.beta_2,
+        weight_decay=case.weight_decay, decays=decays(case),
+        paths=[f"{scope}/{name}" for scope, name, _ in variable_specs(case)],
+        cautious=case.cautious, weight_dtype=case.weight_dtype,
+        momentum_dtype=case.momentum_dtype, accumulation_steps=case.accumulation,
+        use_ema=case.use_ema, ema_momentum=EMA_MOMENTUM,
+        ema_overwrite_frequency=case.ema_overwrite_frequency,
+        skip_nonfinite=case.skip_nonfinite, finalize_ema=path == "fit",
+        flushes_subnormals=FLUSHES_SUBNORMALS)
+
+
+# Reading an optimizer's state -------------------------------------------------
+
+
+def as_float64(x: Any) -> np.ndarray:
+    if BACKEND == "torch":
+        import torch
+
+        if isinstance(x, torch.Tensor):  # a copy, not a view of the variable
+            return x.detach().to("cpu", torch.float64, copy=True).numpy()
+    return np.array(ops.convert_to_numpy(x), np.float64, copy=True)
+
+
+def dtype_of(x: Any) -> str:
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def state_of(optimizer: Lion, variables: list[Any],
+             values: dict[int, Any] | None = None) -> oracle.State:
+    """The state after a step: from the variables, or, for a stateless path,
+    from `values` (the returned tensors, by id of their variable)."""
+
+    def value(variable: Any) -> Any:
+        return values[id(variable)] if values is not None else variable.value
+
+    def aligned(name: str) -> list[Any]:
+        slots = getattr(optimizer, name)
+        return [value(slots[optimizer._get_variable_index(v)]) for v in variables]
+
+    momentums = aligned("_momentums")
+    return oracle.State(
+        weights=[as_float64(value(v)) for v in variables],
+        momentums=[as_float64(m) for m in momentums],
+        accumulators=([as_float64(a) for a in aligned("_accumulated_gradients")]
+                      if optimizer.gradient_accumulation_steps else None),
+        averages=([as_float64(a) for a in aligned("_model_variables_moving_average")]
+                  if optimizer.use_ema else None),
+        iterations=int(as_float64(value(optimizer._iterations))),
+        nonfinite_steps=(int(as_float64(value(optimizer._nonfinite_steps)))
+                         if optimizer.skip_nonfinite else 0),
+        weight_dtypes=[dtype_of(value(v)) for v in variables],
+        momentum_dtypes=[dtype_of(m) for m in momentums],
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    """What a path did: the state before and after each step, the gradients
+    as given to the optimizer (read back, float64), and problems found on the
+    way (e.g. a stateless path that wrote into the variables)."""
+
+    states: list[oracle.State]
+    grads: list[list[np.ndarray]]
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+# Building blocks of the paths -------------------------------------------------
+
+
+def new_optimizer(case: Case, fast: bool = True) -> Lion:
+    optimizer = Lion(**case.lion_kwargs())
+    if not fast:
+        optimizer._fast_path = None
+    return optimizer
+
+
+def host_array(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Values of `dtype` in a NumPy dtype every backend takes (exact)."""
+    return x.astype(np.float64 if dtype == "float64" else np.float32)
+
+
+def new_variables(case: Case, init: list[np.ndarray]) -> list[keras.Variable]:
+    variables = []
+    for (scope, name, _), value in zip(variable_specs(case), init):
+        with keras.name_scope(scope):
+            variables.append(keras.Variable(host_array(value, case.weight_dtype),
+                                            dtype=case.weight_dtype, name=name))
+    assert [v.path for v in variables] == oracle_config(case, "").paths
+    return variables
+
+
+def gradient_tensors(case: Case, grads: list[np.ndarray],
+                     sparse: bool) -> tuple[list[Any], list[np.ndarray]]:
+    """The step's gradients as backend tensors (sparse for dense/kernel if
+    the case and path have sparse gradients), and their values read back."""
+    dtype = case.weight_dtype
+    tensors, seen = [], []
+    for index, g in enumerate(grads):
+        if sparse and case.sparse and index == SPARSE_VARIABLE:
+            values = ops.convert_to_tensor(host_array(g[SPARSE_ROWS], dtype), dtype=dtype)
+            if BACKEND == "tensorflow":
+                import tensorflow as tf
+
+                tensor = tf.IndexedSlices(values, tf.constant(SPARSE_ROWS), g.shape)
+            else:
+                import jax.experimental.sparse as jax_sparse
+
+                tensor = jax_sparse.BCOO((values, SPARSE_ROWS[:, None]), shape=g.shape)
+            dense = np.zeros(g.shape)
+            dense[SPARSE_ROWS] = as_float64(values)
+            tensors.append(tensor)
+            seen.append(dense)
+        else:
+            tensor = ops.convert_to_tensor(host_array(g, dtype), dtype=dtype)
+            tensors.append(tensor)
+            seen.append(as_float64(tensor))
+    return tensors, seen
+
+
+SPARSE_BACKENDS = ("tensorflow", "jax")
+
+
+def run_steps(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]], *,
+              fast: bool = True, wrap: Callable[..., Any] | None = None,
+              optimizer: Lion | None = None, variables: list[Any] | None = None,
+              sparse: bool = BACKEND in SPARSE_BACKENDS) -> Run:
+    """`optimizer.apply` at each step, called as it is or through `wrap`."""
+    optimizer = optimizer or new_optimizer(case, fast)
+    variables = variables or new_variables(case, init)
+    optimizer.build(variables)
+
+    def step(tensors: list[Any]) -> None:
+        optimizer.apply(tensors, variables)
+
+    if wrap is not None:
+        step = wrap(step)
+    run = Run([state_of(optimizer, variables)], [])
+    for step_grads in grads:
+        tensors, seen = gradient_tensors(case, step_grads, sparse)
+        step(tensors)
+        run.states.append(state_of(optimizer, variables))
+        run.grads.append(seen)
+    return run
+
+
+# The paths --------------------------------------------------------------------
+
+
+def run_plain(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
+    return run_steps(case, init, grads, fast=False)
+
+
+def run_fast(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
+    optimizer = new_optimizer(case)
+    assert optimizer._fast_path is not None, f"no fast path on {BACKEND}"
+    return run_steps(case, init, grads, optimizer=optimizer)
+
+
+def run_stateless(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]],
+                  jit: bool = False) -> Run:
+    """`stateless_apply` (under `jax.jit` with donated buffers if `jit`): its
+    results are the state; the variables themselves must not change."""
+    optimizer = new_optimizer(case)
+    variables = new_variables(case, init)
+    optimizer.build(variables)
+    slots = [*variables, *optimizer.variables]
+    before = [as_float64(v.value) for v in slots]
+
+    def step(trainable: list[Any], state: list[Any], tensors: list[Any]) -> Any:
+        return optimizer.stateless_apply(state, tensors, trainable)
+
+    if jit:
+        import jax
+
+        step = jax.jit(step, donate_argnums=(0, 1))
+    trainable = [ops.copy(v.value) for v in variables]
+    state = [ops.copy(v.value) for v in optimizer.variables]
+    run = Run([state_of(optimizer, variables)], [])
+    for step_grads in grads:
+        tensors, seen = gradient_tensors(case, step_grads, sparse=BACKEND in SPARSE_BACKENDS)
+        trainable, state = step(trainable, state, tensors)
+        trainable, state = list(trainable), list(state)
+        values = dict(zip(map(id, slots), [*trainable, *state]))
+        run.states.append(state_of(optimizer, variables, values))
+        run.grads.append(seen)
+    for variable, old in zip(slots, before):
+        if not oracle._identical(as_float64(variable.value), old):
+            run.problems.append(f"stateless_apply changed the variable {variable.path}")
+    return run
+
+
+def run_jit(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
+    return run_stateless(case, init, grads, jit=True)
+
+
+def run_tf_function(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]],
+                    jit_compile: bool = False) -> Run:
+    import tensorflow as tf
+
+    return run_steps(case, init, grads, wrap=lambda step: tf.function(step,
+                                                                      jit_compile=jit_compile))
+
+
+def run_tf_xla(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
+    return run_tf_function(case, init, grads, jit_compile=True)
+
+
+def run_compile(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
+    import torch
+
+    torch._dynamo.reset()
+    return run_steps(case, init, grads, wrap=torch.compile)
+
+
+class GradientLayer(keras.layers.Layer):
+    """Weights w whose loss sum(w * x) has the gradient x, exactly; x is
+    the part of the input from `start` on."""
+
+    def __init__(self, shapes: list[tuple[str, tuple[int, ...]]], start: int,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shapes, self.start = shapes, start
+
+    def build(self, input_shape: Any) -> None:
+        self.slots = [self.add_weight(name=name, shape=shape, initializer="zeros")
+                      for name, shape in self.shapes]
+
+    def call(self, x: Any) -> Any:
+        x = ops.cast(x, self.compute_dtype)
+        total, start = 0.0, self.start
+        for weight, (_, shape) in zip(self.slots, self.shapes):
+            size = int(np.prod(shape))
+            part = ops.reshape(x[:, start:start + size], (-1, *shape))
+            start += size
+            total = total + ops.sum(ops.reshape(weight[None] * part, (-1, size)), axis=1)
+        return ops.cast(total, "float32")
+
+
+def gradient_model(case: Case) -> tuple[keras.Model, int]:
+    """A functional model (its weights' paths are "head/kernel", ...: no
+    model name in front) with one GradientLayer per scope; and its input size."""
+    host = "float64" if case.weight_dtype == "float64" else "float32"
+    specs = variable_specs(case)
+    size = sum(int(np.prod(shape)) for _, _, shape in specs)
+    inputs = keras.Input((size,), dtype=host)
+    outputs, start = [], 0
+    for scope in dict.fromkeys(scope for scope, _, _ in specs):
+        shapes = [(name, shape) for s, name, shape in specs if s == scope]
+        outputs.append(GradientLayer(shapes, start, name=scope, dtype=case.weight_dtype)(inputs))
+        start += sum(int(np.prod(shape)) for _, shape in shapes)
+    return keras.Model(inputs, keras.layers.Add()(outputs)), size
+
+
+def run_fit(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
+    """`model.fit()`, one call per step (each ends with Keras's
+    `finalize_variable_values`), of a model whose gradient is its input."""
+    host = np.float64 if case.weight_dtype == "float64" else np.float32
+    model, _ = gradient_model(case)
+    by_path = {v.path: v for v in model.trainable_variables}
+    variables = [by_path[path] for path in oracle_config(case, "fit").paths]
+    for variable, value in zip(variables, init):
+        variable.assign(host_array(value, case.weight_dtype))
+    optimizer = new_optimizer(case)
+    model.compile(optimizer=optimizer, loss=lambda y_true, y_pred: y_pred)
+    optimizer.build(model.trainable_variables)
+    run = Run([state_of(optimizer, variables)], [])
+    floatx = keras.config.floatx()
+    for step_grads in grads:
+        x = np.concatenate([g.ravel() for g in step_grads])[None].astype(host)
+        # fit() casts float inputs to floatx: float64 ones would lose their edge values.
+        keras.config.set_floatx(keras.backend.standardize_dtype(host))
+        try:
+            model.fit(x, np.zeros((1,), host), batch_size=1, epochs=1, verbose=0,
+                      shuffle=False)
+        finally:
+            keras.config.set_floatx(floatx)
+        run.states.append(state_of(optimizer, variables))
+        run.grads.append(step_grads)
+    return run
+
+
+_STRATEGY: list[Any] = []
+
+
+def run_mirrored(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
+    """`strategy.run(optimizer.apply)` in a `tf.function` under
+    MirroredStrategy over 2 logical CPUs (path_parity_worker.py sets them up).
+    Replica 0 gets the gradients, replica 1 zeros of the sign that leaves
+    every sum unchanged (-0); both replicas must hold the same values."""
+    import tensorflow as tf
+
+    if not _STRATEGY:
+        assert len(tf.config.list_logical_devices("CPU")) >= 2, "needs 2 logical CPUs"
+        _STRATEGY.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    strategy = _STRATEGY[0]
+    with strategy.scope():
+        optimizer = new_optimizer(case)
+        variables = new_variables(case, init)
+        optimizer.build(variables)
+
+    @tf.function
+    def step(per_replica: Any) -> None:
+        strategy.run(lambda tensors: optimizer.apply(tensors, variables), args=(per_replica,))
+
+    run = Run([state_of(optimizer, variables)], [])
+    for step_grads in grads:
+        tensors, seen = gradient_tensors(case, step_grads, sparse=False)
+        zeros = [tf.fill(t.shape, tf.constant(-0.0, t.dtype)) for t in tensors]
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda context, tensors=tensors, zeros=zeros:
+                tensors if context.replica_id_in_sync_group == 0 else zeros)
+        step(per_replica)
+        run.states.append(state_of(optimizer, variables))
+        run.grads.append(seen)
+        for variable in [*variables, *optimizer.variables]:
+            copies = [as_float64(c) for c in variable.value.values]
+            if not all(oracle._identical(copies[0], c) for c in copies[1:]):
+                run.problems.append(f"replicas differ in {variable.path}")
+    return run
+
+
+RUNNERS: dict[str, tuple[Callable[..., Run], tuple[str, ...]]] = {
+    "plain": (run_plain, ("jax", "tensorflow", "torch")),
+    "fast": (run_fast, ("jax", "tensorflow", "torch")),
+    "stateless": (run_stateless, ("jax", "torch")),
+    "jit": (run_jit, ("jax",)),
+    "tf_function": (run_tf_function, ("tensorflow",)),
+    "tf_xla": (run_tf_xla, ("tensorflow",)),
+    "fit": (run_fit, ("jax", "tensorflow", "torch")),
+    "mirrored": (run_mirrored, ("tensorflow",)),
+    "compile": (run_compile, ("torch",)),
+}
+NOT_ON = {"stateless": "Keras's TensorFlow optimizer has no stateless_apply"}
+
+
+def cases_for(path: str) -> list[Case]:
+    return [case for case in CASES if case.compile or path != "compile"]
+
+
+def run_case(path: str, case: Case) -> Run:
+    init, grads = problem(case)
+    return RUNNERS[path][0](case, init, grads)
+
+
+# Paths in a fresh process -----------------------------------------------------
+
+
+def jax_x64() -> bool:
+    if BACKEND != "jax":
+        return False
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
+
+
+def worker_for(path: str, case: Case) -> str | None:
+    """Which fresh process runs this (path, case), if not this one."""
+    if BACKEND == "tensorflow" and path == "mirrored":
+        return "tf_mirrored"
+    if BACKEND == "jax" and case.uses_float64 and not jax_x64():
+        return "jax_x64"
+    return None
+
+
+class Workers:
+    """The worker processes of this session: started together, read once."""
+
+    def __init__(self) -> None:
+        self.processes: dict[str, tuple[subprocess.Popen, Path, Path]] = {}
+        self.results: dict[str, dict[tuple[str, str], Any]] = {}
+
+    def start(self, tmp: Path, requests: dict[str, list[tuple[str, str]]]) -> None:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        for mode, pairs in requests.items():
+            if mode in self.processes:
+                continue
+            (tmp / f"{mode}.json").write_text(json.dumps(pairs))
+            out, log = tmp / f"{mode}.pkl", tmp / f"{mode}.log"
+            with log.open("w") as stream:
+                process = subprocess.Popen(
+                    [sys.executable, str(HERE / "path_parity_worker.py"), mode,
+                     str(tmp / f"{mode}.json"), str(out)],
+                    cwd=HERE, env=env, stdout=stream, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+            self.processes[mode] = (process, out, log)
+
+    def result(self, mode: str, path: str, case: Case) -> Any:
+        if mode not in self.results:
+            process, out, log = self.processes[mode]
+            try:
+                process.wait(timeout=WORKER_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.returncode != 0 or not out.exists():
+                self.results[mode] = {}
+                pytest.fail(f"path_parity_worker.py {mode} failed (rc {process.returncode}):\n"
+                            + log.read_text()[-5000:])
+            with out.open("rb") as stream:
+                self.results[mode] = pickle.load(stream)
+        if (path, case.id) not in self.results[mode]:
+            pytest.fail(f"path_parity_worker.py {mode} has no result for {path} {case.id}")
+        return self.results[mode][(path, case.id)]
+
+    def stop(self) -> None:
+        for process, _, _ in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, 9)
+                process.wait()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def workers(request: Any, tmp_path_factory: Any) -> Any:
+    """Starts, with the module, the worker processes its selected tests need."""
+    requests: dict[str, list[tuple[str, str]]] = {}
+    for item in request.session.items:
+        spec = getattr(item, "callspec", None)
+        if item.module is not sys.modules[__name__] or spec is None:
+            continue
+        path, case = spec.params.get("path"), spec.params.get("case")
+        if isinstance(case, Case) and worker_for(path, case):
+            requests.setdefault(worker_for(path, case), []).append((path, case.id))
+    pool = Workers()
+    pool.start(tmp_path_factory.mktemp("path_parity"), requests)
+    yield pool
+    pool.stop()
+
+
+# The matrix -------------------------------------------------------------------
+
+
+def matrix() -> list[Any]:
+    params = []
+    for path, (_, backends) in RUNNERS.items():
+        if BACKEND not in backends:
+            reason = NOT_ON.get(path, f"no {path} path on {BACKEND}")
+            params.append(pytest.param(path, reason, id=f"{path}-not-on-{BACKEND}"))
+            continue
+        params += [pytest.param(path, case, id=f"{path}-{case.id}") for case in cases_for(path)]
+    return params
+
+
+def verify(case: Case, path: str, run: Run) -> list[str]:
+    config = oracle_config(case, path)
+    problems = list(run.problems)
+    for step in range(len(run.grads)):
+        for problem_ in oracle.check_apply(run.states[step], run.states[step + 1],
+                                           run.grads[step], config):
+            problems.append(f"step {step}: {problem_}")
+    return problems
+
+
+@pytest.mark.parametrize("path,case", matrix())
+def test_path_matches_oracle(path: str, case: Any, workers: Workers) -> None:
+    if not isinstance(case, Case):
+        pytest.skip(case)
+    mode = worker_for(path, case)
+    if mode is None:
+        run = run_case(path, case)
+    else:
+        saved = workers.result(mode, path, case)
+        if isinstance(saved, str):  # the worker's traceback
+            pytest.fail(f"{path} raised in path_parity_worker.py {mode}:\n{saved}")
+        run = Run([oracle.State(**state) for state in saved["states"]], saved["grads"],
+                  saved["problems"])
+    problems = verify(case, path, run)
+    assert not problems, f"{path} {case.id}:\n" + "\n".join(problems[:10])
+
+
+# Refused combinations -----------------------------------------------------------
+
+
+def test_float64_momentum_without_x64_is_refused_at_creation() -> None:
+    if BACKEND != "jax" or jax_x64():
+        pytest.skip("JAX without x64 only (float64 exists on the other backends)")
+    with pytest.raises(ValueError, match="momentum_dtype"):
+        Lion(momentum_dtype="float64")
+
+
+# Keras's contract for sparse gradients --------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [{}, {"weight_decay": 0.1}, {"cautious": True},
+                                      {"momentum_dtype": "bfloat16"}],
+                         ids=["defaults", "weight_decay", "cautious", "bfloat16_momentum"])
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
+def test_sparse_gradients_update_through_optimizer_assign(fast: bool, settings: dict) -> None:
+    """As Keras's own optimizer_sparse_test: a sparse gradient's update goes
+    through `optimizer.assign` (which can apply it sparsely), never through
+    the variable's own `assign`, which would densify it."""
+    from unittest import mock
+
+    if BACKEND not in SPARSE_BACKENDS:
+        pytest.skip(f"no sparse gradients on {BACKEND}")
+    variable = keras.Variable(np.ones((5, 10), np.float32))
+    optimizer = Lion(**settings)
+    if not fast:
+        optimizer._fast_path = None
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        grad = tf.IndexedSlices(0.5 * tf.ones((3, 10)), tf.constant([0, 2, 4]), (5, 10))
+        variable_class = variable._value.__class__
+    else:
+        import jax.experimental.sparse as jax_sparse
+
+        grad = jax_sparse.BCOO((0.5 * np.ones((3, 10), np.float32), np.array([[0], [2], [4]])),
+                               shape=(5, 10))
+        variable_class = variable.__class__
+    optimizer.build([variable])
+    direct = []
+
+    def variable_assign(target: Any, value: Any) -> None:
+        if len(target.shape):
+            direct.append(getattr(target, "path", getattr(target, "name", "?")))
+
+    with (mock.patch.object(variable_class, "assign", autospec=True,
+                            side_effect=variable_assign),
+          mock.patch.object(variable_class, "assign_add", autospec=True,
+                            side_effect=variable_assign),
+          mock.patch.object(variable_class, "assign_sub", autospec=True,
+                            side_effect=variable_assign),
+          mock.patch.object(optimizer, "assign", autospec=True)):
+        optimizer.apply([grad], [variable])
+    assert not direct, f"assigned directly, not through optimizer.assign: {direct}"

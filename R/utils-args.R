@@ -170,9 +170,9 @@ check_callable_without_arguments <- function(x, arg, rule, call) {
   invisible(x)
 }
 
-# The smallest magnitude that float32 rounds up to its smallest subnormal,
-# 2^-149, rather than to 0 (2^-150 itself ties to 0), and the smallest that it
-# rounds to infinity rather than to its largest finite value.
+# float32 (round to nearest, ties to even) rounds magnitudes up to 2^-150 to 0
+# (2^-150 is halfway to its smallest subnormal, 2^-149, and ties to 0), and
+# from 2^128 - 2^103 (halfway past its largest finite value) on to infinity.
 float32_to_zero <- 2^-150
 float32_to_inf <- 2^128 - 2^103
 

@@ -64,8 +64,10 @@ test_that("with float32 = TRUE, numbers that float32 rounds to 0 or Inf are refu
   largest <- (2 - 2^-23) * 2^127
   expect_identical(as_number(largest, "x", 0, float32 = TRUE), largest)
   expect_identical(as_number(2^128 - 2^103 - 2^80, "x", 0, float32 = TRUE), 2^128 - 2^103 - 2^80)
-  expect_error(as_number(2^-150, "x", 0, float32 = TRUE), "rounds to 0", class = "keraslion_error_argument")
-  expect_error(as_number(1e-46, "x", 0, float32 = TRUE), "rounds to 0", class = "keraslion_error_argument")
+  expect_error(as_number(2^-150, "x", 0, float32 = TRUE), "rounds to 0",
+               class = "keraslion_error_argument")
+  expect_error(as_number(1e-46, "x", 0, float32 = TRUE), "rounds to 0",
+               class = "keraslion_error_argument")
   expect_error(as_number(2^128 - 2^103, "x", 0, float32 = TRUE), "rounds to infinity")
   expect_error(as_number(1e39, "x", 0, float32 = TRUE), "rounds to infinity")
   # Without float32 = TRUE (the betas), such numbers are kept.

@@ -33,17 +33,19 @@ def numpy_lion(theta, grads, learning_rate, beta_1=0.9, beta_2=0.99, weight_deca
 
     theta = stored(theta)
     m = np.zeros_like(theta) if momentum is None else stored(momentum)
+    # 1 - beta before rounding, as the optimizer computes it.
+    one_minus_beta_1, one_minus_beta_2 = compute(1 - beta_1), compute(1 - beta_2)
     beta_1, beta_2, weight_decay = compute(beta_1), compute(beta_2), compute(weight_decay)
     for step, g in enumerate(grads):
         g = stored(g)
         lr = compute(learning_rate(step) if callable(learning_rate) else learning_rate)
-        c = beta_1 * m + (1 - beta_1) * g
+        c = beta_1 * m + one_minus_beta_1 * g
         u = np.sign(c)
         if cautious:
             keep = (u * g > 0).astype(compute)
             u = u * keep * (compute(keep.size) / max(keep.sum(), compute(1)))
         theta = stored(theta - lr * (u + weight_decay * theta))
-        m = stored(beta_2 * m + (1 - beta_2) * g)
+        m = stored(beta_2 * m + one_minus_beta_2 * g)
     return theta, m
 
 

@@ -1,7 +1,8 @@
 """keraslion: the Lion optimizer (Chen et al., 2023) for Keras 3."""
 
+from ._restore import StateWarning
 from .hparams import lion_hparams_from_adamw
 from .lion import Lion
 
-__all__ = ["Lion", "lion_hparams_from_adamw"]
-__version__ = "0.2.0"
+__all__ = ["Lion", "StateWarning", "lion_hparams_from_adamw"]
+__version__ = "0.3.0"

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import keras
+import numpy as np
 
 
 def _received(name: str, value: Any) -> str:
@@ -29,11 +30,22 @@ def _is_scalar_tensor(value: Any) -> bool:
     return getattr(value, "shape", None) == () and hasattr(value, "dtype")
 
 
+def _is_symbolic(value: Any) -> bool:
+    """A 0-d tensor traced under jit or tf.function, whose value cannot be read."""
+    if not _is_scalar_tensor(value):
+        return False
+    try:
+        keras.ops.convert_to_numpy(value)
+    except Exception:
+        return True
+    return False
+
+
 def _concrete_float(value: Any) -> float | None:
     """`value` as a Python float if it is a number or a concrete 0-d tensor, else None."""
     if _is_real(value):
         return float(value)
-    if _is_scalar_tensor(value):
+    if _is_scalar_tensor(value) and "bool" not in str(value.dtype):
         try:
             return float(keras.ops.convert_to_numpy(value))
         except Exception:  # A symbolic tensor, traced under jit or tf.function.
@@ -77,13 +89,34 @@ def number_in(
     *,
     low_closed: bool = True,
     high_closed: bool = False,
+    float32: bool = False,
 ) -> float:
-    """A finite real number in the given interval, returned as a float."""
-    return _check_interval(name, _as_float(name, value), low, high, low_closed, high_closed)
+    """A finite real number in the given interval, returned as a float.
+
+    With `float32`, it must also survive float32, in which Keras keeps and
+    uses it: a number that rounds to infinity, or from non-zero to zero, is
+    refused.
+    """
+    number = _check_interval(name, _as_float(name, value), low, high, low_closed, high_closed)
+    rounded = float(np.float32(number))
+    if float32 and (math.isinf(rounded) or (rounded == 0.0) != (number == 0.0)):
+        raise ValueError(
+            f"Argument `{name}` must be representable in float32 (between about 1.4e-45 "
+            f"and 3.4e+38, or 0), where Keras uses it; it would become {rounded:g}. "
+            f"{_received(name, value)}"
+        )
+    return number
 
 
 def optional_number_in(name: str, value: Any, low: float, **kwargs: Any) -> float | None:
     return None if value is None else number_in(name, value, low, **kwargs)
+
+
+def live_number_in(name: str, value: Any, low: float, **kwargs: Any) -> Any:
+    """As `optional_number_in`, but a tensor traced under jit or tf.function
+    (set inside a compiled function, as Keras's optimizers allow) is taken
+    as it is: its value cannot be read to check it."""
+    return value if _is_symbolic(value) else optional_number_in(name, value, low, **kwargs)
 
 
 #: The intervals of the betas: beta_1 in (0, 1], beta_2 in [0, 1).
@@ -122,10 +155,38 @@ def resolve_beta(name: str, value: Any) -> Any:
 
 
 def learning_rate(value: Any) -> Any:
-    """A schedule or callable as given, else a finite float >= 0 (ints accepted)."""
+    """A schedule, a callable (checked at each call by `resolve_learning_rate`),
+    a `keras.Variable` (followed at every step), a traced tensor, else a float
+    >= 0 that survives float32."""
+    if isinstance(value, keras.Variable):
+        if value.shape != () or not keras.backend.is_float_dtype(value.dtype):
+            raise ValueError(
+                f"Argument `learning_rate` given as a `keras.Variable` must be a float scalar. "
+                f"{_received('learning_rate', value)}")
+        return value
+    if hasattr(value, "assign") and hasattr(value, "dtype"):
+        # A tf.Variable or the like would be read once and copied.
+        raise TypeError(
+            "Argument `learning_rate` must not be a backend variable, whose value would be "
+            "copied once: pass a `keras.Variable`, which Lion follows at every step, or a "
+            f"number. {_received('learning_rate', value)}")
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule) or callable(value):
         return value
-    return number_in("learning_rate", value, 0.0)
+    if _is_symbolic(value):
+        return value
+    return number_in("learning_rate", value, 0.0, float32=True)
+
+
+def resolve_learning_rate(value: Any) -> Any:
+    """The value a learning-rate callable returned, checked as a number given
+    directly is; a traced tensor is returned as it is."""
+    if _is_symbolic(value):
+        return value
+    if not _is_real(value) and not _is_scalar_tensor(value):
+        raise TypeError(
+            "The function given as `learning_rate` must return a number >= 0. "
+            f"{_received('learning_rate()', value)}")
+    return number_in("learning_rate", value, 0.0, float32=True)
 
 
 def boolean(name: str, value: Any) -> bool:
@@ -167,6 +228,28 @@ def float_dtype(name: str, value: Any) -> str | None:
             f"'float32' or 'bfloat16'. {_received(name, value)}"
         )
     return dtype
+
+
+def momentum_dtype(value: Any) -> str | None:
+    """`float_dtype`, refusing a float64 momentum that the backend would not keep."""
+    dtype = float_dtype("momentum_dtype", value)
+    if dtype == "float64" and keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            raise ValueError(
+                "Argument `momentum_dtype` is 'float64', but JAX's 64-bit mode is off, so JAX "
+                "would store it in float32. Enable it before any array is made: set the "
+                "environment variable JAX_ENABLE_X64=1 before Python starts (from R, "
+                "Sys.setenv(JAX_ENABLE_X64 = 1) before reticulate starts Python), or call "
+                "jax.config.update('jax_enable_x64', True). "
+                f"{_received('momentum_dtype', value)}")
+    return dtype
+
+
+def is_zero_or_none(value: Any) -> bool:
+    """No weight decay: None or a number equal to zero (a tensor may be traced)."""
+    return value is None or (_is_real(value) and value == 0)
 
 
 def regex_problem(pattern: str) -> str | None:

@@ -47,6 +47,22 @@ def compute_dtype(variable_dtype: str, momentum_dtype: str) -> str:
     return "float64" if "float64" in (variable_dtype, momentum_dtype) else "float32"
 
 
+#: The largest finite float16: a float16 momentum saturates there.
+FLOAT16_MAX = 65504.0
+
+
+def stored_momentum(m: Any, dtype: str) -> Any:
+    """The new momentum rounded to its storage dtype.
+
+    A float16 momentum saturates at +-65504 instead of overflowing: only the
+    sign of `c` matters, and an infinite momentum would fix its element's
+    direction for good (NaN stays NaN, for `skip_nonfinite` to see).
+    """
+    if dtype == "float16":
+        m = ops.where(ops.abs(m) > FLOAT16_MAX, ops.sign(m) * FLOAT16_MAX, m)
+    return ops.cast(m, dtype)
+
+
 class Hyperparameters(NamedTuple):
     """The values a user (or a callback) may change between steps, read at every step."""
 
@@ -56,16 +72,38 @@ class Hyperparameters(NamedTuple):
 
 
 class StepInputs(NamedTuple):
-    """A step's tensors (one variable's, or alike variables' stacked), cast to
-    the dtype the update is computed in."""
+    """A step's tensors (one variable's, or alike variables' stacked) and its
+    coefficients, in the dtype the update is computed in.
+
+    `1 - beta` is computed before it is rounded to that dtype (for Python
+    numbers, in float64): rounded first, `1 - (1 - 1e-7)` is 19% off in float32.
+    """
 
     theta: Any
     m: Any
     g: Any
     learning_rate: Any
     beta_1: Any
+    one_minus_beta_1: Any
     beta_2: Any
+    one_minus_beta_2: Any
     weight_decay: Any  # None: no weight decay
+
+
+def lion_update(step: StepInputs, cautious: bool) -> tuple[Any, Any]:
+    """The paper's step (Alg. 2): the new weights and momentum, in the compute dtype."""
+    c = step.beta_1 * step.m + step.one_minus_beta_1 * step.g
+    theta = descended(step, c, cautious)
+    m = step.beta_2 * step.m + step.one_minus_beta_2 * step.g
+    return theta, m
+
+
+def descended(step: StepInputs, c: Any, cautious: bool) -> Any:
+    """theta - lr * (direction(c) + weight_decay * theta)."""
+    direction = lion_direction(c, step.g, cautious)
+    if step.weight_decay is not None:
+        direction = direction + step.weight_decay * step.theta
+    return step.theta - step.learning_rate * direction
 
 
 @keras.saving.register_keras_serializable(package="keraslion")
@@ -92,6 +130,19 @@ class Lion(keras.optimizers.Optimizer):
     Inside a compiled `fit()`, as with Keras's own optimizers, a number
     traced into the step keeps its traced value, while the learning rate (a
     variable) follows.
+
+    Saving and loading: a checkpoint loads into a Lion whose options add or
+    drop variables (`skip_nonfinite`, `use_ema`, gradient accumulation, a
+    schedule for a float learning rate), and into or from Keras's own Lion.
+    The optimizer must be built before `load_weights()`. Variables are
+    matched by role and by weight: the iteration count, learning rate and
+    momentums load, what the new options add starts fresh (a moving
+    average at the current weight), and saved state with no place here is
+    dropped with a `keraslion.StateWarning`. What the checkpoint lacks (say,
+    the momentum of a layer it had frozen) or what cannot be matched raises
+    a `ValueError` and loads nothing into the optimizer; with
+    `model.load_weights(path, skip_mismatch=True)` it is a `StateWarning`
+    instead, and the rest loads.
 
     Args:
         learning_rate: A float, a
@@ -164,7 +215,7 @@ class Lion(keras.optimizers.Optimizer):
         ema_overwrite_frequency: int | None = None,
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
-        name: str = "lion",
+        name: str | None = None,
         *,
         momentum_dtype: str | None = None,
         cautious: bool = False,
@@ -173,10 +224,13 @@ class Lion(keras.optimizers.Optimizer):
         **kwargs: Any,
     ) -> None:
         clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
-        clip = {key: _checks.optional_number_in(key, value, 0.0, low_closed=False)
+        clip = {key: _checks.optional_number_in(key, value, 0.0, low_closed=False, float32=True)
                 for key, value in clip.items()}
+        learning_rate = _checks.learning_rate(learning_rate)
+        # Keras makes a variable of a float; a keras.Variable given is followed instead.
+        followed = learning_rate if isinstance(learning_rate, keras.Variable) else None
         super().__init__(
-            learning_rate=_checks.learning_rate(learning_rate),
+            learning_rate=learning_rate if followed is None else 0.0,
             weight_decay=weight_decay,
             use_ema=_checks.boolean("use_ema", use_ema),
             ema_momentum=_checks.number_in("ema_momentum", ema_momentum, 0.0, 1.0,
@@ -184,23 +238,32 @@ class Lion(keras.optimizers.Optimizer):
             ema_overwrite_frequency=_checks.optional_whole_number(
                 "ema_overwrite_frequency", ema_overwrite_frequency, 1),
             loss_scale_factor=_checks.optional_number_in(
-                "loss_scale_factor", loss_scale_factor, 0.0, low_closed=False),
+                "loss_scale_factor", loss_scale_factor, 0.0, low_closed=False, float32=True),
             gradient_accumulation_steps=_checks.optional_whole_number(
                 "gradient_accumulation_steps", gradient_accumulation_steps, 2),
-            name=_checks.non_empty_string("name", name),
+            # None: Keras numbers the default name ("lion", "lion_1", ...), so that
+            # two optimizers' variables get distinct paths.
+            name=None if name is None else _checks.non_empty_string("name", name),
             **clip,
             **kwargs,
         )
+        if followed is not None:
+            self._follow_learning_rate(followed)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
-        self.momentum_dtype = _checks.float_dtype("momentum_dtype", momentum_dtype)
+        self.momentum_dtype = _checks.momentum_dtype(momentum_dtype)
         self.cautious = _checks.boolean("cautious", cautious)
-        self.skip_nonfinite = _checks.boolean("skip_nonfinite", skip_nonfinite)
+        self.skip_nonfinite = skip_nonfinite
         self._exclusion_patterns = _checks.patterns(
             "exclude_from_weight_decay", exclude_from_weight_decay)
         self._excluded_variable_keys: set[Any] = set()
-        self._weight_decay_cache: dict[Any, bool] = {}
         self._fast_path = _fastpaths.for_backend(keras.backend.backend())
+
+    def _follow_learning_rate(self, variable: keras.Variable) -> None:
+        """Uses the user's variable as the learning rate (read at every step,
+        saved and loaded) in place of the copy Keras made of its value."""
+        self._variables[self._variables.index(self._learning_rate)] = variable
+        self._learning_rate = variable
 
     def build(self, variables: list[keras.Variable]) -> None:
         if self.built:
@@ -215,6 +278,9 @@ class Lion(keras.optimizers.Optimizer):
             self._nonfinite_steps = self.add_variable(
                 shape=(), dtype="int", name="nonfinite_steps",
                 aggregation="only_first_replica")
+        # Decided here, by the Keras variables' paths: under a tf.distribute
+        # strategy the steps see raw tf.Variables, named "dense/bias:0".
+        self._decays = [self._decays_by_name(variable) for variable in variables]
 
     def _add_momentum(self, variable: keras.Variable) -> keras.Variable:
         if self.momentum_dtype is None:
@@ -235,7 +301,22 @@ class Lion(keras.optimizers.Optimizer):
 
     @learning_rate.setter
     def learning_rate(self, value: Any) -> None:
-        keras.optimizers.Optimizer.learning_rate.fset(self, _checks.learning_rate(value))
+        value = _checks.learning_rate(value)
+        if isinstance(value, keras.Variable) and value is not self._learning_rate:
+            raise TypeError(
+                "A `keras.Variable` can be followed as the learning rate only when it is given "
+                "to `Lion(learning_rate=...)`; assign a number to change the learning rate. "
+                f"Received: learning_rate={value!r}")
+        if value is not self._learning_rate:
+            keras.optimizers.Optimizer.learning_rate.fset(self, value)
+
+    def _get_current_learning_rate(self) -> Any:
+        value = super()._get_current_learning_rate()
+        if callable(self._learning_rate) and not isinstance(
+                self._learning_rate,
+                (keras.optimizers.schedules.LearningRateSchedule, keras.Variable)):
+            return _checks.resolve_learning_rate(value)
+        return value
 
     @property
     def weight_decay(self) -> float | None:
@@ -243,7 +324,22 @@ class Lion(keras.optimizers.Optimizer):
 
     @weight_decay.setter
     def weight_decay(self, value: float | None) -> None:
-        self._weight_decay = _checks.optional_number_in("weight_decay", value, 0.0)
+        self._weight_decay = _checks.live_number_in("weight_decay", value, 0.0, float32=True)
+
+    @property
+    def skip_nonfinite(self) -> bool:
+        return self._skip_nonfinite
+
+    @skip_nonfinite.setter
+    def skip_nonfinite(self, value: bool) -> None:
+        value = _checks.boolean("skip_nonfinite", value)
+        if value and self.built and not hasattr(self, "_nonfinite_steps"):
+            raise ValueError(
+                "`skip_nonfinite` can only be turned on before the optimizer is built (before "
+                "its first step): it adds the `nonfinite_steps` variable. Create the optimizer "
+                "with `skip_nonfinite=True` instead; nothing was changed. "
+                f"Received: skip_nonfinite={value!r}")
+        self._skip_nonfinite = value
 
     @property
     def beta_1(self) -> Hyperparameter:
@@ -266,13 +362,13 @@ class Lion(keras.optimizers.Optimizer):
         return Hyperparameters(
             beta_1=_checks.resolve_beta("beta_1", self.beta_1),
             beta_2=_checks.resolve_beta("beta_2", self.beta_2),
-            weight_decay=self.weight_decay or None,
+            weight_decay=None if _checks.is_zero_or_none(self.weight_decay) else self.weight_decay,
         )
 
     @property
     def nonfinite_steps(self) -> int:
         """The number of steps skipped because of NaN or Inf gradients."""
-        if not self.skip_nonfinite or not self.built:
+        if not hasattr(self, "_nonfinite_steps"):
             return 0
         return int(keras.ops.convert_to_numpy(self._nonfinite_steps.value))
 
@@ -288,42 +384,30 @@ class Lion(keras.optimizers.Optimizer):
 
         For the fast paths: `hyperparameters`, read once for all variables
         (a compiled path passes them in as tensors), and `scalars`, a dict
-        shared by the variables of one step, which keeps them cast once per
-        dtype instead of once per variable (fewer operations to trace).
+        shared by the variables of one step, which keeps the coefficients cast
+        once per dtype instead of once per variable (fewer operations to trace).
         """
         dtype = compute_dtype(*(keras.backend.standardize_dtype(x.dtype) for x in (theta, m)))
         scalars = {} if scalars is None else scalars
         if dtype not in scalars:
-            live = hyperparameters or self._hyperparameters()
-            scalars[dtype] = [None if x is None else cast_scalar(x, dtype)
-                              for x in (learning_rate, *live)]
-        learning_rate, beta_1, beta_2, weight_decay = scalars[dtype]
+            beta_1, beta_2, weight_decay = hyperparameters or self._hyperparameters()
+            scalars[dtype] = [
+                None if x is None else cast_scalar(x, dtype)
+                for x in (learning_rate, beta_1, 1 - beta_1, beta_2, 1 - beta_2, weight_decay)]
+        *coefficients, weight_decay = scalars[dtype]
         return StepInputs(
-            theta=ops.cast(theta, dtype),
-            m=ops.cast(m, dtype),
-            g=ops.cast(ops.convert_to_tensor(gradient), dtype),
-            learning_rate=learning_rate,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            weight_decay=weight_decay if decays else None,
-        )
-
-    def _descended(self, step: StepInputs, c: Any) -> Any:
-        """theta - lr * (direction(c) + weight_decay * theta), in the compute dtype."""
-        direction = lion_direction(c, step.g, self.cautious)
-        if step.weight_decay is not None:
-            direction = direction + step.weight_decay * step.theta
-        return step.theta - step.learning_rate * direction
+            ops.cast(theta, dtype), ops.cast(m, dtype),
+            ops.cast(ops.convert_to_tensor(gradient), dtype),
+            *coefficients, weight_decay if decays else None)
 
     def update_step(self, gradient: Any, variable: keras.Variable, learning_rate: Any) -> None:
         """One Lion step for one variable, as written in the paper (Alg. 2)."""
         momentum = self._momentum(variable)
         step = self._step_inputs(variable, momentum, gradient, self._use_weight_decay(variable),
                                  learning_rate)
-        c = step.beta_1 * step.m + (1 - step.beta_1) * step.g
-        self.assign(variable, ops.cast(self._descended(step, c), variable.dtype))
-        m = step.beta_2 * step.m + (1 - step.beta_2) * step.g
-        self.assign(momentum, ops.cast(m, momentum.dtype))
+        theta, m = lion_update(step, self.cautious)
+        self.assign(variable, ops.cast(theta, variable.dtype))
+        self.assign(momentum, stored_momentum(m, momentum.dtype))
 
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
                              learning_rate: Any) -> None:
@@ -354,16 +438,16 @@ class Lion(keras.optimizers.Optimizer):
         patterns = _checks.patterns("var_names", var_names)
         self._excluded_variable_keys.update(self._var_key(v) for v in var_list or [])
         self._exclusion_patterns = [*self._exclusion_patterns, *patterns]
-        self._weight_decay_cache = {}
 
-    def _use_weight_decay(self, variable: keras.Variable) -> bool:
-        key = self._var_key(variable)
-        if key not in self._weight_decay_cache:
-            names = [getattr(variable, "path", ""), variable.name]
-            excluded = key in self._excluded_variable_keys or any(
-                re.search(pattern, name) for pattern in self._exclusion_patterns for name in names)
-            self._weight_decay_cache[key] = not excluded
-        return self._weight_decay_cache[key]
+    def _use_weight_decay(self, variable: Any) -> bool:
+        return self._decays[self._get_variable_index(variable)]
+
+    def _decays_by_name(self, variable: keras.Variable) -> bool:
+        if self._var_key(variable) in self._excluded_variable_keys:
+            return False
+        names = [getattr(variable, "path", ""), variable.name]
+        return not any(re.search(pattern, name)
+                       for pattern in self._exclusion_patterns for name in names)
 
     # Skipping steps with non-finite gradients ------------------------------------
 
@@ -464,6 +548,13 @@ class Lion(keras.optimizers.Optimizer):
                 variable.assign(ops.copy(variable.value))
 
     # Serialization ---------------------------------------------------------------
+
+    def load_own_variables(self, store: Any) -> None:
+        # Keras loads by index and skips everything when options add or drop
+        # a variable; this matches by role and variable path instead.
+        from . import _restore
+
+        _restore.load_own_variables(self, store)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

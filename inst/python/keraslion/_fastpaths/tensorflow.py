@@ -28,12 +28,13 @@ update.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 from typing import Any
 
 import tensorflow as tf
 
-from ..lion import Hyperparameters
+from ..lion import Hyperparameters, stored_momentum
 from . import xla
 
 # Longest chunk: its trace stays short, and calls per step stay few.
@@ -50,14 +51,19 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     grads = [tf.convert_to_tensor(g) for g in grads]
-    # float64, so that float64 variables get them unrounded; no weight decay
-    # (None) is a trace of its own.
-    live = [None if x is None else tf.constant(x, tf.float64) for x in optimizer._hyperparameters()]
+    hyperparameters = optimizer._hyperparameters()
+    # Decided from the values, which enter the functions as tensors: a trace each.
+    momentum_first = xla.momentum_first_is_exact(hyperparameters)
+    # float64, so that float64 variables get them unrounded and `1 - beta` is
+    # computed before rounding; no weight decay (None) is a trace of its own.
+    live = [None if x is None else
+            tf.constant(x, tf.float64) if isinstance(x, numbers.Real) else tf.cast(x, tf.float64)
+            for x in hyperparameters]
     learning_rate = tf.convert_to_tensor(learning_rate)
     scalars = [learning_rate, *(x for x in live if x is not None)]
     for shape, kind, chunk, weights, momentums in _plan(optimizer, variables, grads):
         chunk_grads = [grads[i] for i in chunk]
-        concrete = _concrete(optimizer, shape, kind,
+        concrete = _concrete(optimizer, shape, (*kind, momentum_first),
                              (weights, momentums, chunk_grads, learning_rate, *live))
         # Its flat inputs, in the order of the arguments it was traced for
         # (no tensor for no weight decay): calling it with the arguments
@@ -110,7 +116,8 @@ def _concrete(optimizer: Any, shape: tuple[int, ...], kind: tuple[Any, ...],
         functions = _cache(optimizer, "_tf_update_functions")
         function_key = (shape if fixed_shape else None, *kind, stacked)
         if function_key not in functions:
-            functions[function_key] = _compile(optimizer, fixed_shape, stacked, decays=kind[3])
+            functions[function_key] = _compile(optimizer, fixed_shape, stacked, decays=kind[3],
+                                               momentum_first=kind[-1])
         concretes[key] = functions[function_key].get_concrete_function(*args)
     return concretes[key]
 
@@ -133,7 +140,8 @@ def _cache(optimizer: Any, name: str) -> _LRUCache:
     return optimizer.__dict__.setdefault(name, _LRUCache())
 
 
-def _compile(optimizer: Any, fixed_shape: bool, stacked: bool, decays: bool) -> Any:
+def _compile(optimizer: Any, fixed_shape: bool, stacked: bool, decays: bool,
+             momentum_first: bool) -> Any:
     # The variables and momentums passed in are reached by the optimizer too
     # (TensorFlow maps a variable passed in to its argument wherever it is
     # reached). The hyperparameters enter as tensors, so that their values
@@ -142,19 +150,21 @@ def _compile(optimizer: Any, fixed_shape: bool, stacked: bool, decays: bool) -> 
                      learning_rate: Any, *hyperparameters: Any) -> None:
         del momentums  # reached through the optimizer
         xla.update(optimizer, grads, variables, learning_rate,
-                   Hyperparameters(*hyperparameters))
+                   Hyperparameters(*hyperparameters), momentum_first)
 
     def stacked_update(variables: list[Any], momentums: list[Any], grads: list[Any],
                        learning_rate: Any, *hyperparameters: Any) -> None:
         # The chunk's variables stacked into one tensor: a dozen operations
         # for the step's maths instead of a dozen per variable, which a graph
         # (unlike XLA) would run one by one at every step.
+        live = Hyperparameters(*hyperparameters)
         step = optimizer._step_inputs(tf.stack(variables), tf.stack(momentums), tf.stack(grads),
-                                      decays, learning_rate, Hyperparameters(*hyperparameters))
-        for targets, value in zip((variables, momentums), xla.momentum_first(optimizer, step, {})):
-            rows = tf.unstack(tf.cast(value, targets[0].dtype), num=len(targets))
-            for target, row in zip(targets, rows):
-                target.assign(row)
+                                      decays, learning_rate, live)
+        theta, m = xla.new_values(optimizer, step, live, momentum_first, {})
+        for targets, value in ((variables, tf.cast(theta, variables[0].dtype)),
+                               (momentums, stored_momentum(m, momentums[0].dtype.name))):
+            for target, row in zip(targets, tf.unstack(value, num=len(targets))):
+                optimizer.assign(target, row)
 
     # Without a fixed shape, the second trace (for other shapes) is for any shapes.
     compiled = tf.function(stacked_update if stacked else per_variable, jit_compile=fixed_shape,

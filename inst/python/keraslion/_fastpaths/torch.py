@@ -6,23 +6,27 @@ into blocks of at most `BLOCK` elements (pieces of large tensors, runs of
 small ones); each block is updated by a few `torch._foreach_*` calls while it
 sits in cache, with views of one small scratch buffer for `c`, so that
 memory is read and written about once per step and nothing full-size is
-allocated:
+allocated. The maths is the paper's, in its order:
 
-    c / beta_1 = m + ((1 - beta_1) / beta_1) * g    (the sign of c, in one pass)
+    c = beta_1 * m + (1 - beta_1) * g
     p = p - lr * (sign(c) + weight_decay * p)       (weight decay where not excluded)
     m = beta_2 * m + (1 - beta_2) * g
 
-`c / beta_1` can differ from `c` in its last bits, so `sign(c)` may differ
-where `c` is within rounding of zero. `lerp` would save a pass for `m`, but
-turns an infinite momentum into NaN where the plain path keeps it infinite.
-The learning rate stays a tensor, so that `torch.compile` does not break
-its graph to read it.
+with `1 - beta` computed in float64 before it is rounded. (Dividing `c` by
+beta_1 would save a pass, but `(1 - beta_1) / beta_1` overflows float32 for
+beta_1 < 3e-39; `lerp` would save one for `m`, but turns an infinite
+momentum into NaN.) The learning rate stays a tensor, so that
+`torch.compile` does not break its graph to read it.
 
-A momentum in a narrower dtype (bfloat16) is widened into the scratch buffer
-and rounded back once. The cut into blocks is planned once per set of
-variables, from what is fixed once the optimizer is built (shapes, dtypes,
-exclusion from weight decay); the values of the hyperparameters are read at
-every step. It covers contiguous float32 and float64 variables, without caution.
+The scratch buffer has the weights' dtype, which must be the step's compute
+dtype: float32 or float64 weights, with a momentum in that dtype, or a
+narrower one (bfloat16, widened into the scratch buffer and rounded back
+once), or float32 in float64 weights. Anything else (a float64 momentum of
+float32 weights, a float16 momentum, which saturates), caution, and
+`stateless_apply` (whose step must not write into the variables) take the
+plain path. The cut into blocks is planned once per set of variables, from
+what is fixed once the optimizer is built (shapes, dtypes, exclusion from
+weight decay); the values of the hyperparameters are read at every step.
 """
 
 from __future__ import annotations
@@ -30,15 +34,15 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import keras
-import numpy as np
 import torch
 from keras import ops
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 #: Elements per block: p, m, g and c of a block of 128k float32 elements
 #: take 2 MiB, about the L2 cache of one core.
 BLOCK = 1 << 17
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_SCRATCH_DTYPES = (torch.float32, torch.float64)
 
 
 class Block(NamedTuple):
@@ -55,39 +59,49 @@ class Plan(NamedTuple):
 
 
 def supports(optimizer: Any, variables: list[Any]) -> bool:
-    return not optimizer.cautious and all(
-        v._value.dtype in (torch.float32, torch.float64) and v._value.is_contiguous()
-        for v in variables)
+    if optimizer.cautious or in_stateless_scope():
+        return False
+    for variable in variables:
+        p, m = variable._value, optimizer._momentum(variable)._value
+        if not (p.dtype in _SCRATCH_DTYPES and p.is_contiguous() and m.dtype != torch.float16
+                and p.dtype.itemsize >= m.dtype.itemsize):
+            return False
+    return True
 
 
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     live = optimizer._hyperparameters()
     beta_1, beta_2 = float(live.beta_1), float(live.beta_2)
+    one_minus_beta_1 = 1 - beta_1
     plan = _plan(optimizer, variables)
     grads = [g if isinstance(g, torch.Tensor) and g.dtype == p.dtype
              else torch.as_tensor(g).to(p.dtype) for g, p in zip(grads, plan.params)]
     # Per dtype, as the plain path computes them: the learning rate cast (a
-    # tensor, not read into Python), beta_2 and 1 - beta_2. (A tensor factor
+    # tensor, not read into Python), beta_1 and beta_2. (A tensor factor
     # makes `_foreach_mul_` about 3x faster per tensor on CPU than a float.)
-    scalars: dict[Any, tuple[Any, Any, float]] = {}
+    scalars: dict[Any, tuple[Any, Any, Any]] = {}
     for block in plan.blocks:
         dtype = block.scratch[0].dtype
         if dtype not in scalars:
+            device = block.scratch[0].device
             scalars[dtype] = (ops.cast(learning_rate, keras.backend.standardize_dtype(dtype)),
-                              torch.tensor(beta_2, dtype=dtype, device=block.scratch[0].device),
-                              float(1 - _NUMPY_DTYPES[dtype](beta_2)))
+                              torch.tensor(beta_1, dtype=dtype, device=device),
+                              torch.tensor(beta_2, dtype=dtype, device=device))
         gs = [grads[i] if part is None else grads[i].reshape(-1)[part]
               for i, part in block.grads]
         weight_decay = live.weight_decay if block.decayed else None
-        _lion(block.params, block.momentums, gs, block.scratch, beta_1, *scalars[dtype],
-              weight_decay)
+        lr, beta_1_tensor, beta_2_tensor = scalars[dtype]
+        _lion(block.params, block.momentums, gs, block.scratch, lr,
+              beta_1_tensor, one_minus_beta_1, beta_2_tensor, 1 - beta_2, weight_decay)
 
 
-def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], beta_1: float,
-          lr: Any, beta_2: Any, one_minus_beta_2: float, weight_decay: float | None) -> None:
+def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], lr: Any,
+          beta_1: Any, one_minus_beta_1: float, beta_2: Any, one_minus_beta_2: float,
+          weight_decay: float | None) -> None:
     torch._foreach_copy_(cs, ms)
-    torch._foreach_add_(cs, gs, alpha=(1 - beta_1) / beta_1)
+    torch._foreach_mul_(cs, beta_1)
+    torch._foreach_add_(cs, gs, alpha=one_minus_beta_1)
     torch._foreach_sign_(cs)
     if weight_decay is not None:
         torch._foreach_add_(cs, ps, alpha=weight_decay)

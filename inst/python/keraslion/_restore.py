@@ -262,8 +262,12 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
 
     missing = [slot for slot in own if slot not in reading.slots and slot[0] != "learning_rate"]
     lacked = [slot for slot in missing if slot[0] in saved_roles]
+    unbuilt = all(role in SCALARS for role, _ in reading.slots)
+    if unbuilt and int(entries[0].value) == 0:
+        # Saved before its first step (a model compiled, never trained): its
+        # state was what a fresh optimizer's is, so nothing is lacking.
+        lacked = []
     if lacked:
-        unbuilt = all(role in SCALARS for role, _ in reading.slots)
         plan.problems.append((
             f"the checkpoint lacks {summary([describe(s, trainables) for s in lacked], 6)} ("
             f"{'its optimizer was not built' if unbuilt else 'its model had other variables'})",

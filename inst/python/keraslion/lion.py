@@ -11,9 +11,22 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from . import _checks, _fastpaths
+from . import _checks, _fastpaths, _restore
 
 Hyperparameter = float | Callable[[], Any]
+
+
+def sign(x: Any) -> Any:
+    """`sign(x)`, NaN where `x` is NaN on every backend.
+
+    torch.sign gives 0 for NaN, where NumPy, JAX and TensorFlow give NaN: a
+    NaN gradient would then freeze its element silently (its momentum NaN
+    for good) instead of showing in the weights and the loss.
+    """
+    direction = ops.sign(x)
+    if keras.backend.backend() == "torch":
+        direction = ops.where(ops.isnan(x), x, direction)
+    return direction
 
 
 def lion_direction(c: Any, gradient: Any, cautious: bool) -> Any:
@@ -24,7 +37,7 @@ def lion_direction(c: Any, gradient: Any, cautious: bool) -> Any:
     `size / max(kept, 1)`, the inverse of the kept fraction; the `max` guards
     the case where no element is kept (the step is then zero).
     """
-    direction = ops.sign(c)
+    direction = sign(c)
     if not cautious:
         return direction
     agrees = ops.cast(ops.greater(direction * gradient, 0), direction.dtype)
@@ -552,15 +565,15 @@ class Lion(keras.optimizers.Optimizer):
     def load_own_variables(self, store: Any) -> None:
         # Keras loads by index and skips everything when options add or drop
         # a variable; this matches by role and variable path instead.
-        from . import _restore
-
         _restore.load_own_variables(self, store)
 
     def get_config(self) -> dict[str, Any]:
+        if _is_plain_callable(self._learning_rate):
+            _check_loadable("learning_rate", self._learning_rate)
         config = super().get_config()
         config.update({
-            "beta_1": _serialize_hyperparameter(self.beta_1),
-            "beta_2": _serialize_hyperparameter(self.beta_2),
+            "beta_1": _serialize_hyperparameter("beta_1", self.beta_1),
+            "beta_2": _serialize_hyperparameter("beta_2", self.beta_2),
             "momentum_dtype": self.momentum_dtype,
             "cautious": self.cautious,
             "exclude_from_weight_decay": list(self._exclusion_patterns),
@@ -578,5 +591,31 @@ class Lion(keras.optimizers.Optimizer):
         return super().from_config(config, custom_objects=custom_objects)
 
 
-def _serialize_hyperparameter(value: Hyperparameter) -> Any:
-    return keras.saving.serialize_keras_object(value) if callable(value) else value
+def _serialize_hyperparameter(name: str, value: Hyperparameter) -> Any:
+    return _check_loadable(name, value) if callable(value) else value
+
+
+def _is_plain_callable(value: Any) -> bool:
+    """A function given as a hyperparameter (not a schedule, not a variable)."""
+    return callable(value) and not isinstance(
+        value, (keras.optimizers.schedules.LearningRateSchedule, keras.Variable))
+
+
+def _check_loadable(name: str, function: Any) -> Any:
+    """The function's saved form, checked at save time to load again: an R
+    function, or an unregistered Python one, would save and then fail to load."""
+    config = keras.saving.serialize_keras_object(function)
+    try:
+        loaded = keras.saving.deserialize_keras_object(config, safe_mode=False)
+    except Exception as error:
+        loaded, problem = None, f" ({error})"
+    else:
+        problem = ""
+    if not callable(loaded):
+        raise ValueError(
+            f"Argument `{name}` is a function that Keras cannot save so that it loads again"
+            f"{problem}. Before saving, set `{name}` to a number (from R, "
+            f"`optimizer${name} <- 0.9`), or give a Python function registered with "
+            f"`@keras.saving.register_keras_serializable()`; an R function cannot be saved. "
+            f"Received: {name}={function!r}")
+    return config

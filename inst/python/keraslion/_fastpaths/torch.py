@@ -51,6 +51,7 @@ class Block(NamedTuple):
     momentums: list[Any]
     scratch: list[Any]
     grads: list[tuple[int, slice | None]]  # which gradient, and which part of it if cut
+    flat: Any = None  # the block's part of the scratch buffer, in one piece
 
 
 class Plan(NamedTuple):
@@ -92,17 +93,20 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
               for i, part in block.grads]
         weight_decay = live.weight_decay if block.decayed else None
         lr, beta_1_tensor, beta_2_tensor = scalars[dtype]
-        _lion(block.params, block.momentums, gs, block.scratch, lr,
+        _lion(block.params, block.momentums, gs, block.scratch, block.flat, lr,
               beta_1_tensor, one_minus_beta_1, beta_2_tensor, 1 - beta_2, weight_decay)
 
 
-def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], lr: Any,
+def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], flat: Any, lr: Any,
           beta_1: Any, one_minus_beta_1: float, beta_2: Any, one_minus_beta_2: float,
           weight_decay: float | None) -> None:
     torch._foreach_copy_(cs, ms)
     torch._foreach_mul_(cs, beta_1)
     torch._foreach_add_(cs, gs, alpha=one_minus_beta_1)
+    # torch.sign(NaN) is 0: keep NaN, as the plain path does (lion.sign).
+    nan = torch.isnan(flat)
     torch._foreach_sign_(cs)
+    flat.masked_fill_(nan, float("nan"))
     if weight_decay is not None:
         torch._foreach_add_(cs, ps, alpha=weight_decay)
     torch._foreach_addcmul_(ps, cs, [lr] * len(ps), value=-1)
@@ -148,7 +152,7 @@ def _blocks(optimizer: Any, variables: list[Any]) -> list[Block]:
             for part in parts:
                 n = p.numel() if part is None else part.stop - part.start
                 if used + n > BLOCK:
-                    blocks.append(block)
+                    blocks.append(block._replace(flat=scratch[:used]))
                     block, used = Block(decayed, [], [], [], []), 0
                 block.params.append(p if part is None else p.view(-1)[part])
                 block.momentums.append(m if part is None else m.view(-1)[part])
@@ -156,5 +160,5 @@ def _blocks(optimizer: Any, variables: list[Any]) -> list[Block]:
                 block.grads.append((i, part))
                 used += n
         if used:
-            blocks.append(block)
+            blocks.append(block._replace(flat=scratch[:used]))
     return blocks

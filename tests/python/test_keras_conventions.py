@@ -1,0 +1,220 @@
+"""Hyperparameters as Keras users set them (issue 13, part 2), on the current backend.
+
+Each test here failed on keraslion 0.2.0 (commit 7e804b7):
+- a `keras.Variable` learning rate was copied once; a learning-rate function
+  was not checked when called (NaN, negative, `None` or `True` trained);
+- numbers that do not survive float32 were accepted (and became 0 or Inf);
+- a float16 momentum overflowed to Inf on one spike and froze its element;
+- two optimizers created without a name shared the name "lion";
+- `skip_nonfinite` turned on after the first step crashed at the next NaN;
+- a beta given as a function that cannot be loaded again saved without
+  complaint, and `load_model()` failed;
+- setting the learning rate or weight decay to a tensor inside a
+  `tf.function` raised (it works with Keras's Lion).
+"""
+
+import keras
+import numpy as np
+import pytest
+from conftest import numpy_lion, to_numpy
+
+from keraslion import Lion
+
+BACKEND = keras.backend.backend()
+
+
+def one_variable(values=(1.0, -2.0, 3.0)):
+    return keras.Variable(np.asarray(values, np.float32), name="kernel")
+
+
+def test_a_keras_variable_learning_rate_is_followed_at_every_step():
+    rate = keras.Variable(0.25, dtype="float32", name="my_rate")
+    optimizer = Lion(learning_rate=rate)
+    variable = one_variable()
+    gradient = [keras.ops.ones((3,))]
+    optimizer.apply(gradient, [variable])
+    np.testing.assert_allclose(to_numpy(variable), [0.75, -2.25, 2.75])
+    rate.assign(0.5)
+    optimizer.apply(gradient, [variable])
+    np.testing.assert_allclose(to_numpy(variable), [0.25, -2.75, 2.25])
+    # It is the optimizer's learning-rate variable: saved and loaded with it.
+    assert any(v is rate for v in optimizer.variables)
+    assert optimizer.get_config()["learning_rate"] == 0.5
+    # A number assigned later goes into the followed variable.
+    optimizer.learning_rate = 0.125
+    assert float(to_numpy(rate)) == 0.125
+
+
+def test_another_variable_cannot_replace_the_learning_rate():
+    optimizer = Lion(learning_rate=0.1)
+    with pytest.raises(TypeError, match="`keras.Variable`.*learning_rate="):
+        optimizer.learning_rate = keras.Variable(0.5)
+    assert float(to_numpy(optimizer.learning_rate)) == pytest.approx(0.1)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a tf.Variable needs TensorFlow")
+def test_a_tf_variable_learning_rate_is_refused_not_copied():
+    import tensorflow as tf
+
+    with pytest.raises(TypeError, match="`learning_rate`.*keras.Variable"):
+        Lion(learning_rate=tf.Variable(0.1))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+@pytest.mark.parametrize("result", [None, -0.05, float("nan"), float("inf"), True, "0.1", 1e39],
+                         ids=repr)
+def test_a_learning_rate_function_is_checked_when_called(result, fast):
+    current = {"value": 0.1}
+    optimizer = Lion(learning_rate=lambda: current["value"])
+    if not fast:
+        optimizer._fast_path = None
+    variable = one_variable()
+    optimizer.apply([keras.ops.ones((3,))], [variable])
+    before = [to_numpy(v).copy() for v in (variable, *optimizer.variables)]
+    current["value"] = result
+    with pytest.raises((ValueError, TypeError), match="`learning_rate"):
+        optimizer.apply([keras.ops.ones((3,))], [variable])
+    for old, new in zip(before, [to_numpy(v) for v in (variable, *optimizer.variables)]):
+        np.testing.assert_array_equal(new, old)
+
+
+@pytest.mark.parametrize("argument, value", [
+    ("learning_rate", 1e39), ("learning_rate", 1e-46), ("weight_decay", 1e39),
+    ("clipnorm", 1e-46), ("clipvalue", 1e39), ("global_clipnorm", 1e-46),
+    ("loss_scale_factor", 1e39)])
+def test_numbers_that_do_not_survive_float32_are_refused(argument, value):
+    with pytest.raises(ValueError, match=f"`{argument}`.*float32.*{argument}="):
+        Lion(**{argument: value})
+
+
+def test_float32_limits_apply_when_set_too_and_the_betas_keep_their_whole_range():
+    optimizer = Lion(weight_decay=0.1)
+    with pytest.raises(ValueError, match="`weight_decay`.*float32"):
+        optimizer.weight_decay = 1e39
+    assert optimizer.weight_decay == 0.1
+    # Documented edge values of the betas' ranges, far below float32's reach.
+    Lion(beta_1=1e-40, beta_2=1e-50)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_a_float16_momentum_saturates_and_keeps_following_the_gradient(fast):
+    optimizer = Lion(learning_rate=2.0**-10, momentum_dtype="float16")
+    if not fast:
+        optimizer._fast_path = None
+    variable = keras.Variable(np.zeros(4, np.float32))
+    spike = np.array([1e9, -1e9, 1.0, -1.0], np.float32)
+    optimizer.apply([keras.ops.convert_to_tensor(spike)], [variable])
+    momentum = to_numpy(optimizer._momentums[0]).astype(np.float64)
+    assert np.all(np.isfinite(momentum))
+    np.testing.assert_array_equal(momentum[:2], [65504.0, -65504.0])
+    # The opposite gradient wears the saturated momentum down and turns the
+    # step round, as a float32 momentum does (an infinite one never would).
+    reverse = keras.ops.convert_to_tensor(-np.sign(spike) * 100.0)
+    before = to_numpy(variable).copy()
+    for _ in range(1200):
+        optimizer.apply([reverse], [variable])
+    before_last = to_numpy(variable).copy()
+    optimizer.apply([reverse], [variable])
+    step = to_numpy(variable) - before_last
+    np.testing.assert_array_equal(np.sign(step), np.sign(spike))
+    assert np.all(to_numpy(variable) != before)
+
+
+def test_a_nan_in_a_float16_momentum_stays_nan():
+    optimizer = Lion(momentum_dtype="float16")
+    variable = keras.Variable(np.zeros(2, np.float32))
+    optimizer.apply([keras.ops.convert_to_tensor(np.array([np.nan, 1e9], np.float32))],
+                    [variable])
+    momentum = to_numpy(optimizer._momentums[0]).astype(np.float64)
+    assert np.isnan(momentum[0]) and momentum[1] == 65504.0
+
+
+def test_default_names_are_numbered_as_keras_numbers_them():
+    first, second = Lion(), Lion(name=None)
+    assert first.name != second.name
+    assert first.name.startswith("lion") and second.name.startswith("lion")
+    assert Lion(name="mine").name == "mine"
+    paths = set()
+    for optimizer in (first, second):
+        optimizer.build([one_variable()])
+        paths.update(v.path for v in optimizer.variables)
+    assert len(paths) == 2 * 3  # iteration, learning rate and momentum each
+
+
+def test_skip_nonfinite_turned_on_after_build_is_refused_and_off_works():
+    optimizer = Lion(learning_rate=0.1)
+    variable = one_variable()
+    optimizer.apply([keras.ops.ones((3,))], [variable])
+    with pytest.raises(ValueError, match="`skip_nonfinite`.*before the optimizer is built"):
+        optimizer.skip_nonfinite = True
+    assert optimizer.skip_nonfinite is False
+    nan = keras.ops.convert_to_tensor(np.array([np.nan, 1.0, 1.0], np.float32))
+    optimizer.apply([nan], [variable])  # no AttributeError: NaN spreads, as documented
+    assert np.isnan(to_numpy(variable)[0])
+
+    skipping = Lion(learning_rate=0.1, skip_nonfinite=True)
+    variable = one_variable()
+    skipping.apply([keras.ops.ones((3,))], [variable])
+    skipping.skip_nonfinite = False  # from the next step, NaN is not skipped
+    skipping.apply([nan], [variable])
+    assert np.isnan(to_numpy(variable)[0])
+
+
+@keras.saving.register_keras_serializable(package="keraslion_tests")
+def registered_beta():
+    return 0.9
+
+
+def test_a_beta_function_that_would_not_load_fails_at_save_time(tmp_path):
+    local = {"beta": 0.9}
+
+    def beta_from_a_closure():
+        return local["beta"]
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=Lion(beta_1=beta_from_a_closure), loss="mse")
+    with pytest.raises(ValueError, match="`beta_1` is a function that Keras cannot save"):
+        model.save(tmp_path / "model.keras")
+    model.optimizer.beta_1 = 0.9  # the fix the message gives
+    model.save(tmp_path / "model.keras")
+    assert keras.saving.load_model(tmp_path / "model.keras").optimizer.beta_1 == 0.9
+
+
+def test_a_registered_beta_function_saves_and_loads(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=Lion(beta_2=registered_beta), loss="mse")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.optimizer.beta_2() == 0.9
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function")
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_tensors_set_inside_a_tf_function_are_used(fast):
+    import tensorflow as tf
+
+    optimizer = Lion(learning_rate=0.5, weight_decay=0.0)
+    if not fast:
+        optimizer._fast_path = None
+    variable = keras.Variable(np.array([1.0, -2.0, 4.0], np.float32))
+    gradient = np.array([1.0, -1.0, 1.0], np.float32)
+
+    @tf.function
+    def step(learning_rate, weight_decay):
+        optimizer.learning_rate = learning_rate
+        optimizer.weight_decay = weight_decay
+        optimizer.apply([tf.constant(gradient)], [variable])
+
+    step(tf.constant(2.0**-4), tf.constant(0.5))
+    expected, _ = numpy_lion([1.0, -2.0, 4.0], [gradient], 2.0**-4, weight_decay=0.5)
+    np.testing.assert_allclose(to_numpy(variable), expected, rtol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's 64-bit mode")
+def test_a_float64_momentum_without_jax_x64_is_refused():
+    import jax
+
+    if jax.config.jax_enable_x64:
+        pytest.skip("JAX's 64-bit mode is on in this process")
+    with pytest.raises(ValueError, match="`momentum_dtype`.*JAX_ENABLE_X64"):
+        Lion(momentum_dtype="float64")

@@ -273,6 +273,20 @@ test_that("a learning rate function's result is checked when it is called", {
   expect_equal(one_step(function() 0.25), c(0.75, 1.25))
 })
 
+test_that("a beta given as an R function fails at save time, naming it", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  path <- withr::local_tempfile(fileext = ".keras")
+  model <- keras$Sequential(list(keras$Input(shape = list(2L)), keras$layers$Dense(1L)))
+  model$compile(optimizer = optimizer_lion(beta_2 = function() 0.95), loss = "mse")
+  # Saved, it would not load: Keras cannot find an R function again.
+  expect_error(model$save(path), "`beta_2` is a function that Keras cannot save")
+  # The fix the message gives: a number.
+  model$optimizer$beta_2 <- 0.95
+  model$save(path)
+  expect_equal(keras$saving$load_model(path)$optimizer$beta_2, 0.95)
+})
+
 test_that("a model trained with optimizer_lion() classifies iris", {
   skip_if_no_keras()
   keras <- keras_module()

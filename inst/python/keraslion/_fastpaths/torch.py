@@ -51,7 +51,7 @@ class Block(NamedTuple):
     momentums: list[Any]
     scratch: list[Any]
     grads: list[tuple[int, slice | None]]  # which gradient, and which part of it if cut
-    flat: Any = None  # the block's part of the scratch buffer, in one piece
+    flat: Any = None  # the block's part of the scratch buffer (its views' storage), in one piece
 
 
 class Plan(NamedTuple):
@@ -103,10 +103,7 @@ def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], flat: Any,
     torch._foreach_copy_(cs, ms)
     torch._foreach_mul_(cs, beta_1)
     torch._foreach_add_(cs, gs, alpha=one_minus_beta_1)
-    # torch.sign(NaN) is 0: keep NaN, as the plain path does (lion.sign).
-    nan = torch.isnan(flat)
-    torch._foreach_sign_(cs)
-    flat.masked_fill_(nan, float("nan"))
+    _sign_(flat)
     if weight_decay is not None:
         torch._foreach_add_(cs, ps, alpha=weight_decay)
     torch._foreach_addcmul_(ps, cs, [lr] * len(ps), value=-1)
@@ -118,6 +115,22 @@ def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], flat: Any,
         torch._foreach_mul_(cs, beta_2)
         torch._foreach_add_(cs, gs, alpha=one_minus_beta_2)
         torch._foreach_copy_(ms, cs)
+
+
+#: Powers of two whose product scales the smallest subnormal of a dtype to 1.
+_TO_ONE = {torch.float32: (2.0**127, 2.0**22), torch.float64: (2.0**1023, 2.0**51)}
+
+
+def _sign_(c: Any) -> None:
+    """sign(c), in place, as clamp(c * 2**149, -1, 1) (float64: 2**1074).
+
+    Exact for every value (the smallest subnormal scales to 1, larger values
+    beyond; infinities stay infinite), NaN where c is NaN (torch.sign gives 0
+    there, unlike NumPy, JAX and TensorFlow), and one pass over the block's
+    contiguous scratch instead of a kernel per tensor.
+    """
+    first, second = _TO_ONE[c.dtype]
+    c.mul_(first).mul_(second).clamp_(-1.0, 1.0)
 
 
 def _plan(optimizer: Any, variables: list[Any]) -> Plan:

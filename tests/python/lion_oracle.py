@@ -21,15 +21,18 @@ optimizer really saw:
 - The compute dtype is float64 if the weight or the momentum is float64,
   else float32; eps_c is its machine epsilon, tiny_c its smallest subnormal.
 
-Subnormals on CPU: XLA (JAX, and TensorFlow with or without jit_compile)
-runs with flush-to-zero and denormals-are-zero, so there a subnormal input
-or result is 0. For these backends (`flushes_subnormals=True`), and only
-there, tiny_c is the smallest *normal* number of the compute dtype (in the
-ambiguity bound below), a stored value may also be off by that much, and a
-cautious element whose gradient is subnormal may count as not agreeing
-(its gradient was 0). A coefficient that is itself subnormal (beta_1 =
-1e-40 in float32) is not excused: flushing it changes c = beta_1 * m by far
-more than a rounding wherever |beta_1 * m| is normal.
+Subnormals on CPU: JAX (XLA) and TensorFlow (with or without XLA) run with
+flush-to-zero and denormals-are-zero, so there a subnormal input or result
+is 0. For these backends (`flushes_subnormals=True`), and only there:
+tiny_c is the smallest *normal* number of the compute dtype; a gradient
+subnormal in the weight dtype, or a momentum subnormal in the momentum
+dtype, may be read as 0, so the terms it contributes (|(1 - beta_1) g|,
+|beta_1 m| to c; |(1 - beta_2) g|, |beta_2 m| to m') are added to the
+ambiguity bound and the momentum's tolerance; a stored value may be off by
+tiny_c; and a cautious element whose gradient is subnormal may count as
+not agreeing. A coefficient that is itself subnormal (beta_1 = 1e-40 in
+float32) is not excused: flushing it changes c = beta_1 * m by far more
+than a rounding wherever |beta_1 * m| is normal.
 
 Tolerances (one rounding, no more):
 
@@ -200,15 +203,24 @@ def lion_step(theta: np.ndarray, m: np.ndarray, g: np.ndarray, *, learning_rate:
     theta, m, g = (np.asarray(x, np.float64) for x in (theta, m, g))
     dtype = compute_dtype(weight_dtype, momentum_dtype)
     eps, tiny = float(finfo(dtype).eps), smallest(dtype, flushes_subnormals)
+    # Where subnormals are flushed: the gradient (in the weight dtype) and
+    # momentum (in its dtype) that may be read as 0.
     flushed = np.zeros(g.shape, bool)
+    lost_g, lost_m = np.zeros(g.shape), np.zeros(m.shape)
     if flushes_subnormals:
         flushed = (g != 0) & (np.abs(g) < float(finfo(dtype).smallest_normal))
+        lost_g = np.where((g != 0) & (np.abs(g) < float(finfo(weight_dtype).smallest_normal)),
+                          np.abs(g), 0.0)
+        lost_m = np.where((m != 0) & (np.abs(m) < float(finfo(momentum_dtype).smallest_normal)),
+                          np.abs(m), 0.0)
+        flushed |= lost_g > 0
     lr = float(np.float32(learning_rate))
     with np.errstate(all="ignore"):
         from_m, from_g = beta_1 * m, (1 - beta_1) * g
         c = from_m + from_g
         ambiguous = np.isfinite(c) & (np.abs(c) <= 8 * eps * (np.abs(from_m) + np.abs(from_g))
-                                      + 4 * tiny)
+                                      + 4 * tiny + abs(beta_1) * lost_m
+                                      + abs(1 - beta_1) * lost_g)
         direction = np.sign(c)  # NaN where c is NaN
         decay = weight_decay * theta
         if not cautious:
@@ -241,7 +253,8 @@ def lion_step(theta: np.ndarray, m: np.ndarray, g: np.ndarray, *, learning_rate:
         tolerance_m = np.maximum(ulp(expected_m, momentum_dtype),
                                  4 * eps * (np.abs(beta_2 * m) + np.abs((1 - beta_2) * g)))
         if flushes_subnormals:
-            tolerance_m = np.maximum(tolerance_m, tiny)
+            tolerance_m = np.maximum(tolerance_m, tiny + abs(beta_2) * lost_m
+                                     + abs(1 - beta_2) * lost_g)
     notes = {"theta": theta, "m": m, "g": g, "c": c, "ambiguous": ambiguous}
     return Expected(weights, notes), Expected([(expected_m[None], tolerance_m[None])], notes)
 
@@ -335,9 +348,13 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
             if old is not None and not _identical(old[i], new[i]):
                 problems.append(f"{path}: {kind} changed by a step that must change nothing")
 
+    finalized = config.use_ema and config.finalize_ema
     if config.skip_nonfinite and not all(np.isfinite(g).all() for g in grads):
-        for kind in ("weights", "momentums", "accumulators", "averages"):
+        for kind in ("momentums", "accumulators", "averages", *(() if finalized else ("weights",))):
             unchanged(kind)
+        for i, path in enumerate(config.paths):
+            if finalized and not _identical(after.weights[i], after.averages[i]):
+                problems.append(f"{path}: weights not set to their EMA average by fit()")
         if after.iterations != before.iterations:
             problems.append(
                 f"iterations {before.iterations} -> {after.iterations} in a skipped step")
@@ -389,7 +406,7 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
         if message:
             problems.append(message)
 
-    overwritten = config.use_ema and config.finalize_ema
+    overwritten = finalized
     if config.use_ema:
         iterations = before.iterations // steps if steps else before.iterations
         frequency = config.ema_overwrite_frequency

@@ -109,7 +109,10 @@
 #' @param exclude_from_weight_decay `NULL` or a character vector of regular
 #'   expressions: a weight whose path (such as `"dense/bias"`) or name
 #'   matches any of them gets no weight decay, e.g. `c("bias", "norm")`.
-#'   Saved with the optimizer. Python's `re` module applies them, so they
+#'   Each tail of the path after a `/` is tried too, so `"^head/kernel$"`
+#'   matches whether or not Keras puts the model's name in front (it does for
+#'   a `keras_model_sequential()` built in code, `"sequential/head/kernel"`,
+#'   not once it is loaded from a file). Saved with the optimizer. Python's `re` module applies them, so they
 #'   are written in its syntax and checked by it: R's classes such as
 #'   `"[[:alpha:]]"` are an error, use `"[a-zA-Z]"` instead.
 #' @param skip_nonfinite `TRUE` or `FALSE`: when `TRUE`, a step whose

@@ -116,6 +116,26 @@ def test_patterns_match_paths_and_names():
     }
 
 
+def test_anchored_patterns_match_a_sequential_model_built_in_code_and_loaded(tmp_path):
+    # Built in code, Keras puts the model's name in front ("seq/head/kernel");
+    # loaded from a file, it does not ("head/kernel"). Both must decay alike.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="body"),
+                              keras.layers.Dense(2, name="head")], name="seq")
+    model.compile(optimizer=Lion(weight_decay=0.5,
+                                 exclude_from_weight_decay=["^head/kernel$", "bias$"]),
+                  loss="mse")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert model.layers[1].kernel.path == "seq/head/kernel"
+    assert loaded.layers[1].kernel.path == "head/kernel"
+    for m in (model, loaded):
+        m.optimizer.build(m.trainable_variables)
+        decays = {v.path.split("/", 1)[-1] if v.path.startswith("seq/") else v.path:
+                  m.optimizer._use_weight_decay(v) for v in m.trainable_variables}
+        assert decays == {"body/kernel": True, "body/bias": False,
+                          "head/kernel": False, "head/bias": False}
+
+
 def test_plain_string_is_one_pattern_not_its_characters():
     model = decay_model()
     for v in model.trainable_variables:

@@ -199,9 +199,13 @@ class Lion(keras.optimizers.Optimizer):
             of the kept fraction of their tensor. The momentum update and the
             weight decay are unchanged. Defaults to `False`.
         exclude_from_weight_decay: `None`, a string or a list of strings:
-            Python regular expressions (module `re`); a variable whose path (e.g. `"dense/bias"`)
-            or name matches any of them gets no weight decay. Saved with the
-            optimizer.
+            Python regular expressions (module `re`); a variable whose path
+            (e.g. `"dense/bias"`), or name, matches any of them gets no weight
+            decay. Each tail of the path that starts after a `/` is tried too,
+            so that `"^head/kernel$"` matches whether or not Keras puts the
+            model's name in front (it does for a Sequential model built in
+            code, `"seq/head/kernel"`, not for one loaded from a file). Saved
+            with the optimizer.
         skip_nonfinite: If `True`, a step whose gradients hold NaN or Inf
             leaves the weights, the momentum, the EMA and the iteration count
             untouched; such steps are counted in `nonfinite_steps`.
@@ -458,7 +462,11 @@ class Lion(keras.optimizers.Optimizer):
     def _decays_by_name(self, variable: keras.Variable) -> bool:
         if self._var_key(variable) in self._excluded_variable_keys:
             return False
-        names = [getattr(variable, "path", ""), variable.name]
+        # Each tail of the path that starts at a "/" too: Keras puts a Sequential
+        # model's name in front of its variables' paths when it is built in code
+        # ("seq/head/kernel") but not once loaded ("head/kernel").
+        parts = getattr(variable, "path", "").split("/")
+        names = ["/".join(parts[i:]) for i in range(len(parts))] + [variable.name]
         return not any(re.search(pattern, name)
                        for pattern in self._exclusion_patterns for name in names)
 

@@ -303,10 +303,12 @@ class Config:
         return self.momentum_dtype or self.weight_dtype
 
 
-def _identical(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bit for bit, as float64 (NaN equals NaN, -0 differs from +0)."""
+def identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same values, as float64: -0 differs from +0, and NaN equals NaN
+    (whatever its sign and payload, which XLA does not keep)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return a.shape == b.shape and a.tobytes() == b.tobytes()
+    return a.shape == b.shape and bool(np.all(
+        ((a == b) & (np.signbit(a) == np.signbit(b))) | (np.isnan(a) & np.isnan(b))))
 
 
 def _in_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -345,7 +347,7 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
     def unchanged(kind: str) -> None:
         for i, path in enumerate(config.paths):
             old, new = getattr(before, kind), getattr(after, kind)
-            if old is not None and not _identical(old[i], new[i]):
+            if old is not None and not identical(old[i], new[i]):
                 problems.append(f"{path}: {kind} changed by a step that must change nothing")
 
     finalized = config.use_ema and config.finalize_ema
@@ -353,7 +355,7 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
         for kind in ("momentums", "accumulators", "averages", *(() if finalized else ("weights",))):
             unchanged(kind)
         for i, path in enumerate(config.paths):
-            if finalized and not _identical(after.weights[i], after.averages[i]):
+            if finalized and not identical(after.weights[i], after.averages[i]):
                 problems.append(f"{path}: weights not set to their EMA average by fit()")
         if after.iterations != before.iterations:
             problems.append(
@@ -445,7 +447,7 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
                 problems.append(message)
     for i, path in enumerate(config.paths):
         if overwritten:
-            if not _identical(after.weights[i], after.averages[i]):
+            if not identical(after.weights[i], after.averages[i]):
                 problems.append(f"{path}: weights not overwritten by their EMA average")
             continue
         message = describe(f"{path}: weights", after.weights[i], new_weights[i])

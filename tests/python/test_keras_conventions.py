@@ -45,6 +45,51 @@ def test_a_keras_variable_learning_rate_is_followed_at_every_step():
     assert float(to_numpy(rate)) == 0.125
 
 
+def test_a_variable_learning_rate_keeps_the_step_count_and_saves(tmp_path):
+    rate = keras.Variable(0.01, dtype="float32", name="my_rate")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=Lion(learning_rate=rate), loss="mse")
+    optimizer = model.optimizer
+    # Only the learning-rate slot is the user's variable; the count stays.
+    assert [v is rate for v in optimizer.variables] == [False, True]
+    assert optimizer.variables[0] is optimizer._iterations
+    x = np.ones((8, 2), np.float32)
+    model.fit(x, np.zeros((8, 1), np.float32), batch_size=4, epochs=1, verbose=0)
+    assert int(to_numpy(optimizer.iterations)) == 2
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert int(to_numpy(loaded.optimizer.iterations)) == 2
+    assert float(to_numpy(loaded.optimizer.learning_rate)) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_variable_betas_and_weight_decay_are_followed(fast):
+    beta_1, beta_2 = keras.Variable(0.9), keras.Variable(0.99)
+    weight_decay = keras.Variable(0.0)
+    optimizer = Lion(learning_rate=2.0**-4, beta_1=beta_1, beta_2=beta_2,
+                     weight_decay=weight_decay)
+    if not fast:
+        optimizer._fast_path = None
+    variable = keras.Variable(np.array([1.0, -2.0, 4.0], np.float32))
+    gradient = np.array([1.0, -1.0, 0.5], np.float32)
+    theta, m = np.array([1.0, -2.0, 4.0]), None
+    for b1, b2, wd in [(0.9, 0.99, 0.0), (0.5, 0.25, 0.5)]:
+        beta_1.assign(b1)
+        beta_2.assign(b2)
+        weight_decay.assign(wd)
+        optimizer.apply([keras.ops.convert_to_tensor(gradient)], [variable])
+        theta, m = numpy_lion(theta, [gradient], 2.0**-4, b1, b2, wd, momentum=m)
+        np.testing.assert_allclose(to_numpy(variable), theta, rtol=1e-6)
+    config = optimizer.get_config()
+    assert (config["beta_1"], config["beta_2"], config["weight_decay"]) == (0.5, 0.25, 0.5)
+
+
+def test_a_variable_with_a_bad_value_is_refused():
+    for argument, value in [("learning_rate", -0.01), ("beta_1", 0.0), ("weight_decay", -0.5)]:
+        with pytest.raises(ValueError, match=f"`{argument}`"):
+            Lion(**{argument: keras.Variable(value)})
+
+
 def test_another_variable_cannot_replace_the_learning_rate():
     optimizer = Lion(learning_rate=0.1)
     with pytest.raises(TypeError, match="`keras.Variable`.*learning_rate="):
@@ -141,23 +186,19 @@ def test_default_names_are_numbered_as_keras_numbers_them():
     assert len(paths) == 2 * 3  # iteration, learning rate and momentum each
 
 
-def test_skip_nonfinite_turned_on_after_build_is_refused_and_off_works():
-    optimizer = Lion(learning_rate=0.1)
+@pytest.mark.parametrize("initially", [False, True])
+def test_skip_nonfinite_changed_after_build_is_refused(initially):
+    # On, it would need a variable; off, a compiled step would go on skipping.
+    optimizer = Lion(learning_rate=0.1, skip_nonfinite=initially)
     variable = one_variable()
     optimizer.apply([keras.ops.ones((3,))], [variable])
     with pytest.raises(ValueError, match="`skip_nonfinite`.*before the optimizer is built"):
-        optimizer.skip_nonfinite = True
-    assert optimizer.skip_nonfinite is False
+        optimizer.skip_nonfinite = not initially
+    assert optimizer.skip_nonfinite is initially
+    optimizer.skip_nonfinite = initially  # no change: fine
     nan = keras.ops.convert_to_tensor(np.array([np.nan, 1.0, 1.0], np.float32))
-    optimizer.apply([nan], [variable])  # no AttributeError: NaN spreads, as documented
-    assert np.isnan(to_numpy(variable)[0])
-
-    skipping = Lion(learning_rate=0.1, skip_nonfinite=True)
-    variable = one_variable()
-    skipping.apply([keras.ops.ones((3,))], [variable])
-    skipping.skip_nonfinite = False  # from the next step, NaN is not skipped
-    skipping.apply([nan], [variable])
-    assert np.isnan(to_numpy(variable)[0])
+    optimizer.apply([nan], [variable])  # no AttributeError
+    assert np.isnan(to_numpy(variable)[0]) != initially
 
 
 @keras.saving.register_keras_serializable(package="keraslion_tests")

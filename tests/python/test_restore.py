@@ -340,3 +340,26 @@ def test_state_warnings_can_be_routed(monkeypatch):
         warnings.warn("other", UserWarning, stacklevel=1)
     assert routed == ["state"]
     assert [str(w) for w in shown] == ["other"]
+
+
+@pytest.mark.parametrize("saved, loaded", [
+    ({"gradient_accumulation_steps": 2}, {"use_ema": True}),
+    ({"use_ema": True}, {"gradient_accumulation_steps": 2}),
+], ids=["accumulators_into_ema", "ema_into_accumulators"])
+def test_averages_and_accumulators_are_not_taken_for_each_other(saved, loaded, tmp_path):
+    # Alike in the store; their values tell them apart (an average lies near
+    # its weight), and a store read the wrong way would load silently.
+    path = save(trained(Lion(**saved)), tmp_path, "weights.h5")
+    model = make_model(Lion(**loaded))
+    before = state(model.optimizer.variables)
+    with pytest.raises(ValueError, match="cannot be told apart"):
+        model.load_weights(path)
+    assert_same(state(model.optimizer.variables), before)
+    # Resumed with its own options, each loads as it was saved.
+    source = trained(Lion(**saved))
+    path = save(source, tmp_path, "weights.h5", "same")
+    model = make_model(Lion(**saved))
+    load_quietly(model, path)
+    for ours, theirs in zip(model.optimizer.variables, source.optimizer.variables,
+                            strict=True):
+        np.testing.assert_array_equal(value(ours), value(theirs))

@@ -115,8 +115,22 @@ def optional_number_in(name: str, value: Any, low: float, **kwargs: Any) -> floa
 def live_number_in(name: str, value: Any, low: float, **kwargs: Any) -> Any:
     """As `optional_number_in`, but a tensor traced under jit or tf.function
     (set inside a compiled function, as Keras's optimizers allow) is taken
-    as it is: its value cannot be read to check it."""
+    as it is: its value cannot be read to check it. A `keras.Variable` is
+    kept, to be read at every step (its value now checked)."""
+    if isinstance(value, keras.Variable):
+        return followed_variable(name, value, low, **kwargs)
     return value if _is_symbolic(value) else optional_number_in(name, value, low, **kwargs)
+
+
+def followed_variable(name: str, value: Any, low: float, *args: Any, **kwargs: Any) -> Any:
+    """A `keras.Variable` hyperparameter, read at every step: a float scalar
+    whose current value is in range."""
+    if value.shape != () or not keras.backend.is_float_dtype(value.dtype):
+        raise ValueError(
+            f"Argument `{name}` given as a `keras.Variable` must be a float scalar. "
+            f"{_received(name, value)}")
+    number_in(name, keras.ops.convert_to_numpy(value), low, *args, **kwargs)
+    return value
 
 
 #: The intervals of the betas: beta_1 in (0, 1], beta_2 in [0, 1).
@@ -136,6 +150,10 @@ def beta(name: str, value: Any) -> Any:
             f"{_received(name, value)}"
         )
     if callable(value):
+        return value
+    if isinstance(value, keras.Variable):
+        return followed_variable(name, value, 0.0, 1.0, **_BETAS[name])
+    if _is_symbolic(value):
         return value
     return number_in(name, value, 0.0, 1.0, **_BETAS[name])
 
@@ -159,11 +177,7 @@ def learning_rate(value: Any) -> Any:
     a `keras.Variable` (followed at every step), a traced tensor, else a float
     >= 0 that survives float32."""
     if isinstance(value, keras.Variable):
-        if value.shape != () or not keras.backend.is_float_dtype(value.dtype):
-            raise ValueError(
-                f"Argument `learning_rate` given as a `keras.Variable` must be a float scalar. "
-                f"{_received('learning_rate', value)}")
-        return value
+        return followed_variable("learning_rate", value, 0.0, float32=True)
     if hasattr(value, "assign") and hasattr(value, "dtype"):
         # A tf.Variable or the like would be read once and copied.
         raise TypeError(

@@ -218,7 +218,7 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
         return plan
     trainables = list(optimizer._trainable_variables) if optimizer.built else []
     readings = list(candidate_readings(entries, trainables))
-    best, ambiguity = choose(readings, own_options(optimizer), own, entries)
+    best, ambiguity = choose(readings, own_options(optimizer), own, entries, trainables)
     if not best:
         plan.problems.append((
             f"{ambiguity or 'its layout fits none this optimizer could have saved'} "
@@ -381,7 +381,7 @@ def align_units(saved: list[tuple[int, ...]], shapes: list[tuple[int, ...]],
 
 
 def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Variable],
-           entries: list[Entry]) -> tuple[list[Reading], str | None]:
+           entries: list[Entry], trainables: list[Any]) -> tuple[list[Reading], str | None]:
     """The readings with the fewest problems, then closest to this optimizer's options.
 
     Several only where they load the same (they may drop different roles:
@@ -400,7 +400,27 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
     if any(loaded(r) != loaded(best[0]) for r in best[1:]):
         return [], ("its layout can be read in more than one way, each loading different "
                     "variables")
+    # Moving averages and gradient accumulators lie alike in the store: the
+    # values decide (an average lies near the weights it averages).
+    rivals = [r for r in readings if r.rank == best[0].rank and loaded(r) != loaded(best[0])]
+    as_averages = [r for r in [best[0], *rivals] if r.options.ema]
+    if rivals and as_averages and (
+            looks_like_averages(as_averages[0], trainables, entries) != best[0].options.ema):
+        return [], ("its moving averages and gradient accumulators cannot be told apart, "
+                    "and its values do not settle which they are")
     return best, None
+
+
+def looks_like_averages(reading: Reading, trainables: list[Any], entries: list[Entry]) -> bool:
+    """Whether the entries this reading takes for moving averages lie near the
+    current weights, as averages of them do (summed gradients need not)."""
+    pairs = [(entry.value, trainables[index]) for (role, index), entry
+             in zip(reading.slots, entries) if role == "average" and index is not None]
+    for value, variable in pairs:
+        weight = np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
+        if np.median(np.abs(value - weight)) > 0.5 * np.median(np.abs(weight)) + 1e-12:
+            return False
+    return bool(pairs)
 
 
 def describe(slot: Slot, trainables: list[Any]) -> str:

@@ -279,8 +279,11 @@ class Lion(keras.optimizers.Optimizer):
     def _follow_learning_rate(self, variable: keras.Variable) -> None:
         """Uses the user's variable as the learning rate (read at every step,
         saved and loaded) in place of the copy Keras made of its value."""
-        self._variables[self._variables.index(self._learning_rate)] = variable
-        self._learning_rate = variable
+        copy = self._learning_rate
+        self._learning_rate = variable  # which Keras's tracking appends to the variables
+        # In the copy's place (compared by identity: == compares values).
+        self._variables[:] = [variable if v is copy else v
+                              for v in self._variables if v is not variable]
 
     def build(self, variables: list[keras.Variable]) -> None:
         if self.built:
@@ -350,12 +353,14 @@ class Lion(keras.optimizers.Optimizer):
     @skip_nonfinite.setter
     def skip_nonfinite(self, value: bool) -> None:
         value = _checks.boolean("skip_nonfinite", value)
-        if value and self.built and not hasattr(self, "_nonfinite_steps"):
+        if self.built and value != self._skip_nonfinite:
+            # On: it would need the `nonfinite_steps` variable. Off: a compiled
+            # train step has traced the check in and would go on skipping.
             raise ValueError(
-                "`skip_nonfinite` can only be turned on before the optimizer is built (before "
-                "its first step): it adds the `nonfinite_steps` variable. Create the optimizer "
-                "with `skip_nonfinite=True` instead; nothing was changed. "
-                f"Received: skip_nonfinite={value!r}")
+                "`skip_nonfinite` can only be changed before the optimizer is built (before "
+                "its first step); nothing was changed. To change it, compile the model with a "
+                "new optimizer and load the checkpoint into it: the step count and momentums "
+                f"load. Received: skip_nonfinite={value!r}")
         self._skip_nonfinite = value
 
     @property
@@ -582,6 +587,7 @@ class Lion(keras.optimizers.Optimizer):
         config.update({
             "beta_1": _serialize_hyperparameter("beta_1", self.beta_1),
             "beta_2": _serialize_hyperparameter("beta_2", self.beta_2),
+            "weight_decay": _serialize_hyperparameter("weight_decay", self.weight_decay),
             "momentum_dtype": self.momentum_dtype,
             "cautious": self.cautious,
             "exclude_from_weight_decay": list(self._exclusion_patterns),
@@ -599,7 +605,9 @@ class Lion(keras.optimizers.Optimizer):
         return super().from_config(config, custom_objects=custom_objects)
 
 
-def _serialize_hyperparameter(name: str, value: Hyperparameter) -> Any:
+def _serialize_hyperparameter(name: str, value: Any) -> Any:
+    if isinstance(value, keras.Variable):  # followed while training; saved as its value
+        return float(keras.ops.convert_to_numpy(value))
     return _check_loadable(name, value) if callable(value) else value
 
 
@@ -620,10 +628,13 @@ def _check_loadable(name: str, function: Any) -> Any:
     else:
         problem = ""
     if not callable(loaded):
+        # Keras cannot turn a learning-rate function into a number later.
+        fix = ("create the optimizer with a number, a `keras.Variable` or a "
+               "`LearningRateSchedule` instead" if name == "learning_rate" else
+               f"set `{name}` to a number before saving (from R, `optimizer${name} <- 0.9`)")
         raise ValueError(
             f"Argument `{name}` is a function that Keras cannot save so that it loads again"
-            f"{problem}. Before saving, set `{name}` to a number (from R, "
-            f"`optimizer${name} <- 0.9`), or give a Python function registered with "
-            f"`@keras.saving.register_keras_serializable()`; an R function cannot be saved. "
+            f"{problem}: {fix}, or give a Python function registered with "
+            f"`@keras.saving.register_keras_serializable()`. An R function cannot be saved. "
             f"Received: {name}={function!r}")
     return config

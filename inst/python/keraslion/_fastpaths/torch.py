@@ -75,6 +75,7 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     live = optimizer._hyperparameters()
     beta_1, beta_2 = float(live.beta_1), float(live.beta_2)
     one_minus_beta_1 = 1 - beta_1
+    decay = None if live.weight_decay is None else float(live.weight_decay)
     plan = _plan(optimizer, variables)
     grads = [g if isinstance(g, torch.Tensor) and g.dtype == p.dtype
              else torch.as_tensor(g).to(p.dtype) for g, p in zip(grads, plan.params)]
@@ -91,7 +92,7 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
                               torch.tensor(beta_2, dtype=dtype, device=device))
         gs = [grads[i] if part is None else grads[i].reshape(-1)[part]
               for i, part in block.grads]
-        weight_decay = live.weight_decay if block.decayed else None
+        weight_decay = decay if block.decayed else None
         lr, beta_1_tensor, beta_2_tensor = scalars[dtype]
         _lion(block.params, block.momentums, gs, block.scratch, block.flat, lr,
               beta_1_tensor, one_minus_beta_1, beta_2_tensor, 1 - beta_2, weight_decay)

@@ -51,7 +51,8 @@
 #'   `function() 1e-3` or `function(...) 1e-3`) and returns the learning
 #'   rate. What the function returns is checked each time it is called: `NA`,
 #'   a negative, infinite or non-numeric result is an error naming
-#'   `learning_rate`.
+#'   `learning_rate`. A variable (`keras3::keras_variable(1e-3)`) is
+#'   followed: the optimizer reads its value at every step, and saves it.
 #' @param beta_1 A number in (0, 1], or a function that can be called with no
 #'   arguments and returns one: the weight of the momentum in the
 #'   interpolation whose sign is the step. A number set later with
@@ -64,7 +65,9 @@
 #'   step also subtracts `learning_rate * weight_decay * theta`. A value set
 #'   later with `optimizer$weight_decay <- ...` reaches a compiled `fit()`
 #'   step only when it is rebuilt, as in Keras's own optimizers (see
-#'   "Changing hyperparameters during training").
+#'   "Changing hyperparameters during training"). `beta_1`, `beta_2` and
+#'   `weight_decay` may also be variables (`keras3::keras_variable()`),
+#'   read at every step, as in Keras's own Lion.
 #' @param clipnorm `NULL` or a number > 0: each gradient is clipped so that
 #'   its norm is at most this value.
 #' @param clipvalue `NULL` or a number > 0: each gradient element is clipped
@@ -99,7 +102,11 @@
 #' @param momentum_dtype `NULL` (the weight's own dtype) or one of
 #'   `"float32"`, `"bfloat16"`, `"float16"`, `"float64"`: the dtype the
 #'   momentum is stored in. `"bfloat16"` halves the optimizer's memory; the
-#'   step is still computed in float32.
+#'   step is still computed in float32. A float16 momentum saturates at
+#'   +-65504 (only the sign of `c` matters) instead of overflowing to `Inf`,
+#'   which would fix an element's direction for good. `"float64"` on JAX
+#'   needs JAX's 64-bit mode (`Sys.setenv(JAX_ENABLE_X64 = 1)` before Python
+#'   starts); without it, it is an error.
 #' @param cautious `TRUE` or `FALSE`: cautious Lion (C-Lion, Liang et al.
 #'   2024). Elements whose step direction disagrees in sign with the current
 #'   gradient are not moved; in each weight tensor the other elements are
@@ -118,7 +125,9 @@
 #' @param skip_nonfinite `TRUE` or `FALSE`: when `TRUE`, a step whose
 #'   gradients hold `NaN` or `Inf` leaves the weights, the momentum, the EMA
 #'   and the iteration count untouched, and is counted in
-#'   `optimizer$nonfinite_steps`.
+#'   `optimizer$nonfinite_steps`. It cannot be changed once the optimizer
+#'   has taken its first step (a compiled step has the check traced in):
+#'   compile with a new optimizer and load the checkpoint into it instead.
 #'
 #' @returns The Python optimizer, a `keras.optimizers.Optimizer` (class
 #'   `keraslion.lion.Lion`), ready for `compile()`.
@@ -199,15 +208,16 @@ optimizer_lion <- function(learning_rate = 0.001,
     list(
       learning_rate = as_number(
         learning_rate, "learning_rate", 0,
-        allow_callable = TRUE, float32 = TRUE
+        allow_callable = TRUE, allow_variable = TRUE, float32 = TRUE
       ),
       beta_1 = as_number(beta_1, "beta_1", 0, 1,
-        lower_closed = FALSE, upper_closed = TRUE, allow_callable = TRUE
+        lower_closed = FALSE, upper_closed = TRUE, allow_callable = TRUE,
+        allow_variable = TRUE
       ),
-      beta_2 = as_number(beta_2, "beta_2", 0, 1, allow_callable = TRUE),
+      beta_2 = as_number(beta_2, "beta_2", 0, 1, allow_callable = TRUE, allow_variable = TRUE),
       weight_decay = as_number(
         weight_decay, "weight_decay", 0,
-        allow_null = TRUE, float32 = TRUE
+        allow_null = TRUE, allow_variable = TRUE, float32 = TRUE
       )
     ),
     clipping,

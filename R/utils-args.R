@@ -40,6 +40,9 @@ describe <- function(x) {
     }
     return(paste0("`", format(x, digits = 15), "`"))
   }
+  if (is.environment(x)) {
+    return("an environment")
+  }
   type <- if (is.atomic(x)) paste(typeof(x), "vector") else class(x)[[1]]
   paste0("a ", type, " of length ", length(x))
 }
@@ -95,16 +98,23 @@ py_checks <- function() {
 }
 
 # A Python number, or a 0-d NumPy array or tensor (as keras3's `op_*()`
-# functions return), as an R number; any other value as it is.
+# functions return), as an R number; any other value as it is. A variable
+# (`keras3::keras_variable()`) stays one: Lion follows its value.
 from_py_number <- function(x) {
-  if (!is_py_object(x)) {
+  if (!is_py_object(x) || is_py_variable(x)) {
     return(x)
   }
   number <- tryCatch(py_checks()$real_number(x), error = function(e) NULL)
   if (is.null(number)) x else number
 }
 
-# A number in an interval, as a double; with `allow_callable`, an R function
+is_py_variable <- function(x) {
+  is_py_object(x) && reticulate::py_has_attr(x, "assign")
+}
+
+# A number in an interval, as a double; with `allow_variable`, a Python
+# variable is passed through (Python checks it and follows it at every
+# step); with `allow_callable`, an R function
 # that can be called with no arguments, or a Python object, is passed through
 # for Python to use as a callable (Python checks what it returns). With
 # `float32`, a number that float32 (the dtype Keras keeps it in) would round
@@ -112,10 +122,13 @@ from_py_number <- function(x) {
 # interval has it.
 as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
                       upper_closed = FALSE, allow_null = FALSE,
-                      allow_callable = FALSE, float32 = FALSE,
-                      call = caller_env()) {
+                      allow_callable = FALSE, allow_variable = FALSE,
+                      float32 = FALSE, call = caller_env()) {
   if (allow_null && is.null(x)) {
     return(NULL)
+  }
+  if (allow_variable && is_py_variable(x)) {
+    return(x)
   }
   x <- from_py_number(x)
   rule <- describe_range(lower, upper, lower_closed, upper_closed)

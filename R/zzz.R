@@ -28,8 +28,40 @@ route_state_warnings <- function(core) {
 }
 
 signal_state_warning <- function(message) {
-  cli::cli_warn("{message}", class = "keraslion_warning_state")
+  if (exiting_handler_catches(state_warning_classes)) {
+    # Such a handler (tryCatch()) would unwind through the Python frames of
+    # the load that is running, which crashes R: the warning waits until the
+    # top-level call returns.
+    addTaskCallback(function(...) {
+      warn_state(message)
+      FALSE
+    })
+  } else {
+    warn_state(message)
+  }
   invisible()
+}
+
+state_warning_classes <- c("keraslion_warning_state", "rlang_warning", "warning", "condition")
+
+warn_state <- function(message) {
+  cli::cli_warn("{message}", class = "keraslion_warning_state")
+}
+
+# Whether a tryCatch() (or rlang::try_fetch()) on the call stack has a handler
+# for one of `classes`. Calling handlers (withCallingHandlers(),
+# suppressWarnings(), testthat's expect_warning()) are safe and not counted.
+exiting_handler_catches <- function(classes) {
+  catchers <- list(base::tryCatch, rlang::try_fetch)
+  for (i in seq_len(sys.nframe())) {
+    fn <- sys.function(i)
+    if (any(vapply(catchers, identical, logical(1), fn))) {
+      if (any(names(sys.call(i)) %in% classes)) {
+        return(TRUE)
+      }
+    }
+  }
+  FALSE
 }
 
 # Loading a saved model finds `Lion` only once the Python module keraslion has

@@ -273,6 +273,22 @@ test_that("a learning rate function's result is checked when it is called", {
   expect_equal(one_step(function() 0.25), c(0.75, 1.25))
 })
 
+test_that("a variable given as learning rate or beta is followed, not copied", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  rate <- keras$Variable(0.25)
+  beta_1 <- keras$Variable(0.9)
+  opt <- optimizer_lion(learning_rate = rate, beta_1 = beta_1)
+  variable <- keras$Variable(array(c(1, 1)))
+  gradient <- keras$ops$convert_to_tensor(array(c(1, -1)))
+  opt$apply(list(gradient), list(variable))
+  expect_equal(as.vector(as_r_array(variable)), c(0.75, 1.25))
+  rate$assign(0.5)
+  opt$apply(list(gradient), list(variable))
+  expect_equal(as.vector(as_r_array(variable)), c(0.25, 1.75))
+  expect_error(optimizer_lion(learning_rate = keras$Variable(-0.5)), "learning_rate")
+})
+
 test_that("a beta given as an R function fails at save time, naming it", {
   skip_if_no_keras()
   keras <- keras_module()

@@ -111,3 +111,35 @@ test_that("state dropped while loading a checkpoint arrives as an R warning", {
     class = "keraslion_warning_state"
   )
 })
+
+test_that("a tryCatch() around a load that warns does not crash R", {
+  skip_if_not(keraslion_available())
+  keras <- keras_module()
+  make_model <- function(optimizer) {
+    model <- keras$Sequential(list(keras$Input(shape = list(3L)), keras$layers$Dense(2L)))
+    model$compile(optimizer = optimizer, loss = "mse")
+    model$optimizer$build(model$trainable_variables)
+    model
+  }
+  source <- make_model(optimizer_lion(skip_nonfinite = TRUE))
+  source$optimizer$`_nonfinite_steps`$assign(2L)
+  source$optimizer$iterations$assign(5L)
+  path <- withr::local_tempfile(fileext = ".weights.h5")
+  source$save_weights(path)
+  model <- make_model(optimizer_lion())
+  # An exiting handler cannot take the warning from inside Python (it would
+  # unwind through Python's frames): the load completes, the warning waits
+  # for the top level, and R carries on.
+  result <- tryCatch(
+    {
+      model$load_weights(path)
+      "loaded"
+    },
+    keraslion_warning_state = function(w) "caught"
+  )
+  expect_equal(result, "loaded")
+  expect_equal(as.integer(as_r_array(model$optimizer$iterations)), 5L)
+  caught <- rlang::catch_cnd(model$load_weights(path), classes = "warning")
+  expect_null(caught)
+  expect_equal(as.integer(as_r_array(model$optimizer$iterations)), 5L)
+})

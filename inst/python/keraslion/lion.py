@@ -159,9 +159,11 @@ class Lion(keras.optimizers.Optimizer):
 
     Args:
         learning_rate: A float, a
-            `keras.optimizers.schedules.LearningRateSchedule`, or a callable
-            that takes no arguments and returns the learning rate.
-            Defaults to `0.001`.
+            `keras.optimizers.schedules.LearningRateSchedule`, a callable
+            that takes no arguments and returns the learning rate (checked
+            at each call), or a `keras.Variable`, read at every step and
+            saved as the optimizer's learning rate. `beta_1`, `beta_2` and
+            `weight_decay` may be `keras.Variable`s too. Defaults to `0.001`.
         beta_1: A float in (0, 1], or a callable that takes no arguments and
             returns one: the weight of the momentum in the interpolation `c`
             whose sign is the step. Defaults to `0.9`.
@@ -192,7 +194,9 @@ class Lion(keras.optimizers.Optimizer):
         momentum_dtype: `None` (the variable's dtype) or a float dtype such
             as `"bfloat16"` to store the momentum in. The step is computed
             in float64 if the weight or its momentum is float64, else in
-            float32, and rounded once when stored.
+            float32, and rounded once when stored. A float16 momentum
+            saturates at +-65504 (only the sign of `c` matters) instead of
+            overflowing to Inf. `"float64"` on JAX needs its 64-bit mode.
         cautious: If `True`, use cautious Lion (C-Lion, Liang et al., 2024):
             elements whose step direction disagrees in sign with the current
             gradient are not moved, and the others are scaled by the inverse
@@ -208,8 +212,8 @@ class Lion(keras.optimizers.Optimizer):
             with the optimizer.
         skip_nonfinite: If `True`, a step whose gradients hold NaN or Inf
             leaves the weights, the momentum, the EMA and the iteration count
-            untouched; such steps are counted in `nonfinite_steps`.
-            Defaults to `False`.
+            untouched; such steps are counted in `nonfinite_steps`. It
+            cannot be changed once the optimizer is built. Defaults to `False`.
         **kwargs: Passed to `keras.optimizers.Optimizer`.
 
     References:

@@ -59,7 +59,9 @@
 #'   `optimizer$beta_1 <- ...` reaches a compiled `fit()` step only when it
 #'   is rebuilt (see "Changing hyperparameters during training").
 #' @param beta_2 A number in \[0, 1), or a function that can be called with
-#'   no arguments and returns one: the decay rate of the momentum. Set later,
+#'   no arguments and returns one: the decay rate of the momentum. A value
+#'   below float32's smallest normal number (1.2e-38) other than 0 is refused:
+#'   the float32 step would round it to 0. Set later,
 #'   it behaves as `beta_1`.
 #' @param weight_decay `NULL` or a number >= 0: decoupled weight decay; each
 #'   step also subtracts `learning_rate * weight_decay * theta`. A value set

@@ -137,8 +137,14 @@ def test_float32_limits_apply_when_set_too_and_the_betas_keep_their_whole_range(
     with pytest.raises(ValueError, match="`weight_decay`.*float32"):
         optimizer.weight_decay = 1e39
     assert optimizer.weight_decay == 0.1
-    # Documented edge values of the betas' ranges, far below float32's reach.
-    Lion(beta_1=1e-40, beta_2=1e-50)
+    # Edge values of the betas' ranges: beta_1 may be a float32 subnormal (only
+    # the sign of c depends on it); beta_2 must be 0 or a normal float32, or
+    # the float32 step would drop beta_2 * m.
+    Lion(beta_1=1e-40, beta_2=2.0**-126)
+    with pytest.raises(ValueError, match="`beta_2` must be 0 or at least"):
+        Lion(beta_2=1e-50)
+    with pytest.raises(ValueError, match="`beta_2` must be 0 or at least"):
+        Lion(beta_2=1e-40)
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])

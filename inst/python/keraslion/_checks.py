@@ -152,10 +152,25 @@ def beta(name: str, value: Any) -> Any:
     if callable(value):
         return value
     if isinstance(value, keras.Variable):
+        beta_number(name, keras.ops.convert_to_numpy(value))
         return followed_variable(name, value, 0.0, 1.0, **_BETAS[name])
     if _is_symbolic(value):
         return value
-    return number_in(name, value, 0.0, 1.0, **_BETAS[name])
+    return beta_number(name, value)
+
+
+def beta_number(name: str, value: Any) -> float:
+    """A beta in its interval. beta_2 must also be 0 or a normal float32: a
+    smaller one rounds to 0 (or to a subnormal, losing its digits) in the
+    float32 step, which then drops `beta_2 * m` (and turns an infinite
+    momentum into NaN) where the paper keeps it."""
+    number = number_in(name, value, 0.0, 1.0, **_BETAS[name])
+    if name == "beta_2" and 0.0 < number < float(np.finfo(np.float32).tiny):
+        raise ValueError(
+            f"Argument `{name}` must be 0 or at least 1.1754944e-38, float32's smallest "
+            f"normal number: a smaller one rounds to 0 in the float32 step. Use 0. "
+            f"{_received(name, value)}")
+    return number
 
 
 def resolve_beta(name: str, value: Any) -> Any:
@@ -169,7 +184,7 @@ def resolve_beta(name: str, value: Any) -> Any:
     result = value()
     if _concrete_float(result) is None and _is_scalar_tensor(result):
         return result
-    return number_in(name, result, 0.0, 1.0, **_BETAS[name])
+    return beta_number(name, result)
 
 
 def learning_rate(value: Any) -> Any:

@@ -168,8 +168,8 @@ class Lion(keras.optimizers.Optimizer):
             returns one: the weight of the momentum in the interpolation `c`
             whose sign is the step. Defaults to `0.9`.
         beta_2: A float in [0, 1), or a callable that takes no arguments and
-            returns one: the decay rate of the momentum. 0 or at least 1.18e-38 (smaller values round to 0 in
-            float32). Defaults to `0.99`.
+            returns one: the decay rate of the momentum; 0 or at least
+            1.18e-38 (smaller values round to 0 in float32). Defaults to `0.99`.
         weight_decay: `None` or a float >= 0. Decoupled weight decay:
             each step also subtracts `learning_rate * weight_decay * theta`.
         clipnorm: `None` or a float > 0: clip each gradient to this norm.

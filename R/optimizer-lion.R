@@ -55,7 +55,8 @@
 #'   followed: the optimizer reads its value at every step, and saves it.
 #' @param beta_1 A number in (0, 1], or a function that can be called with no
 #'   arguments and returns one: the weight of the momentum in the
-#'   interpolation whose sign is the step. A number set later with
+#'   interpolation whose sign is the step. A value below float32's smallest
+#'   normal number (1.2e-38) is refused: XLA flushes it to 0. A number set later with
 #'   `optimizer$beta_1 <- ...` reaches a compiled `fit()` step only when it
 #'   is rebuilt (see "Changing hyperparameters during training").
 #' @param beta_2 A number in \[0, 1), or a function that can be called with
@@ -85,7 +86,8 @@
 #'   `use_ema = TRUE`: every this many steps the weights are overwritten by
 #'   their average. With `NULL` this happens once, when
 #'   `optimizer$finalize_variable_values()` is called, which `fit()` does at
-#'   the end of training.
+#'   the end of training. Not supported under a `tf.distribute` strategy
+#'   (an error).
 #' @param name A single string: the optimizer's name, used in the paths of
 #'   its variables. Not given (or `NULL`), Keras numbers the default name
 #'   as it does for its own optimizers: `"lion"`, then `"lion_1"`, ..., so
@@ -100,7 +102,9 @@
 #' @param gradient_accumulation_steps `NULL` or a whole number >= 2: the
 #'   weights are updated every this many steps, with the mean of the
 #'   gradients since the last update. Learning-rate schedules count every
-#'   step; `ema_overwrite_frequency` counts updates.
+#'   step; `ema_overwrite_frequency` counts updates. Not supported under a
+#'   `tf.distribute` strategy (an error: Keras cannot synchronize the
+#'   replicas there).
 #' @param momentum_dtype `NULL` (the weight's own dtype) or one of
 #'   `"float32"`, `"bfloat16"`, `"float16"`, `"float64"`: the dtype the
 #'   momentum is stored in. `"bfloat16"` halves the optimizer's memory; the

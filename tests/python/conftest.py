@@ -75,21 +75,3 @@ def assert_lion_close(actual, expected, learning_rate, max_sign_flips=0, atol=1e
     assert off.sum() <= max_sign_flips, (
         f"{off.sum()} elements differ (allowed {max_sign_flips}); "
         f"largest difference {np.max(np.abs(actual - expected)):.3g} at lr={learning_rate}")
-
-
-# Path-parity cases that still deviate from the oracle (issue 13 stays open for
-# them: beta_1 subnormal flushed to zero by XLA on CPU, cautious NaN under XLA,
-# beta_2 = 0.5 folded by XLA, BCOO with cautious or accumulation, the
-# refusal of tiny beta_2 not yet expected by the matrix). Listed per backend,
-# marked as expected failures so that they stay visible in every run.
-_KNOWN = Path(__file__).with_name("path_parity_known_deviations.txt")
-
-
-def pytest_collection_modifyitems(config, items):
-    backend = keras.backend.backend()
-    known = {line.split(" ", 1)[1].strip() for line in _KNOWN.read_text().splitlines()
-             if line.startswith(f"{backend} ")}
-    for item in items:
-        if item.nodeid in known or f"tests/python/{item.nodeid}" in known:
-            item.add_marker(pytest.mark.xfail(reason="known path deviation (issue 13)",
-                                              strict=False))

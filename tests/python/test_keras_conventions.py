@@ -137,14 +137,17 @@ def test_float32_limits_apply_when_set_too_and_the_betas_keep_their_whole_range(
     with pytest.raises(ValueError, match="`weight_decay`.*float32"):
         optimizer.weight_decay = 1e39
     assert optimizer.weight_decay == 0.1
-    # Edge values of the betas' ranges: beta_1 may be a float32 subnormal (only
-    # the sign of c depends on it); beta_2 must be 0 or a normal float32, or
-    # the float32 step would drop beta_2 * m.
-    Lion(beta_1=1e-40, beta_2=2.0**-126)
-    with pytest.raises(ValueError, match="`beta_2` must be 0 or at least"):
-        Lion(beta_2=1e-50)
-    with pytest.raises(ValueError, match="`beta_2` must be 0 or at least"):
-        Lion(beta_2=1e-40)
+    # Edge values of the betas' ranges: each beta must be a normal float32
+    # (beta_2 may be 0), or the float32 step (flushing subnormals on XLA)
+    # would drop beta * m.
+    Lion(beta_1=2.0**-126, beta_2=2.0**-126)
+    Lion(beta_2=0.0)
+    for name, value in [("beta_1", 1e-40), ("beta_2", 1e-40), ("beta_2", 1e-50)]:
+        with pytest.raises(ValueError, match=f"`{name}` must be at least 1.1754944e-38"):
+            Lion(**{name: value})
+    with pytest.raises(ValueError, match="`beta_1` must be at least"):
+        optimizer.beta_1 = 1e-40
+    assert optimizer.beta_1 == 0.9
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
@@ -265,3 +268,16 @@ def test_a_float64_momentum_without_jax_x64_is_refused():
         pytest.skip("JAX's 64-bit mode is on in this process")
     with pytest.raises(ValueError, match="`momentum_dtype`.*JAX_ENABLE_X64"):
         Lion(momentum_dtype="float64")
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute")
+@pytest.mark.parametrize("argument,value", [("gradient_accumulation_steps", 2),
+                                            ("ema_overwrite_frequency", 2)])
+def test_what_keras_cannot_do_under_a_strategy_is_refused_at_creation(argument, value):
+    import tensorflow as tf
+
+    settings = {argument: value, "use_ema": argument == "ema_overwrite_frequency"}
+    with (tf.distribute.MirroredStrategy(["/cpu:0"]).scope(),
+          pytest.raises(ValueError, match=f"`{argument}`.*tf.distribute")):
+        Lion(**settings)
+    Lion(**settings)  # without a strategy

@@ -91,15 +91,17 @@ test_that("numbers that float32 rounds to 0 or infinity are refused, naming the 
 test_that("zero and the betas' documented edge values stay accepted", {
   skip_if_no_keras()
   config <- optimizer_lion(
-    learning_rate = 0, weight_decay = 0, beta_1 = 1e-40, beta_2 = 2^-126,
+    learning_rate = 0, weight_decay = 0, beta_1 = 2^-126, beta_2 = 2^-126,
     clipnorm = 2^-149
   )$get_config()
   expect_identical(config$learning_rate, 0)
   expect_identical(config$weight_decay, 0)
-  expect_identical(config$beta_1, 1e-40)
+  expect_identical(config$beta_1, 2^-126)
   expect_identical(config$beta_2, 2^-126)
-  # A beta_2 that the float32 step would round to 0 is refused (use 0).
-  expect_error(optimizer_lion(beta_2 = 1e-50), "beta_2")
+  expect_identical(optimizer_lion(beta_2 = 0)$get_config()$beta_2, 0)
+  # Betas that the float32 step would round or flush to 0 are refused.
+  expect_error(optimizer_lion(beta_1 = 1e-40), "beta_1.*1.1754944e-38")
+  expect_error(optimizer_lion(beta_2 = 1e-50), "beta_2.*1.1754944e-38")
   config <- optimizer_lion(clipvalue = 3e38, global_clipnorm = NULL)$get_config()
   expect_identical(config$clipvalue, 3e38)
 })

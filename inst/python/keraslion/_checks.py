@@ -160,16 +160,17 @@ def beta(name: str, value: Any) -> Any:
 
 
 def beta_number(name: str, value: Any) -> float:
-    """A beta in its interval. beta_2 must also be 0 or a normal float32: a
-    smaller one rounds to 0 (or to a subnormal, losing its digits) in the
-    float32 step, which then drops `beta_2 * m` (and turns an infinite
-    momentum into NaN) where the paper keeps it."""
+    """A beta in its interval, and 0 or a normal float32: a smaller one does
+    not survive the float32 step (beta_2 = 1e-50 rounds to 0; a subnormal
+    such as beta_1 = 1e-40 is flushed to 0 by XLA and TensorFlow on CPU),
+    which then drops `beta * m` where the paper keeps it."""
     number = number_in(name, value, 0.0, 1.0, **_BETAS[name])
-    if name == "beta_2" and 0.0 < number < float(np.finfo(np.float32).tiny):
+    if 0.0 < number < float(np.finfo(np.float32).tiny):
+        zero = "Use 0. " if name == "beta_2" else ""
         raise ValueError(
-            f"Argument `{name}` must be 0 or at least 1.1754944e-38, float32's smallest "
-            f"normal number: a smaller one rounds to 0 in the float32 step. Use 0. "
-            f"{_received(name, value)}")
+            f"Argument `{name}` must be at least 1.1754944e-38, float32's smallest normal "
+            f"number{' (or 0)' if name == 'beta_2' else ''}: a smaller one rounds to 0 in "
+            f"the float32 step, or is flushed to 0 by XLA. {zero}{_received(name, value)}")
     return number
 
 
@@ -313,3 +314,24 @@ def patterns(name: str, value: str | Iterable[str] | None) -> list[str]:
                 f"Argument `{name}` holds an invalid regular expression {item!r}: {problem}."
             )
     return items
+
+
+def not_distributed(optimizer: Any) -> None:
+    """Refuses what Keras cannot do under a `tf.distribute` strategy: its
+    gradient accumulation and its EMA overwriting synchronize the replicas
+    inside a conditional, where tf.distribute raises (a RuntimeError about
+    `merge_call`) after the step has begun."""
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return
+    for name in ("gradient_accumulation_steps", "ema_overwrite_frequency"):
+        value = getattr(optimizer, name, None)
+        if value:
+            raise ValueError(
+                f"Argument `{name}` is not supported under a tf.distribute strategy: Keras "
+                f"synchronizes the replicas inside a conditional there, which tf.distribute "
+                f"cannot do. Use it without a strategy, or leave it None. "
+                f"{_received(name, value)}")

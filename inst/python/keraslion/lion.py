@@ -44,13 +44,32 @@ def lion_direction(c: Any, gradient: Any, cautious: bool) -> Any:
     kept = ops.sum(agrees)
     # max(kept, 1) for a count; ops.maximum would compute it in float32 on torch.
     kept = kept + ops.cast(ops.equal(kept, 0), kept.dtype)
-    return direction * agrees * (math.prod(direction.shape) / kept)
+    cautious_direction = direction * agrees * (math.prod(direction.shape) / kept)
+    # NaN stays NaN (as NaN * 0 would be), so that a NaN shows in the weights:
+    # XLA rewrites the product by a 0/1 mask into a select, which drops it.
+    return ops.where(ops.isnan(direction), direction, cautious_direction)
 
 
 def cast_scalar(x: Any, dtype: str) -> Any:
     """A hyperparameter in `dtype`: a Python number directly, as on TensorFlow
     `ops.cast` would round it through float32 first."""
     return ops.convert_to_tensor(x, dtype) if isinstance(x, numbers.Real) else ops.cast(x, dtype)
+
+
+def opaque(coefficients: list[Any]) -> list[Any]:
+    """The step's coefficients, hidden from XLA's algebraic rewrites on JAX.
+
+    As constants in a jitted step, equal coefficients let XLA factor
+    `0.5 * m + 0.5 * g` (beta_2 = 0.5) into `0.5 * (m + g)`, which overflows
+    where the paper's sum does not. An optimization barrier keeps them
+    values (as TensorFlow's compiled paths pass them in); None passes through.
+    """
+    if keras.backend.backend() != "jax":
+        return coefficients
+    import jax
+
+    present = jax.lax.optimization_barrier([x for x in coefficients if x is not None])
+    return [None if x is None else present.pop(0) for x in coefficients]
 
 
 def compute_dtype(variable_dtype: str, momentum_dtype: str) -> str:
@@ -166,7 +185,8 @@ class Lion(keras.optimizers.Optimizer):
             `weight_decay` may be `keras.Variable`s too. Defaults to `0.001`.
         beta_1: A float in (0, 1], or a callable that takes no arguments and
             returns one: the weight of the momentum in the interpolation `c`
-            whose sign is the step. Defaults to `0.9`.
+            whose sign is the step; at least 1.18e-38 (a float32 subnormal
+            is flushed to 0 by XLA). Defaults to `0.9`.
         beta_2: A float in [0, 1), or a callable that takes no arguments and
             returns one: the decay rate of the momentum; 0 or at least
             1.18e-38 (smaller values round to 0 in float32). Defaults to `0.99`.
@@ -185,11 +205,13 @@ class Lion(keras.optimizers.Optimizer):
         ema_overwrite_frequency: `None` or an int >= 1: every this many
             steps, the weights are overwritten by their average. With `None`,
             `finalize_variable_values()` (called by `fit()` at the end)
-            does it once.
+            does it once. Refused under a `tf.distribute` strategy.
         loss_scale_factor: `None` or a float > 0: the loss is multiplied and
             the gradients divided by this factor.
         gradient_accumulation_steps: `None` or an int >= 2: update the
             weights every this many steps with the mean of the gradients.
+            Refused under a `tf.distribute` strategy, where Keras cannot
+            synchronize the replicas inside its conditional.
         name: The name of the optimizer, used for its variables.
             Defaults to `"lion"`.
         momentum_dtype: `None` (the variable's dtype) or a float dtype such
@@ -280,6 +302,9 @@ class Lion(keras.optimizers.Optimizer):
             "exclude_from_weight_decay", exclude_from_weight_decay)
         self._excluded_variable_keys: set[Any] = set()
         self._fast_path = _fastpaths.for_backend(keras.backend.backend())
+        # Keras's TensorFlow optimizer binds to the strategy it is created
+        # under (one created outside cannot step inside): checked here once.
+        _checks.not_distributed(self)
 
     def _follow_learning_rate(self, variable: keras.Variable) -> None:
         """Uses the user's variable as the learning rate (read at every step,
@@ -418,9 +443,9 @@ class Lion(keras.optimizers.Optimizer):
         scalars = {} if scalars is None else scalars
         if dtype not in scalars:
             beta_1, beta_2, weight_decay = hyperparameters or self._hyperparameters()
-            scalars[dtype] = [
+            scalars[dtype] = opaque([
                 None if x is None else cast_scalar(x, dtype)
-                for x in (learning_rate, beta_1, 1 - beta_1, beta_2, 1 - beta_2, weight_decay)]
+                for x in (learning_rate, beta_1, 1 - beta_1, beta_2, 1 - beta_2, weight_decay)])
         *coefficients, weight_decay = scalars[dtype]
         return StepInputs(
             ops.cast(theta, dtype), ops.cast(m, dtype),
@@ -483,6 +508,11 @@ class Lion(keras.optimizers.Optimizer):
     # Skipping steps with non-finite gradients ------------------------------------
 
     def apply(self, grads: list[Any], trainable_variables: list[Any] | None = None) -> None:
+        if keras.backend.backend() == "jax":
+            # Lion's step is dense (every momentum decays), and Keras's own
+            # gradient accumulation cannot take a BCOO gradient.
+            grads = [None if g is None else ops.convert_to_tensor(g, sparse=False)
+                     for g in grads]
         if not self.skip_nonfinite:
             return super().apply(grads, trainable_variables)
         if trainable_variables is not None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 from keras import ops
 
-from ..lion import cast_scalar, descended, lion_update, stored_momentum
+from ..lion import cast_scalar, descended, lion_update, opaque, stored_momentum
 
 if TYPE_CHECKING:
     from ..lion import Hyperparameters, StepInputs
@@ -78,7 +78,7 @@ def new_values(optimizer: Any, step: StepInputs, hyperparameters: Hyperparameter
         beta_1, beta_2, _ = hyperparameters
         ratio = beta_1 / beta_2
         gradient_weight = (1 - beta_1) - ratio * (1 - beta_2)
-        scalars[key] = (cast_scalar(ratio, dtype), cast_scalar(gradient_weight, dtype))
+        scalars[key] = opaque([cast_scalar(ratio, dtype), cast_scalar(gradient_weight, dtype)])
     ratio, gradient_weight = scalars[key]
     m = step.beta_2 * step.m + step.one_minus_beta_2 * step.g
     # From the new momentum before it is rounded to a narrower dtype, as the paper's c.

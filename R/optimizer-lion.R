@@ -45,6 +45,21 @@
 #' learning rate or beta is called when the step is traced, and a compiled
 #' step keeps the value it returned then.
 #'
+#' A variable given as learning rate, beta or weight decay is read inside
+#' the step, where its value cannot be checked: it is checked when it is
+#' given, not when it is `assign()`ed later, so keep what you assign in the
+#' argument's range (Keras's own optimizers check neither).
+#'
+#' @section Numerical limits:
+#' On JAX and TensorFlow, the CPU kernels (XLA, TensorFlow's) flush float32
+#' subnormal numbers (below about 1.2e-38) to 0: an element whose
+#' `(1 - beta_1) * g` and `beta_1 * m` are both that small takes no step,
+#' and a momentum that small is stored as 0. PyTorch keeps them. With
+#' `gradient_accumulation_steps`, Keras sums the gradients before it divides
+#' by the number of steps, so gradients whose sum exceeds float32's range
+#' (3.4e+38) give an infinite momentum; clip them (`clipvalue`) if they can
+#' be that large.
+#'
 #' @param learning_rate The learning rate: a number >= 0, a
 #'   `LearningRateSchedule` (e.g. from `keras3::learning_rate_schedule_cosine_decay()`),
 #'   or a function that can be called with no arguments (such as
@@ -102,9 +117,10 @@
 #' @param gradient_accumulation_steps `NULL` or a whole number >= 2: the
 #'   weights are updated every this many steps, with the mean of the
 #'   gradients since the last update. Learning-rate schedules count every
-#'   step; `ema_overwrite_frequency` counts updates. Not supported under a
-#'   `tf.distribute` strategy (an error: Keras cannot synchronize the
-#'   replicas there).
+#'   step; `ema_overwrite_frequency` counts updates. Fixed once the
+#'   optimizer is built (Keras makes the accumulators then). Not supported
+#'   under a `tf.distribute` strategy (an error: Keras cannot synchronize
+#'   the replicas there).
 #' @param momentum_dtype `NULL` (the weight's own dtype) or one of
 #'   `"float32"`, `"bfloat16"`, `"float16"`, `"float64"`: the dtype the
 #'   momentum is stored in. `"bfloat16"` halves the optimizer's memory; the

@@ -166,11 +166,11 @@ def beta_number(name: str, value: Any) -> float:
     which then drops `beta * m` where the paper keeps it."""
     number = number_in(name, value, 0.0, 1.0, **_BETAS[name])
     if 0.0 < number < float(np.finfo(np.float32).tiny):
-        zero = "Use 0. " if name == "beta_2" else ""
+        or_zero, use_zero = (" (or 0)", "Use 0. ") if name == "beta_2" else ("", "")
         raise ValueError(
-            f"Argument `{name}` must be at least 1.1754944e-38, float32's smallest normal "
-            f"number{' (or 0)' if name == 'beta_2' else ''}: a smaller one rounds to 0 in "
-            f"the float32 step, or is flushed to 0 by XLA. {zero}{_received(name, value)}")
+            f"Argument `{name}` must be at least 2^-126 (about 1.1754944e-38), float32's "
+            f"smallest normal number{or_zero}: a smaller one rounds to 0 in the float32 "
+            f"step, or is flushed to 0 by XLA. {use_zero}{_received(name, value)}")
     return number
 
 
@@ -316,22 +316,22 @@ def patterns(name: str, value: str | Iterable[str] | None) -> list[str]:
     return items
 
 
-def not_distributed(optimizer: Any) -> None:
+def not_distributed(optimizer: Any, name: str, value: Any) -> None:
     """Refuses what Keras cannot do under a `tf.distribute` strategy: its
     gradient accumulation and its EMA overwriting synchronize the replicas
     inside a conditional, where tf.distribute raises (a RuntimeError about
     `merge_call`) after the step has begun."""
-    if keras.backend.backend() != "tensorflow":
+    if not value or keras.backend.backend() != "tensorflow":
         return
     import tensorflow as tf
 
-    if not tf.distribute.has_strategy():
-        return
-    for name in ("gradient_accumulation_steps", "ema_overwrite_frequency"):
-        value = getattr(optimizer, name, None)
-        if value:
-            raise ValueError(
-                f"Argument `{name}` is not supported under a tf.distribute strategy: Keras "
-                f"synchronizes the replicas inside a conditional there, which tf.distribute "
-                f"cannot do. Use it without a strategy, or leave it None. "
-                f"{_received(name, value)}")
+    # Keras's TensorFlow optimizer belongs to the strategy it was created
+    # under (set once its constructor has run); outside any, get_strategy()
+    # is the default one.
+    own = getattr(optimizer, "_distribution_strategy", None)
+    if tf.distribute.has_strategy() or own not in (None, tf.distribute.get_strategy()):
+        raise ValueError(
+            f"Argument `{name}` is not supported under a tf.distribute strategy: Keras "
+            f"synchronizes the replicas inside a conditional there, which tf.distribute "
+            f"cannot do. Use it without a strategy, or leave it None. "
+            f"{_received(name, value)}")

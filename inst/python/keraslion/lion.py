@@ -161,7 +161,18 @@ class Lion(keras.optimizers.Optimizer):
     called (a `LearningRateSchedule`, a function of the step, is refused).
     Inside a compiled `fit()`, as with Keras's own optimizers, a number
     traced into the step keeps its traced value, while the learning rate (a
-    variable) follows.
+    variable) follows. A `keras.Variable` given as a hyperparameter is
+    read inside the step, where it cannot be checked: it is checked when
+    given, not when `assign()`ed later (Keras's own optimizers check
+    neither), so keep what you assign in range.
+
+    Numerical limits: on JAX and TensorFlow the CPU kernels flush float32
+    subnormals (below about 1.2e-38) to 0, so an element whose
+    `(1 - beta_1) * g` and `beta_1 * m` are both that small takes no step,
+    and such a momentum is stored as 0 (PyTorch keeps them). With
+    `gradient_accumulation_steps`, Keras sums the gradients before dividing,
+    so a sum beyond float32's range (3.4e38) gives an infinite momentum:
+    clip gradients that can be that large.
 
     Saving and loading: a checkpoint loads into a Lion whose options add or
     drop variables (`skip_nonfinite`, `use_ema`, gradient accumulation, a
@@ -185,11 +196,12 @@ class Lion(keras.optimizers.Optimizer):
             `weight_decay` may be `keras.Variable`s too. Defaults to `0.001`.
         beta_1: A float in (0, 1], or a callable that takes no arguments and
             returns one: the weight of the momentum in the interpolation `c`
-            whose sign is the step; at least 1.18e-38 (a float32 subnormal
-            is flushed to 0 by XLA). Defaults to `0.9`.
+            whose sign is the step; at least 2^-126, float32's smallest
+            normal number (a subnormal is flushed to 0 by XLA). Defaults to
+            `0.9`.
         beta_2: A float in [0, 1), or a callable that takes no arguments and
             returns one: the decay rate of the momentum; 0 or at least
-            1.18e-38 (smaller values round to 0 in float32). Defaults to `0.99`.
+            2^-126 (smaller values round to 0 in float32). Defaults to `0.99`.
         weight_decay: `None` or a float >= 0. Decoupled weight decay:
             each step also subtracts `learning_rate * weight_decay * theta`.
         clipnorm: `None` or a float > 0: clip each gradient to this norm.
@@ -210,8 +222,9 @@ class Lion(keras.optimizers.Optimizer):
             the gradients divided by this factor.
         gradient_accumulation_steps: `None` or an int >= 2: update the
             weights every this many steps with the mean of the gradients.
-            Refused under a `tf.distribute` strategy, where Keras cannot
-            synchronize the replicas inside its conditional.
+            Fixed once the optimizer is built. Refused under a
+            `tf.distribute` strategy, where Keras cannot synchronize the
+            replicas inside its conditional.
         name: The name of the optimizer, used for its variables.
             Defaults to `"lion"`.
         momentum_dtype: `None` (the variable's dtype) or a float dtype such
@@ -302,9 +315,6 @@ class Lion(keras.optimizers.Optimizer):
             "exclude_from_weight_decay", exclude_from_weight_decay)
         self._excluded_variable_keys: set[Any] = set()
         self._fast_path = _fastpaths.for_backend(keras.backend.backend())
-        # Keras's TensorFlow optimizer binds to the strategy it is created
-        # under (one created outside cannot step inside): checked here once.
-        _checks.not_distributed(self)
 
     def _follow_learning_rate(self, variable: keras.Variable) -> None:
         """Uses the user's variable as the learning rate (read at every step,
@@ -392,6 +402,35 @@ class Lion(keras.optimizers.Optimizer):
                 "new optimizer and load the checkpoint into it: the step count and momentums "
                 f"load. Received: skip_nonfinite={value!r}")
         self._skip_nonfinite = value
+
+    # Keras reads these two in `apply`; under a tf.distribute strategy it
+    # cannot do what they ask (checked whenever they are set).
+
+    @property
+    def gradient_accumulation_steps(self) -> int | None:
+        return self._gradient_accumulation_steps
+
+    @gradient_accumulation_steps.setter
+    def gradient_accumulation_steps(self, value: int | None) -> None:
+        value = _checks.optional_whole_number("gradient_accumulation_steps", value, 2)
+        if getattr(self, "built", False) and value != self._gradient_accumulation_steps:
+            # Keras makes the accumulators, or not, when the optimizer is built.
+            raise ValueError(
+                "`gradient_accumulation_steps` can only be changed before the optimizer is "
+                "built (before its first step); nothing was changed. Received: "
+                f"gradient_accumulation_steps={value!r}")
+        _checks.not_distributed(self, "gradient_accumulation_steps", value)
+        self._gradient_accumulation_steps = value
+
+    @property
+    def ema_overwrite_frequency(self) -> int | None:
+        return self._ema_overwrite_frequency
+
+    @ema_overwrite_frequency.setter
+    def ema_overwrite_frequency(self, value: int | None) -> None:
+        value = _checks.optional_whole_number("ema_overwrite_frequency", value, 1)
+        _checks.not_distributed(self, "ema_overwrite_frequency", value)
+        self._ema_overwrite_frequency = value
 
     @property
     def beta_1(self) -> Hyperparameter:

@@ -1,0 +1,112 @@
+"""Which 8-bit code keeps small momenta next to large ones? A NumPy study for
+the one-byte momentum (issue 14), run with `python bench/int8_codes.py`.
+
+Lion's step depends on sign(beta_1 * m + (1 - beta_1) * g), so a quantized
+momentum must keep the sign and rough size of small elements that share a
+block with large ones. The issue's test: one element in 64 gets a gradient
+`ratio` times larger (random sign) than the rest (positive); after `steps`
+steps the small elements' gradient is reversed, and their first reversed
+step must not flip, as with a float32 momentum. Each code stores one byte
+per element and one float32 absmax per block of 256 (1.016 bytes per
+parameter), and rounds to nearest or stochastically (unbiased).
+
+Codes, as values relative to the block's absmax:
+- linear: int8 codes k / 127 (absmax-linear);
+- sqrt: signed square root, then linear (llm-foundry's lion8b idea);
+- dynamic: a tree-like map, the exponent in the run of leading zero bits
+  and the remaining bits the mantissa (bitsandbytes' dynamic map idea);
+- e4m3: the float8 E4M3 values scaled so that 448 is the absmax.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+BLOCK = 256
+
+
+def dynamic_map() -> np.ndarray:
+    values = [0.0]
+    for zeros in range(7):  # decades 10^-(zeros+1) .. 10^-zeros
+        bits = 6 - zeros
+        low, high = 10.0 ** (-zeros - 1), 10.0**-zeros
+        values += [low + (high - low) * (i + 0.5) / 2**bits for i in range(2**bits)]
+    positive = np.array(sorted(set(values)))[-127:]
+    positive /= positive.max()
+    return np.concatenate([-positive[::-1], [0.0], positive])
+
+
+def e4m3_map() -> np.ndarray:
+    positive = [m / 8 * 2.0**-6 for m in range(8)]  # subnormals (and 0)
+    positive += [(1 + m / 8) * 2.0 ** (e - 7) for e in range(1, 16) for m in range(8)]
+    kept = np.array([v for v in positive if v <= 448.0]) / 448.0
+    return np.unique(np.concatenate([-kept, kept]))
+
+
+TABLES = {"dynamic": dynamic_map(), "e4m3": e4m3_map()}
+
+
+def rounded(y: np.ndarray, stochastic: bool, rng: np.random.Generator) -> np.ndarray:
+    return np.floor(y + rng.random(y.shape)) if stochastic else np.round(y)
+
+
+def quantized(m: np.ndarray, code: str, stochastic: bool,
+              rng: np.random.Generator) -> np.ndarray:
+    """`m` encoded blockwise in `code` and decoded again."""
+    blocks = m.reshape(-1, BLOCK)
+    absmax = np.abs(blocks).max(axis=1, keepdims=True)
+    absmax = np.where(absmax == 0, 1.0, absmax)
+    x = blocks / absmax
+    if code == "linear":
+        decoded = rounded(x * 127, stochastic, rng) / 127
+    elif code == "sqrt":
+        r = rounded(np.sign(x) * np.sqrt(np.abs(x)) * 127, stochastic, rng) / 127
+        decoded = np.sign(r) * r * r
+    else:
+        table = TABLES[code]
+        index = np.clip(np.searchsorted(table, x), 1, len(table) - 1)
+        low, high = table[index - 1], table[index]
+        if stochastic:
+            decoded = np.where(rng.random(x.shape) < (x - low) / (high - low), high, low)
+        else:
+            decoded = np.where(x - low < high - x, low, high)
+    return (decoded * absmax).reshape(m.shape)
+
+
+def study(code: str, stochastic: bool, ratio: float, steps: int,
+          beta_1: float = 0.9, beta_2: float = 0.99, seed: int = 0) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    n = 64 * BLOCK
+    large = np.arange(n) % 64 == 0
+    exact, coded = np.zeros(n), np.zeros(n)
+    for _ in range(steps):
+        g = np.abs(1.0 + 0.5 * rng.standard_normal(n))
+        g[large] = ratio * rng.choice([-1.0, 1.0], large.sum())
+        exact = beta_2 * exact + (1 - beta_2) * g
+        coded = quantized(beta_2 * coded + (1 - beta_2) * g, code, stochastic, rng)
+    reversed_g = -np.ones(n)
+    small = ~large
+    flipped = (beta_1 * coded + (1 - beta_1) * reversed_g)[small] < 0
+    float32_flipped = (beta_1 * exact + (1 - beta_1) * reversed_g)[small] < 0
+    return {"flipped": flipped.mean(), "float32_flipped": float32_flipped.mean(),
+            "ratio": float(np.median(coded[small] / exact[small]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    print("| code | rounding | large/small | small flipped | float32 flipped | "
+          "median m / m_float32 |\n|---|---|---|---|---|---|")
+    for ratio in (1e3, 1e5):
+        for code in ("linear", "sqrt", "dynamic", "e4m3"):
+            for stochastic in (False, True):
+                r = study(code, stochastic, ratio, args.steps)
+                print(f"| {code} | {'stochastic' if stochastic else 'nearest'} | {ratio:.0e} | "
+                      f"{r['flipped']:.1%} | {r['float32_flipped']:.1%} | {r['ratio']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -60,6 +60,30 @@
 #' (3.4e+38) give an infinite momentum; clip them (`clipvalue`) if they can
 #' be that large.
 #'
+#' @section Saving and loading:
+#' A checkpoint (`save_model()`, `save_model_weights()`) loads into a Lion
+#' whose options add or drop optimizer variables (`skip_nonfinite`,
+#' `use_ema`, `gradient_accumulation_steps`, a schedule for a number as
+#' learning rate), and from Keras's own Lion: what matches loads (the
+#' iteration count, learning rate, each momentum), what the new options add
+#' starts fresh. Saved state with no place is dropped with an R warning of
+#' class `keraslion_warning_state`. What the checkpoint lacks, or what
+#' cannot be matched, is an error that loads nothing into the optimizer
+#' (the model's own weights, which Keras loads first, are loaded); with
+#' `load_model_weights(..., skip_mismatch = TRUE)` it is a warning instead.
+#' Moving averages and gradient accumulators lie alike in a checkpoint and
+#' are told apart by their values; where the values cannot tell, they load
+#' as this optimizer's options say. Keras's own Lion loads a keraslion
+#' checkpoint only when the variables are the same (its own loader skips
+#' them all otherwise).
+#'
+#' The warning is signalled while Python is loading: a `tryCatch()` for it
+#' gets it only after the top-level call returns (unwinding through Python
+#' would crash R), and a calling handler must not leave by an error
+#' (`withCallingHandlers(..., keraslion_warning_state = function(w) stop(w))`
+#' inside `try()` crashes R). To make dropped state an error, use
+#' `options(warn = 2)`, which stops the load cleanly.
+#'
 #' @param learning_rate The learning rate: a number >= 0, a
 #'   `LearningRateSchedule` (e.g. from `keras3::learning_rate_schedule_cosine_decay()`),
 #'   or a function that can be called with no arguments (such as

@@ -228,6 +228,10 @@ def test_a_beta_function_that_would_not_load_fails_at_save_time(tmp_path):
     model.optimizer.beta_1 = 0.9  # the fix the message gives
     model.save(tmp_path / "model.keras")
     assert keras.saving.load_model(tmp_path / "model.keras").optimizer.beta_1 == 0.9
+    # A lambda saves, but load_model() (safe_mode) refuses it: refused at save time.
+    model.optimizer.beta_2 = lambda: 0.99
+    with pytest.raises(ValueError, match="`beta_2` is a function that Keras cannot save"):
+        model.save(tmp_path / "lambda.keras")
 
 
 def test_a_registered_beta_function_saves_and_loads(tmp_path):

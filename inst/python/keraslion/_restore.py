@@ -145,9 +145,19 @@ def load_own_variables(optimizer: Any, store: Any) -> None:
             f"Loading the state of optimizer '{optimizer.name}': {'; '.join(notes)}.",
             StateWarning, stacklevel=3)
     for variable, entry in plan.loads:
-        variable.assign(entry.value)
+        variable.assign(into_dtype(entry.value, variable.dtype))
     for (role, index), variable in plan.fresh:
         variable.assign(fresh_value(optimizer, role, index, variable))
+
+
+def into_dtype(value: np.ndarray, dtype: Any) -> np.ndarray:
+    """A saved value for a variable of `dtype`: into float16 (a momentum of
+    `momentum_dtype="float16"`, saved wider), it saturates at +-65504 as the
+    step stores it, instead of overflowing to Inf."""
+    if keras.backend.standardize_dtype(dtype) != "float16" or value.dtype == np.float16:
+        return value
+    largest = float(np.finfo(np.float16).max)
+    return np.where(np.abs(value) > largest, np.sign(value) * largest, value).astype(np.float16)
 
 
 def keras_skips_mismatch() -> bool:
@@ -400,27 +410,42 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
     if any(loaded(r) != loaded(best[0]) for r in best[1:]):
         return [], ("its layout can be read in more than one way, each loading different "
                     "variables")
-    # Moving averages and gradient accumulators lie alike in the store: the
-    # values decide (an average lies near the weights it averages).
+    # Moving averages and gradient accumulators lie alike in the store. The
+    # reading closest to this optimizer's options stands unless the values
+    # contradict it: averages lie near the weights they average, and
+    # accumulators just reset (at an update) are all zero.
     rivals = [r for r in readings if r.rank == best[0].rank and loaded(r) != loaded(best[0])]
     as_averages = [r for r in [best[0], *rivals] if r.options.ema]
-    if rivals and as_averages and (
-            looks_like_averages(as_averages[0], trainables, entries) != best[0].options.ema):
-        return [], ("its moving averages and gradient accumulators cannot be told apart, "
-                    "and its values do not settle which they are")
+    if rivals and as_averages:
+        seen = group_looks_like(as_averages[0], trainables, entries)
+        if seen is not None and seen != ("average" if best[0].options.ema else "accumulator"):
+            return [], (f"its values look like {DESCRIPTIONS[seen]}s where this optimizer's "
+                        "options would load them as "
+                        f"{'moving averages' if best[0].options.ema else 'accumulators'}")
     return best, None
 
 
-def looks_like_averages(reading: Reading, trainables: list[Any], entries: list[Entry]) -> bool:
-    """Whether the entries this reading takes for moving averages lie near the
-    current weights, as averages of them do (summed gradients need not)."""
-    pairs = [(entry.value, trainables[index]) for (role, index), entry
-             in zip(reading.slots, entries) if role == "average" and index is not None]
-    for value, variable in pairs:
-        weight = np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
-        if np.median(np.abs(value - weight)) > 0.5 * np.median(np.abs(weight)) + 1e-12:
-            return False
-    return bool(pairs)
+def group_looks_like(reading: Reading, trainables: list[Any],
+                     entries: list[Entry]) -> str | None:
+    """What the entries this reading takes for moving averages look like:
+    "average" if they lie near the current weights (all together: a bias
+    starting at 0 moves far from its average relative to itself),
+    "accumulator" if they are all zero or far from them, else None (the
+    values do not say)."""
+    pairs = [(np.asarray(entry.value, np.float64),
+              np.asarray(keras.ops.convert_to_numpy(trainables[index]), np.float64))
+             for (role, index), entry in zip(reading.slots, entries)
+             if role == "average" and index is not None]
+    if not pairs:
+        return None
+    if all(not value.any() for value, _ in pairs):
+        return "accumulator"
+    distance = sum(float(np.abs(value - weight).sum()) for value, weight in pairs)
+    size = sum(float(np.abs(weight).sum()) for _, weight in pairs)
+    if distance <= 0.5 * size:
+        return "average"
+    # Farther from the weights than the weights are from 0: sums of gradients.
+    return "accumulator" if distance > size else None
 
 
 def describe(slot: Slot, trainables: list[Any]) -> str:

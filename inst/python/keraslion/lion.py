@@ -176,16 +176,21 @@ class Lion(keras.optimizers.Optimizer):
 
     Saving and loading: a checkpoint loads into a Lion whose options add or
     drop variables (`skip_nonfinite`, `use_ema`, gradient accumulation, a
-    schedule for a float learning rate), and into or from Keras's own Lion.
+    schedule for a float learning rate), and from Keras's own Lion (Keras's
+    Lion loads a keraslion checkpoint only with the same variables: its
+    loader skips them all otherwise).
     The optimizer must be built before `load_weights()`. Variables are
     matched by role and by weight: the iteration count, learning rate and
     momentums load, what the new options add starts fresh (a moving
     average at the current weight), and saved state with no place here is
     dropped with a `keraslion.StateWarning`. What the checkpoint lacks (say,
     the momentum of a layer it had frozen) or what cannot be matched raises
-    a `ValueError` and loads nothing into the optimizer; with
+    a `ValueError` and loads nothing into the optimizer (the model's
+    weights, which Keras loads first, are loaded); with
     `model.load_weights(path, skip_mismatch=True)` it is a `StateWarning`
-    instead, and the rest loads.
+    instead, and the rest loads. Moving averages and gradient accumulators
+    lie alike in a checkpoint: their values tell them apart, or, where they
+    cannot, they load as this optimizer's options say.
 
     Args:
         learning_rate: A float, a
@@ -693,10 +698,11 @@ def _is_plain_callable(value: Any) -> bool:
 
 def _check_loadable(name: str, function: Any) -> Any:
     """The function's saved form, checked at save time to load again: an R
-    function, or an unregistered Python one, would save and then fail to load."""
+    function, an unregistered Python one or a lambda (which `load_model()`'s
+    safe mode refuses) would save and then fail to load."""
     config = keras.saving.serialize_keras_object(function)
     try:
-        loaded = keras.saving.deserialize_keras_object(config, safe_mode=False)
+        loaded = keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as error:
         loaded, problem = None, f" ({error})"
     else:

@@ -95,9 +95,10 @@
 #' @param beta_1 A number in (0, 1], or a function that can be called with no
 #'   arguments and returns one: the weight of the momentum in the
 #'   interpolation whose sign is the step. A value below float32's smallest
-#'   normal number (1.2e-38) is refused: XLA flushes it to 0. A number set later with
-#'   `optimizer$beta_1 <- ...` reaches a compiled `fit()` step only when it
-#'   is rebuilt (see "Changing hyperparameters during training").
+#'   normal number (1.2e-38) is refused: XLA flushes it to 0. A number set
+#'   later with `optimizer$beta_1 <- ...` reaches a compiled `fit()` step
+#'   only when it is rebuilt (see "Changing hyperparameters during
+#'   training").
 #' @param beta_2 A number in \[0, 1), or a function that can be called with
 #'   no arguments and returns one: the decay rate of the momentum. A value
 #'   below float32's smallest normal number (1.2e-38) other than 0 is refused:

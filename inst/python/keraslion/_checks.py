@@ -316,6 +316,17 @@ def patterns(name: str, value: str | Iterable[str] | None) -> list[str]:
     return items
 
 
+def fixed_once_built(optimizer: Any, name: str, current: Any, value: Any) -> None:
+    """Refuses to change an option that the optimizer's build (or a compiled
+    step) has already acted on."""
+    if getattr(optimizer, "built", False) and value != current:
+        raise ValueError(
+            f"`{name}` can only be changed before the optimizer is built (before its first "
+            f"step); nothing was changed. To change it, compile the model with a new "
+            f"optimizer and load the checkpoint into it: the step count and momentums load. "
+            f"{_received(name, value)}")
+
+
 def not_distributed(optimizer: Any, name: str, value: Any) -> None:
     """Refuses what Keras cannot do under a `tf.distribute` strategy: its
     gradient accumulation and its EMA overwriting synchronize the replicas

@@ -398,14 +398,10 @@ class Lion(keras.optimizers.Optimizer):
     @skip_nonfinite.setter
     def skip_nonfinite(self, value: bool) -> None:
         value = _checks.boolean("skip_nonfinite", value)
-        if self.built and value != self._skip_nonfinite:
-            # On: it would need the `nonfinite_steps` variable. Off: a compiled
-            # train step has traced the check in and would go on skipping.
-            raise ValueError(
-                "`skip_nonfinite` can only be changed before the optimizer is built (before "
-                "its first step); nothing was changed. To change it, compile the model with a "
-                "new optimizer and load the checkpoint into it: the step count and momentums "
-                f"load. Received: skip_nonfinite={value!r}")
+        # On: it would need the `nonfinite_steps` variable. Off: a compiled
+        # train step has traced the check in and would go on skipping.
+        _checks.fixed_once_built(self, "skip_nonfinite", getattr(self, "_skip_nonfinite", None),
+                                 value)
         self._skip_nonfinite = value
 
     # Keras reads these two in `apply`; under a tf.distribute strategy it
@@ -418,12 +414,9 @@ class Lion(keras.optimizers.Optimizer):
     @gradient_accumulation_steps.setter
     def gradient_accumulation_steps(self, value: int | None) -> None:
         value = _checks.optional_whole_number("gradient_accumulation_steps", value, 2)
-        if getattr(self, "built", False) and value != self._gradient_accumulation_steps:
-            # Keras makes the accumulators, or not, when the optimizer is built.
-            raise ValueError(
-                "`gradient_accumulation_steps` can only be changed before the optimizer is "
-                "built (before its first step); nothing was changed. Received: "
-                f"gradient_accumulation_steps={value!r}")
+        # Keras makes the accumulators, or not, when the optimizer is built.
+        _checks.fixed_once_built(self, "gradient_accumulation_steps",
+                                 getattr(self, "_gradient_accumulation_steps", None), value)
         _checks.not_distributed(self, "gradient_accumulation_steps", value)
         self._gradient_accumulation_steps = value
 

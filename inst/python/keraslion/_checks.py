@@ -261,8 +261,16 @@ def float_dtype(name: str, value: Any) -> str | None:
 
 
 def momentum_dtype(value: Any) -> str | None:
-    """`float_dtype`, refusing a float64 momentum that the backend would not keep."""
-    dtype = float_dtype("momentum_dtype", value)
+    """`float_dtype` or "int8" (one-byte codes), refusing a float64 momentum
+    that the backend would not keep."""
+    if isinstance(value, str) and value == "int8":
+        return value
+    try:
+        dtype = float_dtype("momentum_dtype", value)
+    except ValueError:
+        raise ValueError(
+            "Argument `momentum_dtype` must be None, a floating-point dtype such as 'float32' "
+            f"or 'bfloat16', or 'int8'. {_received('momentum_dtype', value)}") from None
     if dtype == "float64" and keras.backend.backend() == "jax":
         import jax
 

@@ -13,6 +13,10 @@ scalar), the learning rate (a float scalar; absent for a schedule or a
 callable), then per trainable variable the moving averages (`use_ema`),
 the gradient accumulators (`gradient_accumulation_steps`) and the
 momentums, and last keraslion's count of skipped steps (`skip_nonfinite`).
+An int8 momentum is two variables, its codes and right after them its
+block scales; read as one momentum, it loads as it was saved into an int8
+momentum and decoded into a float one (a float momentum loads into int8
+codes rounded to the nearest).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Any
 
 import keras
 import numpy as np
+
+from . import int8
 
 
 class StateWarning(UserWarning):
@@ -70,6 +76,8 @@ class Entry:
 
     key: str
     value: np.ndarray
+    # An int8 momentum's codes and scales, as saved (`value` is what they hold).
+    quantized: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -144,10 +152,27 @@ def load_own_variables(optimizer: Any, store: Any) -> None:
         warnings.warn(
             f"Loading the state of optimizer '{optimizer.name}': {'; '.join(notes)}.",
             StateWarning, stacklevel=3)
+    scales = {id(codes): scale for codes, scale in
+              zip(getattr(optimizer, "_momentums", []), getattr(optimizer, "_momentum_scales", []))
+              if scale is not None}
     for variable, entry in plan.loads:
-        variable.assign(into_dtype(entry.value, variable.dtype))
+        if id(variable) not in scales:
+            variable.assign(into_dtype(entry.value, variable.dtype))
+        elif entry.quantized is not None and entry.quantized[1].shape == scales[id(variable)].shape:
+            variable.assign(entry.quantized[0])
+            scales[id(variable)].assign(entry.quantized[1])
+        else:
+            # Into int8 from a float momentum: rounded to the nearest code
+            # (noise of half a step), not at random.
+            noise = keras.ops.full(variable.shape, 1 << (int8.NOISE_BITS - 1), "int32")
+            codes, scale = int8.encode(keras.ops.convert_to_tensor(entry.value, "float32"),
+                                       noise)
+            variable.assign(codes)
+            scales[id(variable)].assign(scale)
     for (role, index), variable in plan.fresh:
         variable.assign(fresh_value(optimizer, role, index, variable))
+        if id(variable) in scales:
+            scales[id(variable)].assign(keras.ops.zeros(scales[id(variable)].shape, "float32"))
 
 
 def into_dtype(value: np.ndarray, dtype: Any) -> np.ndarray:
@@ -190,7 +215,13 @@ def own_slots(optimizer: Any) -> dict[Slot, keras.Variable] | None:
             slots.update(((role, j), v) for j, v in enumerate(variables) if v is not None)
         if optimizer.skip_nonfinite:
             slots["nonfinite_steps", None] = optimizer._nonfinite_steps
-    if [id(v) for v in slots.values()] != [id(v) for v in optimizer.variables]:
+    # An int8 momentum's scales follow its codes, which stand for both.
+    scales = getattr(optimizer, "_momentum_scales", [])
+    expected = [id(v) for v in slots.values()]
+    for codes, scale in zip(getattr(optimizer, "_momentums", []), scales):
+        if scale is not None and id(codes) in expected:
+            expected.insert(expected.index(id(codes)) + 1, id(scale))
+    if expected != [id(v) for v in optimizer.variables]:
         return None
     return slots
 
@@ -206,7 +237,22 @@ def read_store(store: Any) -> list[Entry] | None:
     keys = {str(key) for key in store.keys()}
     if keys != {str(i) for i in range(len(keys))}:
         return None
-    return [Entry(str(i), np.asarray(store[str(i)])) for i in range(len(keys))]
+    entries = [Entry(str(i), np.asarray(store[str(i)])) for i in range(len(keys))]
+    # int8 momentums: the codes (the only int8 entries), each with the block scales after it.
+    read: list[Entry] = []
+    for entry in entries:
+        previous = read[-1] if read else None
+        if (previous is not None and previous.value.dtype == np.int8
+                and previous.shape and previous.quantized is None
+                and entry.value.dtype == np.float32
+                and entry.shape == int8.scale_shape(previous.shape)):
+            codes, scales = previous.value, entry.value
+            value = keras.ops.convert_to_numpy(int8.decode(
+                keras.ops.convert_to_tensor(codes), keras.ops.convert_to_tensor(scales)))
+            read[-1] = Entry(f"{previous.key}+{entry.key}", value, (codes, scales))
+        else:
+            read.append(entry)
+    return read
 
 
 def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Plan:

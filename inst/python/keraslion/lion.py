@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from . import _checks, _fastpaths, _restore
+from . import _checks, _fastpaths, _restore, int8
 
 Hyperparameter = float | Callable[[], Any]
 
@@ -334,6 +334,8 @@ class Lion(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
+        # Per variable, the block scales of an int8 momentum (None: a float one).
+        self._momentum_scales: list[keras.Variable | None] = [None] * len(variables)
         self._momentums = [
             None if self._overwrite_variable_with_gradient(variable)
             else self._add_momentum(variable)
@@ -350,13 +352,20 @@ class Lion(keras.optimizers.Optimizer):
     def _add_momentum(self, variable: keras.Variable) -> keras.Variable:
         if self.momentum_dtype is None:
             return self.add_variable_from_reference(variable, name="momentum")
+        shape = tuple(variable.shape)
+        quantized = self.momentum_dtype == "int8" and int8.is_quantized(shape)
+        layout = getattr(variable, "_layout", None)
+        name = f"{variable.path.replace('/', '_')}_momentum"
         # As add_variable_from_reference (same name and sharding layout), in another dtype.
-        return self.add_variable(
-            shape=variable.shape,
-            dtype=self.momentum_dtype,
-            layout=getattr(variable, "_layout", None),
-            name=f"{variable.path.replace('/', '_')}_momentum",
-        )
+        momentum = self.add_variable(
+            shape=shape, dtype="int8" if quantized else _float_momentum(self.momentum_dtype),
+            layout=layout, name=name)
+        if quantized:
+            # Right after its codes: a checkpoint pairs them by position.
+            self._momentum_scales[self._get_variable_index(variable)] = self.add_variable(
+                shape=int8.scale_shape(shape), dtype="float32",
+                layout=_scale_layout(layout, int8.scale_shape(shape)), name=f"{name}_scale")
+        return momentum
 
     # Hyperparameters a user may change between steps, checked when set ----------
 
@@ -466,6 +475,26 @@ class Lion(keras.optimizers.Optimizer):
     def _momentum(self, variable: keras.Variable) -> keras.Variable:
         return self._momentums[self._get_variable_index(variable)]
 
+    def _momentum_value(self, variable: keras.Variable) -> Any:
+        """The variable's momentum for its step: its variable, or int8 codes decoded."""
+        index = self._get_variable_index(variable)
+        scales = self._momentum_scales[index]
+        momentum = self._momentums[index]
+        return momentum if scales is None else int8.decode(momentum, scales)
+
+    def _store_momentum(self, variable: keras.Variable, m: Any) -> None:
+        """Stores a step's new momentum `m` (in the compute dtype) in its dtype."""
+        index = self._get_variable_index(variable)
+        momentum, scales = self._momentums[index], self._momentum_scales[index]
+        if scales is None:
+            self.assign(momentum, stored_momentum(m, momentum.dtype))
+            return
+        # Rounded at random, by bits that the step and the element decide.
+        codes, new_scales = int8.encode(m, int8.noise_bits(self.iterations, index,
+                                                           tuple(momentum.shape)))
+        self.assign(momentum, codes)
+        self.assign(scales, new_scales)
+
     def _step_inputs(self, theta: Any, m: Any, gradient: Any, decays: bool, learning_rate: Any,
                      hyperparameters: Hyperparameters | None = None,
                      scalars: dict[Any, Any] | None = None) -> StepInputs:
@@ -491,12 +520,11 @@ class Lion(keras.optimizers.Optimizer):
 
     def update_step(self, gradient: Any, variable: keras.Variable, learning_rate: Any) -> None:
         """One Lion step for one variable, as written in the paper (Alg. 2)."""
-        momentum = self._momentum(variable)
-        step = self._step_inputs(variable, momentum, gradient, self._use_weight_decay(variable),
-                                 learning_rate)
+        step = self._step_inputs(variable, self._momentum_value(variable), gradient,
+                                 self._use_weight_decay(variable), learning_rate)
         theta, m = lion_update(step, self.cautious)
         self.assign(variable, ops.cast(theta, variable.dtype))
-        self.assign(momentum, stored_momentum(m, momentum.dtype))
+        self._store_momentum(variable, m)
 
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
                              learning_rate: Any) -> None:
@@ -675,6 +703,29 @@ class Lion(keras.optimizers.Optimizer):
                 config[key] = keras.saving.deserialize_keras_object(
                     config[key], custom_objects=custom_objects)
         return super().from_config(config, custom_objects=custom_objects)
+
+
+def _float_momentum(momentum_dtype: str) -> str:
+    """The dtype of a momentum that is not int8 codes: float32 for a variable
+    too small to quantize."""
+    return "float32" if momentum_dtype == "int8" else momentum_dtype
+
+
+def _scale_layout(layout: Any, shape: tuple[int, ...]) -> Any:
+    """The block scales' sharding: the codes' (their variable's) layout, but
+    for a last axis whose blocks do not divide evenly among its devices
+    (then replicated along it)."""
+    from keras.distribution import TensorLayout
+
+    if not isinstance(layout, TensorLayout):
+        return None
+    axes = list(layout.axes)
+    mesh = layout.device_mesh
+    names = axes[-1] if isinstance(axes[-1], (tuple, list)) else [axes[-1]]
+    devices = math.prod(mesh.shape[mesh.axis_names.index(n)] for n in names if n is not None)
+    if shape[-1] % devices:
+        axes[-1] = None
+    return TensorLayout(axes, mesh)
 
 
 def _serialize_hyperparameter(name: str, value: Any) -> Any:

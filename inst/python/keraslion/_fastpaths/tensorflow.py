@@ -103,8 +103,10 @@ def _concrete(optimizer: Any, shape: tuple[int, ...], kind: tuple[Any, ...],
               args: tuple[Any, ...]) -> Any:
     """The compiled update of a chunk, as the concrete function for its
     arguments: calling it skips tf.function's search for a matching trace."""
-    # Cautious Lion scales by the element count, a constant of the shape.
-    fixed_shape = optimizer.cautious or math.prod(shape) >= XLA_MIN_SIZE
+    # Cautious Lion scales by the element count, a constant of the shape; int8
+    # codes are decoded and encoded by blocks of the shape.
+    fixed_shape = (optimizer.cautious or math.prod(shape) >= XLA_MIN_SIZE
+                   or kind[1] == "int8")
     # Stacked only when called eagerly: traced into a function that XLA
     # compiles (fit()'s train step, by default), stacks and unstacks would
     # take XLA several times as long to compile as the step as written.

@@ -64,7 +64,8 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
         return False
     for variable in variables:
         p, m = variable._value, optimizer._momentum(variable)._value
-        if not (p.dtype in _SCRATCH_DTYPES and p.is_contiguous() and m.dtype != torch.float16
+        if not (p.dtype in _SCRATCH_DTYPES and p.is_contiguous() and m.is_floating_point()
+                and m.dtype != torch.float16
                 and p.dtype.itemsize >= m.dtype.itemsize):
             return False
     return True

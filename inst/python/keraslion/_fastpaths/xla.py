@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 from keras import ops
 
-from ..lion import cast_scalar, descended, lion_update, opaque, stored_momentum
+from ..lion import cast_scalar, descended, lion_update, opaque
 
 if TYPE_CHECKING:
     from ..lion import Hyperparameters, StepInputs
@@ -56,12 +56,11 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
         momentum_first = momentum_first_is_exact(hyperparameters)
     scalars: dict[Any, Any] = {}
     for gradient, variable in zip(grads, variables):
-        momentum = optimizer._momentum(variable)
-        step = optimizer._step_inputs(variable, momentum, gradient,
+        step = optimizer._step_inputs(variable, optimizer._momentum_value(variable), gradient,
                                       optimizer._use_weight_decay(variable), learning_rate,
                                       hyperparameters, scalars)
         theta, m = new_values(optimizer, step, hyperparameters, momentum_first, scalars)
-        optimizer.assign(momentum, stored_momentum(m, momentum.dtype))
+        optimizer._store_momentum(variable, m)
         optimizer.assign(variable, ops.cast(theta, variable.dtype))
 
 

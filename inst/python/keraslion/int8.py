@@ -40,12 +40,18 @@ BLOCK = 256
 MIN_ROW = 32
 #: The code of NaN (a NaN momentum stays NaN, for the loss and skip_nonfinite to show).
 NAN_CODE = 127
-#: The largest finite float32: an infinite momentum saturates there.
-FLOAT32_MAX = 3.4028234663852886e38
+#: The bits of the largest finite float32 (an infinite momentum saturates
+#: there) and of infinity (larger bits are NaN).
+FLOAT32_MAX_BITS = 0x7F7FFFFF
+INFINITY_BITS = 0x7F800000
 #: r below this is a "subnormal" code: k * 2**-17, k < 8.
 SMALLEST_NORMAL = 2.0**-14
 #: A normal code k is float32 bits `(k + EXPONENT_OFFSET) << 20` (3 mantissa bits kept).
 EXPONENT_OFFSET = 896
+#: The bits of float32 2**23, whose last mantissa bit counts ones.
+MAGIC_BITS = 0x4B000000
+#: The code of r = 1 (a block's largest element).
+ONE_CODE = 120
 #: Random bits added below the kept mantissa bits: stochastic rounding.
 NOISE_BITS = 20
 
@@ -74,8 +80,22 @@ def _blocks(x: Any, shape: tuple[int, ...]) -> Any:
     return ops.reshape(x, (*shape[:-1], count, size))
 
 
-def _unblocks(x: Any, shape: tuple[int, ...]) -> Any:
-    x = ops.reshape(x, (*shape[:-1], -1))
+def _block_max(x: Any, shape: tuple[int, ...]) -> Any:
+    """Each block's largest element. In two stages where the block splits into
+    8 runs of 32 (a maximum over the minor axis alone is 7x slower in XLA's
+    CPU code than one across runs, which it vectorizes)."""
+    blocks = _blocks(x, shape)
+    size = block_size(shape)
+    if size % 256:
+        return ops.max(blocks, axis=-1)
+    runs = ops.reshape(blocks, (*blocks.shape[:-1], 8, size // 8))
+    return ops.max(ops.max(runs, axis=-2), axis=-1)
+
+
+def _per_element(scales: Any, shape: tuple[int, ...]) -> Any:
+    """Each block's scale repeated over its elements. (Broadcast over a
+    (..., blocks, block) view instead, XLA's CPU code is 15x slower.)"""
+    x = ops.repeat(scales, block_size(shape), axis=-1)
     return x if x.shape[-1] == shape[-1] else x[..., :shape[-1]]
 
 
@@ -84,31 +104,45 @@ def decode(codes: Any, scales: Any) -> Any:
     shape = tuple(codes.shape)
     signed = ops.cast(codes, "int32")
     k = ops.abs(signed)
-    normal = ops.view(ops.left_shift(k + EXPONENT_OFFSET, 20), "float32")
-    r = ops.where(k < 8, ops.cast(k, "float32") * 2.0**-17, normal)
+    # Small codes k * 2**-17 from the bits of 2**23 + k (exact), others by their bits.
+    subnormal = (ops.view(k + MAGIC_BITS, "float32") - 2.0**23) * 2.0**-17
+    r = ops.where(k < 8, subnormal, ops.view(ops.left_shift(k + EXPONENT_OFFSET, 20), "float32"))
     r = ops.where(k == NAN_CODE, float("nan"), r)
-    r = ops.where(signed < 0, -r, r)
-    return _unblocks(_blocks(r, shape) * ops.expand_dims(scales, -1), shape)
+    return ops.where(signed < 0, -r, r) * _per_element(scales, shape)
 
 
 def encode(m: Any, noise: Any) -> tuple[Any, Any]:
     """Codes and scales of `m`, rounded up or down at random (`noise`: int32
-    in [0, 2**20), from `noise_bits`), so that on average they hold `m`."""
+    in [0, 2**20), from `noise_bits`), so that on average they hold `m`.
+
+    Infinities (and NaN, for the block's scale) count as the largest float32.
+    Bit operations stand in for `abs`, `isnan` and float-to-int conversion,
+    which XLA's CPU code runs several times slower in this fusion.
+    """
     shape = tuple(m.shape)
-    m = ops.cast(m, "float32")
-    nan = ops.isnan(m)
-    magnitude = ops.where(nan, 0.0, ops.minimum(ops.abs(m), FLOAT32_MAX))
-    blocked = _blocks(magnitude, shape)
-    scales = ops.max(blocked, axis=-1)
-    r = _unblocks(blocked / ops.expand_dims(ops.where(scales > 0, scales, 1.0), -1), shape)
+    bits = ops.view(ops.cast(m, "float32"), "int32")
+    magnitude_bits = ops.bitwise_and(bits, 0x7FFFFFFF)
+    nan = magnitude_bits > INFINITY_BITS
+    magnitude = ops.view(ops.minimum(magnitude_bits, FLOAT32_MAX_BITS), "float32")
+    scales = _block_max(magnitude, shape)
+    # Times the reciprocal, not divided: XLA fuses a product into the rest
+    # of the encoding, where a quotient is kept in a full-size temporary.
+    # (r may round up past 1 by an ulp: the code is capped at 1's.) Scales
+    # beyond 2**126, or subnormal, are brought into range first, so that
+    # the reciprocal is neither subnormal (flushed to 0 by XLA) nor infinite.
+    prescale = ops.where(scales >= 2.0**126, 0.25, ops.where(scales < 2.0**-126, 2.0**24, 1.0))
+    scaled = scales * prescale
+    inverse = ops.where(scaled > 0, 1.0 / ops.where(scaled > 0, scaled, 1.0), 0.0)
+    r = (magnitude * _per_element(prescale, shape)) * _per_element(inverse, shape)
     # Normal codes: the noise added below the 3 kept mantissa bits carries
     # into them with the probability of the dropped fraction.
     normal = ops.right_shift(ops.view(r, "int32") + noise, NOISE_BITS) - EXPONENT_OFFSET
-    # Below 2**-14, steps of 2**-17: r * 2**37 in units of 2**-20 of a step.
-    fixed_point = ops.cast(r * 2.0**37, "int32")
+    # Below 2**-14, steps of 2**-17: r * 2**37 counts units of 2**-20 of a
+    # step, read from the bits of r * 2**37 + 2**23 (rounded to the nearest unit).
+    fixed_point = ops.view(r * 2.0**37 + 2.0**23, "int32") - MAGIC_BITS
     subnormal = ops.right_shift(fixed_point + noise, NOISE_BITS)
-    k = ops.where(r >= SMALLEST_NORMAL, normal, subnormal)
-    k = ops.where(nan, NAN_CODE, ops.where(m < 0, -k, k))
+    k = ops.where(r >= SMALLEST_NORMAL, ops.minimum(normal, ONE_CODE), subnormal)
+    k = ops.where(nan, NAN_CODE, ops.where(bits < 0, -k, k))
     return ops.cast(k, "int8"), scales
 
 
@@ -130,8 +164,12 @@ def _mix(x: Any) -> Any:
     return ops.bitwise_xor(x, _shift_right(x, 16))
 
 
-def noise_bits(step: Any, variable_index: int, shape: tuple[int, ...]) -> Any:
-    """int32 noise in [0, 2**20) per element: a hash of (step, variable, element)."""
+def noise_bits(step: Any, variable_index: int, shape: tuple[int, ...], offset: int = 0) -> Any:
+    """int32 noise in [0, 2**20) per element: a hash of (step, variable, element).
+
+    `offset`: the flat index of the first element, for a part of a variable.
+    """
     key = _mix(ops.cast(step, "int32") * _GOLDEN + variable_index)
-    index = ops.reshape(ops.arange(math.prod(shape), dtype="int32"), shape)
+    size = math.prod(shape)
+    index = ops.reshape(ops.arange(offset, offset + size, dtype="int32"), shape)
     return _shift_right(_mix(ops.bitwise_xor(index, key)), 32 - NOISE_BITS)

@@ -18,6 +18,10 @@ beta_1 < 3e-39; `lerp` would save one for `m`, but turns an infinite
 momentum into NaN.) The learning rate stays a tensor, so that
 `torch.compile` does not break its graph to read it.
 
+An int8 momentum (codes and block scales) is updated by the plain path's
+maths, on runs of whole rows of at most `BLOCK` elements, so that the
+temporaries of decoding and encoding stay small.
+
 The scratch buffer has the weights' dtype, which must be the step's compute
 dtype: float32 or float64 weights, with a momentum in that dtype, or a
 narrower one (bfloat16, widened into the scratch buffer and rounded back
@@ -37,6 +41,9 @@ import keras
 import torch
 from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+from .. import int8
+from ..lion import lion_update
 
 #: Elements per block: p, m, g and c of a block of 128k float32 elements
 #: take 2 MiB, about the L2 cache of one core.
@@ -64,6 +71,8 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
         return False
     for variable in variables:
         p, m = variable._value, optimizer._momentum(variable)._value
+        if _is_quantized(optimizer, variable):
+            continue
         if not (p.dtype in _SCRATCH_DTYPES and p.is_contiguous() and m.is_floating_point()
                 and m.dtype != torch.float16
                 and p.dtype.itemsize >= m.dtype.itemsize):
@@ -71,8 +80,47 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
     return True
 
 
+def _is_quantized(optimizer: Any, variable: Any) -> bool:
+    return optimizer._momentum_scales[optimizer._get_variable_index(variable)] is not None
+
+
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
+    quantized = [_is_quantized(optimizer, v) for v in variables]
+    for gradient, variable, is_int8 in zip(grads, variables, quantized):
+        if is_int8:
+            _update_int8(optimizer, gradient, variable, learning_rate)
+    grads = [g for g, is_int8 in zip(grads, quantized) if not is_int8]
+    variables = [v for v, is_int8 in zip(variables, quantized) if not is_int8]
+    if variables:
+        _update_float(optimizer, grads, variables, learning_rate)
+
+
+def _update_int8(optimizer: Any, gradient: Any, variable: Any, learning_rate: Any) -> None:
+    """The plain step of a variable with an int8 momentum, run by runs of whole rows."""
+    index = optimizer._get_variable_index(variable)
+    codes, scales = optimizer._momentums[index]._value, optimizer._momentum_scales[index]._value
+    length = codes.shape[-1]
+    p = variable._value.view(-1, length)
+    g = torch.as_tensor(gradient).reshape(-1, length)
+    codes, scales = codes.view(-1, length), scales.view(codes.shape[0], -1)
+    decays = optimizer._use_weight_decay(variable)
+    rows = max(1, BLOCK // length)
+    for start in range(0, p.shape[0], rows):
+        part = slice(start, start + rows)
+        step = optimizer._step_inputs(p[part], int8.decode(codes[part], scales[part]), g[part],
+                                      decays, learning_rate)
+        theta, m = lion_update(step, cautious=False)
+        p[part].copy_(theta)
+        noise = int8.noise_bits(optimizer.iterations, index, tuple(m.shape),
+                                offset=start * length)
+        new_codes, new_scales = int8.encode(m, noise)
+        codes[part].copy_(new_codes)
+        scales[part].copy_(new_scales)
+
+
+def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],
+                  learning_rate: Any) -> None:
     live = optimizer._hyperparameters()
     beta_1, beta_2 = float(live.beta_1), float(live.beta_2)
     one_minus_beta_1 = 1 - beta_1

@@ -103,7 +103,8 @@ def _update_int8(optimizer: Any, gradient: Any, variable: Any, learning_rate: An
     length = codes.shape[-1]
     p = variable._value.view(-1, length)
     g = torch.as_tensor(gradient).reshape(-1, length)
-    codes, scales = codes.view(-1, length), scales.view(codes.shape[0], -1)
+    codes = codes.view(-1, length)
+    scales = scales.view(codes.shape[0], -1)
     decays = optimizer._use_weight_decay(variable)
     rows = max(1, BLOCK // length)
     for start in range(0, p.shape[0], rows):

@@ -1,0 +1,341 @@
+"""momentum_dtype="int8": the codes against a NumPy model of the format, every
+path against a float64 oracle of the step and the same quantizer, small
+momenta next to large ones, determinism, saving and resuming, the options."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import int8_oracle as oracle
+import keras
+import numpy as np
+import pytest
+from conftest import to_numpy
+from keras import ops
+
+from keraslion import Lion, int8
+
+BACKEND = keras.backend.backend()
+# XLA (JAX) and TensorFlow's CPU kernels flush subnormal floats to zero.
+FLUSHES = BACKEND in ("jax", "tensorflow")
+EPS = float(np.finfo(np.float32).eps)
+
+
+def momenta(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Momenta over 12 decades, with edge values: 0, -0, +-Inf, NaN, and a block
+    whose largest element is near float32's largest."""
+    rng = np.random.default_rng(seed)
+    m = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-12, 0, shape)).astype(np.float32)
+    flat = m.reshape(-1)
+    flat[:6] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30]
+    if flat.size > 600:
+        flat[300:302] = [3e38, -1e-3]
+    return m
+
+
+SHAPES = [(3, 300), (4, 64), (2, 2, 256), (512,), (40, 33)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_codes_are_the_formats_with_the_hash_of_step_variable_and_element(shape: Any) -> None:
+    m = momenta(shape)
+    if FLUSHES:  # Subnormal momenta read as 0 there; none here.
+        m = np.where(np.abs(m) < np.finfo(np.float32).tiny, 0, m).astype(np.float32)
+    bits = to_numpy(int8.noise_bits(7, 3, shape))
+    np.testing.assert_array_equal(bits, oracle.noise(7, 3, shape))
+    codes, scales = (to_numpy(x) for x in int8.encode(ops.convert_to_tensor(m),
+                                                      ops.convert_to_tensor(bits)))
+    expected, expected_scales, ambiguous = oracle.encode(m, bits)
+    assert codes.dtype == np.int8 and codes.shape == shape
+    assert scales.shape == (*shape[:-1], -(-shape[-1] // oracle.block_size(shape)))
+    np.testing.assert_array_equal(scales, expected_scales)
+    differ = codes != expected
+    wrong = differ & ~ambiguous
+    assert not wrong.any(), (codes[wrong], expected[wrong])
+    assert (np.abs(codes.astype(int) - expected.astype(int))[differ] == 1).all()
+    assert ambiguous.mean() < 1e-3  # the ambiguity excused is a rounding's, not more
+    decoded = to_numpy(int8.decode(ops.convert_to_tensor(codes), ops.convert_to_tensor(scales)))
+    exact = oracle.decode(codes, scales)
+    np.testing.assert_array_equal(np.isnan(decoded), np.isnan(m))
+    np.testing.assert_array_equal(decoded[~np.isnan(m)], exact.astype(np.float32)[~np.isnan(m)])
+    # Infinities saturate at the largest float32, with their sign.
+    flat = decoded.reshape(-1)
+    assert flat[2] == np.finfo(np.float32).max and flat[3] == -np.finfo(np.float32).max
+
+
+def test_rounding_is_unbiased_over_steps() -> None:
+    shape = (8, 256)
+    m = momenta(shape, seed=1)
+    m = np.where(np.isfinite(m), m, 1.0).astype(np.float32)
+    total = np.zeros(shape)
+    steps = 400
+    for step in range(steps):
+        codes, scales = int8.encode(ops.convert_to_tensor(m), int8.noise_bits(step, 0, shape))
+        total += to_numpy(int8.decode(codes, scales))
+    scales = oracle.scales_of(m)
+    spread = oracle.spacing(m, scales) / np.sqrt(steps)
+    # Within 5 standard errors of a uniform rounding, for every element.
+    assert (np.abs(total / steps - m) <= 5 * spread + 1e-45).all()
+
+
+def small_and_large_gradients(ratio: float) -> np.ndarray:
+    """One element in 64 with a `ratio`-times larger gradient, signs random."""
+    rng = np.random.default_rng(3)
+    g = np.where(rng.random((64, 256)) < 0.5, -1.0, 1.0) * 1e-3
+    g.reshape(-1)[::64] *= ratio
+    return g.astype(np.float32)
+
+
+@pytest.mark.parametrize("ratio", [1e3, 1e5])
+def test_small_momenta_survive_next_to_large_ones(ratio: float) -> None:
+    """After 300 steps, the small elements' gradient is reversed: with float32
+    momentum their step keeps its direction (momentum outweighs one gradient),
+    so it must with int8 too. Absmax-linear int8 codes round them to zero and
+    flip every one (bench/int8_codes.py)."""
+    g = small_and_large_gradients(ratio)
+    small = np.ones(g.shape, bool)
+    small.reshape(-1)[::64] = False
+    reversed_g = np.where(small, -g, g)
+    final = {}
+    for dtype in ("float32", "int8"):
+        optimizer = Lion(learning_rate=1e-3, momentum_dtype=dtype)
+        variable = keras.Variable(np.zeros(g.shape, np.float32))
+        for _ in range(300):
+            optimizer.apply([ops.convert_to_tensor(g)], [variable])
+        before = to_numpy(variable)
+        optimizer.apply([ops.convert_to_tensor(reversed_g)], [variable])
+        final[dtype] = (to_numpy(variable) - before, to_numpy(optimizer._momentum_value(variable)))
+    step32, m32 = final["float32"]
+    step8, m8 = final["int8"]
+    assert (np.sign(step32[small]) == -np.sign(g[small])).all()  # float32 does not flip
+    assert (np.sign(step8[small]) == np.sign(step32[small])).all()
+    # Unbiased: on average as large as float32's (at 1e5x, each is one of the
+    # two codes next to it, about 0.8x and 1.6x).
+    ratio_to_float32 = m8[small] / m32[small]
+    assert 0.9 < np.mean(ratio_to_float32) < 1.1, np.mean(ratio_to_float32)
+
+
+# One step on every path, against a float64 oracle of Lion and the quantizer ------
+
+def _paths() -> list[str]:
+    return {"jax": ["plain", "fast", "jit"],
+            "tensorflow": ["plain", "fast", "tf.function", "tf.function+XLA"],
+            "torch": ["plain", "fast"]}[BACKEND]
+
+
+CASES = {
+    "default": {},
+    "weight-decay-excluded": {"weight_decay": 0.5, "exclude_from_weight_decay": "bias"},
+    "beta_1>beta_2": {"beta_1": 0.99, "beta_2": 0.9},
+    "cautious": {"cautious": True},
+}
+VARIABLES = [("kernel", (3, 300)), ("short_rows", (10, 40)), ("bias", (512,)), ("small", (16,))]
+
+
+def _step(path: str, optimizer: Lion, grads: list[Any], variables: list[Any]) -> None:
+    if path == "plain":
+        optimizer._fast_path = None
+    if path in ("plain", "fast"):
+        optimizer.apply(grads, variables)
+    elif path == "jit":
+        import jax
+
+        optimizer.build(variables)
+        state = [v.value for v in optimizer.variables]
+        new_trainable, new_state = jax.jit(optimizer.stateless_apply)(
+            state, grads, [v.value for v in variables])
+        for v, value in zip((*variables, *optimizer.variables), (*new_trainable, *new_state)):
+            v.assign(value)
+    else:
+        import tensorflow as tf
+
+        tf.function(lambda: optimizer.apply(grads, variables),
+                    jit_compile=path.endswith("XLA"), autograph=False)()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("path", _paths())
+def test_every_path_matches_the_oracle(path: str, case: str) -> None:
+    settings = CASES[case]
+    rng = np.random.default_rng(5)
+    variables = [keras.Variable(rng.standard_normal(shape).astype(np.float32), name=name)
+                 for name, shape in VARIABLES]
+    optimizer = Lion(learning_rate=0.01, momentum_dtype="int8", **settings)
+    optimizer.build(variables)
+    beta_1, beta_2 = settings.get("beta_1", 0.9), settings.get("beta_2", 0.99)
+    for step in range(4):
+        grads = [(rng.standard_normal(v.shape) * 10.0 ** rng.uniform(-6, 1, v.shape))
+                 .astype(np.float32) for v in variables]
+        if step == 2:
+            grads[0][0, :3] = [np.inf, -np.inf, 1e30]
+        before = [(to_numpy(v), to_numpy(optimizer._momentum_value(v))) for v in variables]
+        iteration = int(to_numpy(optimizer.iterations))
+        _step(path, optimizer, [ops.convert_to_tensor(g) for g in grads], variables)
+        for v, g, (theta, m) in zip(variables, grads, before):
+            _check_step(optimizer, v, g, theta, m, iteration, beta_1, beta_2, settings, path)
+
+
+def _check_step(optimizer: Lion, variable: Any, g: np.ndarray, theta: np.ndarray,
+                m: np.ndarray, iteration: int, beta_1: float, beta_2: float,
+                settings: dict[str, Any], path: str) -> None:
+    theta64, m64, g64 = (np.asarray(x, np.float64) for x in (theta, m, g))
+    with np.errstate(invalid="ignore", over="ignore"):
+        c = beta_1 * m64 + (1 - beta_1) * g64
+        bound = 8 * EPS * (np.abs(beta_1 * m64) + np.abs((1 - beta_1) * g64)) + 1e-37
+        ambiguous = np.abs(c) <= bound
+        direction = np.sign(c)
+        if settings.get("cautious"):
+            keep = direction * g64 > 0
+            direction = direction * keep * (keep.size / max(keep.sum(), 1))
+        decays = "weight_decay" in settings and variable.name != "bias"
+        decay = settings.get("weight_decay", 0.0) if decays else 0.0
+        expected = theta64 - 0.01 * (direction + decay * theta64)
+        new_m = beta_2 * m64 + (1 - beta_2) * g64
+    actual = to_numpy(variable).astype(np.float64)
+    tolerance = 4 * EPS * (np.abs(theta64) + 0.01 * (np.abs(direction) + abs(decay * theta64)))
+    tolerance = np.maximum(tolerance, np.spacing(np.abs(expected).astype(np.float32)))
+    wrong = (np.abs(actual - expected) > tolerance) & ~ambiguous
+    assert not wrong.any(), f"{path} {variable.name}: {actual[wrong][:4]} vs {expected[wrong][:4]}"
+    index = optimizer._get_variable_index(variable)
+    scales = optimizer._momentum_scales[index]
+    if not oracle.is_quantized(tuple(variable.shape)):
+        assert scales is None and optimizer._momentums[index].dtype == "float32"
+        np.testing.assert_allclose(to_numpy(optimizer._momentums[index]), new_m, rtol=4 * EPS,
+                                   atol=1e-38)
+        return
+    codes, scales = to_numpy(optimizer._momentums[index]), to_numpy(scales)
+    bits = oracle.noise(iteration, index, codes.shape)
+    expected_codes, expected_scales, either = oracle.encode(new_m.astype(np.float32), bits)
+    np.testing.assert_allclose(scales, expected_scales, rtol=8 * EPS)
+    differ = codes != expected_codes
+    assert not (differ & ~either).any(), (
+        f"{path} {variable.name}: codes {codes[differ & ~either][:6]} where the oracle's are "
+        f"{expected_codes[differ & ~either][:6]}")
+    assert (np.abs(codes.astype(int) - expected_codes.astype(int))[differ] <= 1).all()
+
+
+def test_a_step_is_the_same_in_two_optimizers_and_after_resuming(tmp_path: Any) -> None:
+    def run(steps: int, optimizer: Lion, variable: Any) -> None:
+        rng = np.random.default_rng(11)
+        grads = [rng.standard_normal((32, 256)).astype(np.float32) for _ in range(6)]
+        for g in grads[:steps] if steps > 0 else grads[steps:]:
+            optimizer.apply([ops.convert_to_tensor(g)], [variable])
+
+    init = np.random.default_rng(2).standard_normal((32, 256)).astype(np.float32)
+    results = []
+    for _ in range(2):
+        variable = keras.Variable(init)
+        optimizer = Lion(learning_rate=1e-2, momentum_dtype="int8")
+        run(6, optimizer, variable)
+        results.append([to_numpy(x) for x in (variable, *optimizer.variables)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 64)).astype(np.float32)
+    y = (x[:, :10].argmax(axis=1)).astype(np.int32)
+    return x, y
+
+
+def _model(**options: Any) -> keras.Model:
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation="relu"),
+                              keras.layers.Dense(10)])
+    model.compile(optimizer=Lion(learning_rate=1e-3, momentum_dtype="int8", **options),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+OPTIONS = {
+    "default": {},
+    "skip_nonfinite+cautious": {"skip_nonfinite": True, "cautious": True},
+    "ema": {"use_ema": True, "ema_overwrite_frequency": 3},
+    "accumulation": {"gradient_accumulation_steps": 2},
+    "weight-decay-excluded": {"weight_decay": 0.1, "exclude_from_weight_decay": ["bias"]},
+}
+
+
+@pytest.mark.parametrize("options", list(OPTIONS))
+def test_fit_save_load_and_resume_continue_bit_for_bit(options: str, digits: Any,
+                                                        tmp_path: Any) -> None:
+    x, y = digits
+    model = _model(**OPTIONS[options])
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    path = os.fspath(tmp_path / "model.keras")
+    model.save(path)
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    resumed = keras.saving.load_model(path)
+    assert resumed.optimizer.momentum_dtype == "int8"
+    resumed.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(model.optimizer.variables, resumed.optimizer.variables):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    kernel = model.optimizer._momentums[0]
+    assert kernel.dtype == "int8" and to_numpy(kernel).any()
+
+
+def test_a_step_with_nonfinite_gradients_leaves_codes_and_scales_untouched() -> None:
+    variable = keras.Variable(np.ones((4, 256), np.float32))
+    optimizer = Lion(momentum_dtype="int8", skip_nonfinite=True)
+    optimizer.apply([ops.ones((4, 256)) * 0.5], [variable])
+    state = [to_numpy(v) for v in optimizer.variables]
+    bad = np.full((4, 256), 0.5, np.float32)
+    bad[1, 7] = np.nan
+    optimizer.apply([ops.convert_to_tensor(bad)], [variable])
+    assert optimizer.nonfinite_steps == 1
+    for before, v in zip(state, optimizer.variables):
+        if v is not optimizer._nonfinite_steps:
+            np.testing.assert_array_equal(before, to_numpy(v))
+
+
+def test_checkpoints_load_between_int8_and_float_momentum(digits: Any, tmp_path: Any) -> None:
+    x, y = digits
+    model = _model()
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    path = os.fspath(tmp_path / "int8.weights.h5")
+    model.save_weights(path)
+    held = [to_numpy(model.optimizer._momentum_value(v)) for v in model.trainable_variables]
+
+    wide = keras.models.clone_model(model)
+    wide.compile(optimizer=Lion(learning_rate=1e-3), loss="mse")
+    wide.optimizer.build(wide.trainable_variables)
+    wide.load_weights(path)
+    for m, v in zip(held, wide.optimizer._momentums):
+        assert v.dtype == "float32"
+        np.testing.assert_array_equal(to_numpy(v), m)  # decoded exactly
+
+    back_path = os.fspath(tmp_path / "float.weights.h5")
+    wide.save_weights(back_path)
+    narrow = _model()
+    narrow.optimizer.build(narrow.trainable_variables)
+    narrow.load_weights(back_path)
+    for m, v in zip(held, narrow.trainable_variables):
+        # Codes' values are codes again: rounding to the nearest gives them back.
+        np.testing.assert_array_equal(to_numpy(narrow.optimizer._momentum_value(v)), m)
+
+
+def test_state_takes_at_most_1_1_bytes_per_parameter_on_a_million_parameters() -> None:
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(1024),
+                              keras.layers.Dense(256), keras.layers.Dense(10)])
+    params = model.count_params()
+    assert params >= 1_000_000
+    optimizer = Lion(momentum_dtype="int8")
+    optimizer.build(model.trainable_variables)
+    state = [v for v in optimizer.variables
+             if v is not optimizer.iterations and v is not optimizer._learning_rate]
+    total = sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in state)
+    assert total / params <= 1.1
+    # The 10 biases and the (256, 10) kernel's short rows keep float32.
+    assert [v.dtype for v in optimizer._momentums] == [
+        "int8", "int8", "int8", "int8", "float32", "float32"]
+
+
+def test_int8_is_refused_where_it_is_misspelt() -> None:
+    with pytest.raises(ValueError,
+                       match=r"momentum_dtype.*'int8'.*Received: momentum_dtype='int4'"):
+        Lion(momentum_dtype="int4")

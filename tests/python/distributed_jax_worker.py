@@ -53,6 +53,34 @@ def build(**settings):
     return model
 
 
+def build_wide(**settings):
+    """A hidden kernel of (6, 512): rows of 512, two blocks, stored in int8."""
+    model = keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(512, name="hidden", activation="tanh",
+                           kernel_initializer=keras.initializers.GlorotUniform(seed=7)),
+        keras.layers.Dense(2, name="out",
+                           kernel_initializer=keras.initializers.GlorotUniform(seed=8))])
+    model.compile(optimizer=Lion(learning_rate=0.01, momentum_dtype="int8", **settings),
+                  loss="mse")
+    return model
+
+
+def record_int8(results, name, model):
+    """The hidden kernel's weights, decoded momentum, and the shardings of
+    its codes and scales."""
+    optimizer = model.optimizer
+    kernel = next(v for v in model.trainable_variables if v.path.endswith("hidden/kernel"))
+    index = optimizer._get_variable_index(kernel)
+    codes, scales = optimizer._momentums[index], optimizer._momentum_scales[index]
+    results[f"{name}/weight"] = keras.ops.convert_to_numpy(kernel)
+    results[f"{name}/momentum"] = keras.ops.convert_to_numpy(optimizer._momentum_value(kernel))
+    for key, variable in (("spec", kernel), ("codes_spec", codes), ("scales_spec", scales)):
+        results[f"{name}/{key}"] = str(getattr(variable.value.sharding, "spec", None))
+    results[f"{name}/scales_local_shape"] = list(
+        scales.value.addressable_shards[0].data.shape)
+
+
 def train(model, x, y):
     model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
     return model
@@ -110,6 +138,9 @@ def main(out):
             train(model, x, y)
         record_shardings(results, f"{name}/trained", model)
         record(results, name, model)
+    record_int8(results, "int8_single", train(build_wide(), x, y))
+    with model_parallel.scope():
+        record_int8(results, "int8_model_parallel", train(build_wide(), x, y))
     np.savez(out, **results)
 
 

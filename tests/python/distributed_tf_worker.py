@@ -49,27 +49,30 @@ def regression_data():
     return x, y, bad_x, bad_y
 
 
-def build(optimizer):
+def build(optimizer, width=4):
     keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="tanh"),
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(width, activation="tanh"),
                               keras.layers.Dense(2)])
     model.compile(optimizer=optimizer, loss="mse")
     return model
 
 
-def train(x, y, strategy=None, epochs=2, lion=None, loss_scale=False):
+def train(x, y, strategy=None, epochs=2, lion=None, loss_scale=False, width=4):
     # Under a strategy, the optimizer too must be created in its scope.
     with strategy.scope() if strategy else contextlib.nullcontext():
         optimizer = Lion(learning_rate=0.01, weight_decay=0.1, **(lion or {}))
-        model = build(keras.optimizers.LossScaleOptimizer(optimizer) if loss_scale else optimizer)
+        model = build(keras.optimizers.LossScaleOptimizer(optimizer) if loss_scale else optimizer,
+                      width)
     model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0)
     return model, optimizer
 
 
 def record(results, name, model, lion, strategy=None):
-    for i, (variable, momentum) in enumerate(zip(model.trainable_variables, lion._momentums)):
+    for i, variable in enumerate(model.trainable_variables):
         results[f"{name}/weight/{i}"] = keras.ops.convert_to_numpy(variable)
-        results[f"{name}/momentum/{i}"] = keras.ops.convert_to_numpy(momentum)
+        results[f"{name}/momentum/{i}"] = keras.ops.convert_to_numpy(
+            lion._momentum_value(variable))
+        results[f"{name}/momentum_dtype/{i}"] = lion._momentums[i].dtype
     results[f"{name}/iterations"] = int(keras.ops.convert_to_numpy(lion.iterations))
     results[f"{name}/nonfinite_steps"] = lion.nonfinite_steps
     results[f"{name}/replicas"] = strategy.num_replicas_in_sync if strategy else 1
@@ -99,6 +102,10 @@ def main(out):
            *train(bad_x, bad_y, no_merge_call, **skip), no_merge_call)
     record(results, "loss_scale_skip",
            *train(bad_x, bad_y, strategy, epochs=1, loss_scale=True, **skip), strategy)
+    # A hidden layer of 256: its kernel and bias have int8 momentums.
+    int8 = {"lion": {"momentum_dtype": "int8"}, "width": 256}
+    record(results, "single_int8", *train(x, y, **int8))
+    record(results, "mirrored_int8", *train(x, y, strategy, **int8), strategy)
     np.savez(out, **results)
 
 

@@ -147,13 +147,16 @@
 #'   under a `tf.distribute` strategy (an error: Keras cannot synchronize
 #'   the replicas there).
 #' @param momentum_dtype `NULL` (the weight's own dtype) or one of
-#'   `"float32"`, `"bfloat16"`, `"float16"`, `"float64"`: the dtype the
-#'   momentum is stored in. `"bfloat16"` halves the optimizer's memory; the
-#'   step is still computed in float32. A float16 momentum saturates at
-#'   +-65504 (only the sign of `c` matters) instead of overflowing to `Inf`,
-#'   which would fix an element's direction for good. `"float64"` on JAX
-#'   needs JAX's 64-bit mode (`Sys.setenv(JAX_ENABLE_X64 = 1)` before Python
-#'   starts); without it, it is an error.
+#'   `"float32"`, `"bfloat16"`, `"float16"`, `"float64"`, `"int8"`: the
+#'   dtype the momentum is stored in. `"bfloat16"` halves the optimizer's
+#'   memory; the step is still computed in float32. A float16 momentum
+#'   saturates at +-65504 (only the sign of `c` matters) instead of
+#'   overflowing to `Inf`, which would fix an element's direction for good.
+#'   `"float64"` on JAX needs JAX's 64-bit mode (`Sys.setenv(JAX_ENABLE_X64
+#'   = 1)` before Python starts); without it, it is an error. `"int8"`
+#'   stores one byte per weight and a float32 scale per block of 256 along
+#'   the last axis (1.016 bytes per weight, a quarter of float32); see
+#'   "One-byte momentum" below.
 #' @param cautious `TRUE` or `FALSE`: cautious Lion (C-Lion, Liang et al.
 #'   2024). Elements whose step direction disagrees in sign with the current
 #'   gradient are not moved; in each weight tensor the other elements are
@@ -287,7 +290,7 @@ optimizer_lion <- function(learning_rate = 0.001,
       ),
       momentum_dtype = check_choice(
         momentum_dtype, "momentum_dtype",
-        c("float32", "bfloat16", "float16", "float64")
+        c("float32", "bfloat16", "float16", "float64", "int8")
       ),
       cautious = check_flag(cautious, "cautious"),
       exclude_from_weight_decay = as_patterns(

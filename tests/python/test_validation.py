@@ -31,7 +31,7 @@ BAD_ARGUMENTS = [
     ({"loss_scale_factor": 0.0}, "loss_scale_factor"),
     ({"name": ""}, "name"),
     ({"name": 3}, "name"),
-    ({"momentum_dtype": "int8"}, "momentum_dtype"),
+    ({"momentum_dtype": "int16"}, "momentum_dtype"),
     ({"momentum_dtype": "float31"}, "momentum_dtype"),
     ({"cautious": "yes"}, "cautious"),
     ({"skip_nonfinite": None}, "skip_nonfinite"),

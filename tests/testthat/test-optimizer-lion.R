@@ -48,7 +48,7 @@ test_that("bad arguments get an error naming the argument and the value", {
     optimizer_lion(loss_scale_factor = 0)
     optimizer_lion(name = "")
     optimizer_lion(name = c("a", "b"))
-    optimizer_lion(momentum_dtype = "int8")
+    optimizer_lion(momentum_dtype = "int16")
     optimizer_lion(cautious = 1)
     optimizer_lion(exclude_from_weight_decay = c("bias", NA))
     optimizer_lion(skip_nonfinite = NULL)

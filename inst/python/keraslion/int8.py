@@ -44,6 +44,9 @@ NAN_CODE = 127
 #: there) and of infinity (larger bits are NaN).
 FLOAT32_MAX_BITS = 0x7F7FFFFF
 INFINITY_BITS = 0x7F800000
+#: The bits of a quiet NaN, and the sign bit.
+NAN_BITS = 0x7FC00000
+SIGN_BIT = -(1 << 31)
 #: r below this is a "subnormal" code: k * 2**-17, k < 8.
 SMALLEST_NORMAL = 2.0**-14
 #: A normal code k is float32 bits `(k + EXPONENT_OFFSET) << 20` (3 mantissa bits kept).
@@ -104,11 +107,20 @@ def decode(codes: Any, scales: Any) -> Any:
     shape = tuple(codes.shape)
     signed = ops.cast(codes, "int32")
     k = ops.abs(signed)
-    # Small codes k * 2**-17 from the bits of 2**23 + k (exact), others by their bits.
-    subnormal = (ops.view(k + MAGIC_BITS, "float32") - 2.0**23) * 2.0**-17
-    r = ops.where(k < 8, subnormal, ops.view(ops.left_shift(k + EXPONENT_OFFSET, 20), "float32"))
-    r = ops.where(k == NAN_CODE, float("nan"), r)
-    return ops.where(signed < 0, -r, r) * _per_element(scales, shape)
+    # Small codes k * 2**-17 from the bits of 2**23 + k (exact), others by
+    # their bits; chosen, NaN set and the sign put on by integer arithmetic
+    # (a select on full tensors is as slow as the rest together on PyTorch).
+    small = (ops.view(k + MAGIC_BITS, "float32") - 2.0**23) * 2.0**-17
+    bits = ops.left_shift(k + EXPONENT_OFFSET, 20)
+    bits = _choose(ops.view(small, "int32"), bits, k < 8)
+    bits = _choose(NAN_BITS, bits, k == NAN_CODE)
+    bits = ops.bitwise_or(bits, ops.bitwise_and(signed, SIGN_BIT))
+    return ops.view(bits, "float32") * _per_element(scales, shape)
+
+
+def _choose(if_true: Any, if_false: Any, condition: Any) -> Any:
+    """`where(condition, if_true, if_false)` for int32, as arithmetic."""
+    return if_false + (if_true - if_false) * ops.cast(condition, "int32")
 
 
 def encode(m: Any, noise: Any) -> tuple[Any, Any]:
@@ -117,7 +129,8 @@ def encode(m: Any, noise: Any) -> tuple[Any, Any]:
 
     Infinities (and NaN, for the block's scale) count as the largest float32.
     Bit operations stand in for `abs`, `isnan` and float-to-int conversion,
-    which XLA's CPU code runs several times slower in this fusion.
+    which XLA's CPU code runs several times slower in this fusion, and
+    integer arithmetic for selects, which PyTorch runs slowly.
     """
     shape = tuple(m.shape)
     bits = ops.view(ops.cast(m, "float32"), "int32")
@@ -141,8 +154,10 @@ def encode(m: Any, noise: Any) -> tuple[Any, Any]:
     # step, read from the bits of r * 2**37 + 2**23 (rounded to the nearest unit).
     fixed_point = ops.view(r * 2.0**37 + 2.0**23, "int32") - MAGIC_BITS
     subnormal = ops.right_shift(fixed_point + noise, NOISE_BITS)
-    k = ops.where(r >= SMALLEST_NORMAL, ops.minimum(normal, ONE_CODE), subnormal)
-    k = ops.where(nan, NAN_CODE, ops.where(bits < 0, -k, k))
+    k = _choose(ops.minimum(normal, ONE_CODE), subnormal, r >= SMALLEST_NORMAL)
+    # Negated where m is negative: -1 there from an arithmetic shift of the sign.
+    negative = ops.right_shift(bits, 31)
+    k = _choose(NAN_CODE, ops.bitwise_xor(k, negative) - negative, nan)
     return ops.cast(k, "int8"), scales
 
 

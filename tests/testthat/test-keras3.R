@@ -160,3 +160,26 @@ test_that("a layer frozen mid-training keeps its weights while the rest train", 
   expect_identical(after[1:2], before[1:2])
   for (i in 3:4) expect_false(identical(after[[i]], before[[i]]))
 })
+
+test_that("a one-byte momentum trains with keras3 verbs", {
+  skip_if_no_keras3()
+  withr::local_package("keras3")
+  data <- iris_data()
+  set_random_seed(1)
+  model <- keras_model_sequential(input_shape = 4) |>
+    layer_dense(64, activation = "relu") |>
+    layer_dense(3, activation = "softmax")
+  model |> compile(
+    optimizer = keraslion::optimizer_lion(learning_rate = 0.01, momentum_dtype = "int8"),
+    loss = "sparse_categorical_crossentropy",
+    metrics = "accuracy"
+  )
+  history <- model |> fit(data$x, data$y, epochs = 30, batch_size = 16, verbose = 0)
+  expect_lt(history$metrics$loss[[30]], history$metrics$loss[[1]])
+  expect_gte(history$metrics$accuracy[[30]], 0.9)
+  # The (4, 64) kernel is stored in int8; the biases and the (64, 3) kernel,
+  # too small to gain, keep float32.
+  dtypes <- vapply(model$optimizer$`_momentums`, function(v) v$dtype, "")
+  expect_identical(dtypes, c("int8", "float32", "float32", "float32"))
+  expect_identical(model$optimizer$get_config()$momentum_dtype, "int8")
+})

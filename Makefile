@@ -32,9 +32,11 @@ demo: setup
 test: setup
 	tools/run-tests.sh
 
-# Benchmark of the Lion step (bench/; BENCH_ARGS=--quick for a short run).
+# Benchmark of the Lion step (bench/; BENCH_ARGS=--quick for a short run),
+# then the memory of a step on 100M parameters, one process per case.
 bench: setup
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+	$(PYTHON) bench/memory.py
 
 # The pkgdown site, built into docs/ offline (tools/build-site.R); its
 # examples and vignettes run with the Python above.

@@ -60,6 +60,29 @@
 #' (3.4e+38) give an infinite momentum; clip them (`clipvalue`) if they can
 #' be that large.
 #'
+#' @section One-byte momentum:
+#' With `momentum_dtype = "int8"`, each momentum element is stored as an
+#' int8 code and each block of 256 elements along the last axis (or a
+#' shorter row) keeps its largest absolute value as a float32 scale: 1.016
+#' bytes per weight, where float32 takes 4 and bfloat16 2, an eighth of
+#' AdamW's 8. The codes are float8-like relative to the block's largest
+#' element, so a momentum 1e5 times smaller than its block's largest keeps
+#' a value (plain int8 rounds everything below 1/254 of it to zero, which
+#' freezes small momenta next to large ones), and they are rounded up or
+#' down at random, without bias, by bits hashed from the step count, the
+#' variable and the element: training is deterministic, the same after
+#' saving and resuming, and the same on every replica and device.
+#'
+#' What it costs: each stored momentum is off by up to one code (an eighth
+#' of its value, on average nothing); a `NaN` or infinite momentum
+#' saturates its block's scale; and encoding is more work than storing a
+#' float, so on a CPU a step takes longer than with float32 (`make bench`
+#' in the package sources measures every path). Variables whose last axis
+#' is shorter than 32, or with fewer than 256 elements, gain little and keep
+#' a float32 momentum. Checkpoints load between int8 and float momentums.
+#' The vignette `vignette("lion-vs-adamw")` compares training quality and
+#' memory.
+#'
 #' @section Saving and loading:
 #' A checkpoint (`save_model()`, `save_model_weights()`) loads into a Lion
 #' whose options add or drop optimizer variables (`skip_nonfinite`,

@@ -28,7 +28,10 @@ NOISY = 0.3  # cores of other processes' load on our CPU that make a round noisy
 # The optimizers bench/worker.py times, in table order. "keraslion b1>b2" has
 # beta_1 = 0.99 > beta_2 = 0.9, where the momentum-first rewrite would not be
 # exact, so its step runs in the paper's order: what exactness costs there.
-NAMES = ["keraslion", "keraslion bf16", "keraslion b1>b2", "keras Lion", "keras AdamW"]
+NAMES = ["keraslion", "keraslion bf16", "keraslion int8", "keraslion b1>b2", "keras Lion",
+         "keras AdamW"]
+# Issue 14: lower-precision momentum never slower than this times float32's, per path.
+PRECISION_FLOORS = {"keraslion bf16": 1.0, "keraslion int8": 0.9}
 
 
 def bandwidth_probe(cpu: int | None, n: int = 1 << 25) -> dict[str, float]:
@@ -175,6 +178,23 @@ def report(cells: dict, fits: list[dict], bw: dict, meta: dict) -> str:
         f"worst {worst[1]:.2f} ({' '.join(worst[0])}); "
         + ", ".join(f"{' '.join(g)}: {v:.2f}" for g, v in adamw if v > 0.75)
         if worst else "not run"))
+    lines += ["", "## Lower-precision momentum vs float32 momentum (issue 14)", "",
+              "Step time of keraslion with float32 momentum ÷ with bfloat16 or int8 momentum, "
+              "same path and case (above 1: faster than float32). Plot: precision.png.", "",
+              "| backend | path | case | float32 ms | bfloat16 | int8 |",
+              "|---|---|---|---|---|---|"]
+    ratios = precision_ratios(cells)
+    for group, by_name in ratios.items():
+        lines.append(f"| {' | '.join(group)} | {cells[group + ('keraslion',)]['s'] * 1e3:.1f} | "
+                     + " | ".join(f"{by_name[n]:.2f}x" if n in by_name else "" for n in
+                                  PRECISION_FLOORS) + " |")
+    lines += ["", "| target | status | measured |", "|---|---|---|"]
+    for name, floor_ in PRECISION_FLOORS.items():
+        measured = [(g, r[name]) for g, r in ratios.items() if name in r]
+        lines.append(check(
+            f"{name.split()[1]} momentum >= {floor_}x float32's step, every path",
+            bool(measured) and all(v >= floor_ for _, v in measured),
+            ", ".join(f"{' '.join(g)}: {v:.2f}x" for g, v in measured)))
     lines += ["", "## Optimizer state per parameter", "",
               "| optimizer | bytes/param |", "|---|---|"]
     for name in NAMES:
@@ -188,6 +208,42 @@ def report(cells: dict, fits: list[dict], bw: dict, meta: dict) -> str:
         lines.append(f"| {f['backend']} | {f['jit_compile']} | {f['optimizer']} | "
                      f"{f['ms_per_step']:.2f} | {f['foreign_cores']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def precision_ratios(cells: dict) -> dict[tuple, dict[str, float]]:
+    """Per (backend, path, case): float32-momentum step time ÷ each lower precision's."""
+    ratios: dict[tuple, dict[str, float]] = {}
+    for (backend, path, case, name), cell in cells.items():
+        reference = cells.get((backend, path, case, "keraslion"))
+        if name in PRECISION_FLOORS and reference:
+            ratios.setdefault((backend, path, case), {})[name] = reference["s"] / cell["s"]
+    return ratios
+
+
+def plot_precision(cells: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = precision_ratios(cells)
+    groups = list(ratios)
+    fig, ax = plt.subplots(figsize=(max(8, len(groups) * 0.9), 4.5))
+    width = 0.8 / len(PRECISION_FLOORS)
+    for i, (name, floor_) in enumerate(PRECISION_FLOORS.items()):
+        offset = (i - (len(PRECISION_FLOORS) - 1) / 2) * width
+        ax.bar(np.arange(len(groups)) + offset, [ratios[g].get(name, np.nan) for g in groups],
+               width, label=f"{name.split()[1]} momentum (target >= {floor_}x)")
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.axhline(0.9, color="grey", linestyle="--", linewidth=1)
+    ax.set_ylabel("float32-momentum step time ÷ this step's")
+    ax.set_xticks(np.arange(len(groups)))
+    ax.set_xticklabels([f"{g[0]}\n{g[1]}\n{g[2]}" for g in groups], fontsize=7)
+    ax.set_title("keraslion step with lower-precision momentum, relative to float32 (higher is "
+                 "faster)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def plot(cells: dict, floor: float, path: Path) -> None:
@@ -263,6 +319,7 @@ def main() -> None:
     text = report(cells, [r for r in records if r["kind"] == "fit"], bw, meta)
     (RESULTS / "results.md").write_text(text)
     plot(cells, 20 / max(bw.values()), RESULTS / "bench.png")
+    plot_precision(cells, RESULTS / "precision.png")
     print(text)
     if "tensorflow" in backends:
         # First step and compile cache with many variables (TensorFlow eager).

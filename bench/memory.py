@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SHAPE = (10_000, 10_000)
-OPTIMIZERS = ["Lion float32", "Lion int8"]
+OPTIMIZERS = ["Lion float32", "Lion bfloat16", "Lion int8", "AdamW"]
 BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "int8": 1, "int32": 4,
          "int64": 8}
 

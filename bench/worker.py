@@ -38,7 +38,8 @@ from keraslion import Lion  # noqa: E402
 BACKEND = keras.backend.backend()
 LR, WD = 1e-4, 0.01
 HZ = os.sysconf("SC_CLK_TCK")
-BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8}
+BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "int8": 1, "int32": 4,
+         "int64": 8}
 
 
 def log(*parts: object) -> None:
@@ -59,6 +60,7 @@ CASES = {
 OPTIMIZERS = {
     "keraslion": lambda: Lion(learning_rate=LR, weight_decay=WD),
     "keraslion bf16": lambda: Lion(learning_rate=LR, weight_decay=WD, momentum_dtype="bfloat16"),
+    "keraslion int8": lambda: Lion(learning_rate=LR, weight_decay=WD, momentum_dtype="int8"),
     # The momentum-first rewrite is not exact here: the step runs in the paper's order.
     "keraslion b1>b2": lambda: Lion(learning_rate=LR, weight_decay=WD, beta_1=0.99, beta_2=0.9),
     "keras Lion": lambda: keras.optimizers.Lion(learning_rate=LR, weight_decay=WD),

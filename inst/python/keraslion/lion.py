@@ -192,6 +192,28 @@ class Lion(keras.optimizers.Optimizer):
     lie alike in a checkpoint: their values tell them apart, or, where they
     cannot, they load as this optimizer's options say.
 
+    One-byte momentum (`momentum_dtype="int8"`): each momentum element is
+    an int8 code, and each block of 256 along the last axis (or shorter
+    row) keeps its largest |m| as a float32 scale: 1.016 bytes per
+    parameter where float32 takes 4 and bfloat16 2, so Lion's state is an
+    eighth of AdamW's. The code is float8-like relative to the block's
+    largest element (3 mantissa bits over 15 binades), so momenta 1e5
+    times smaller than their block's largest keep a value, where
+    absmax-linear int8 rounds everything below 1/254 of it to zero; and it
+    is rounded up or down at random, unbiased, by bits hashed from the
+    iteration count, the variable and the element, so a step is
+    deterministic: the same after saving and resuming, on every replica
+    and device of a sharded variable (measurements in
+    `keraslion/int8.py` and `bench/int8_codes.py`). Costs: each stored
+    momentum is off by up to one code (1/8 of its value above 2^-14 of
+    the block's largest), on average by none; a NaN or infinite momentum
+    saturates its block's scale (NaN stays NaN); and encoding takes more
+    work than a float store, so a step is slower than with float32 on CPUs
+    (`make bench` measures it on every path). Variables whose last axis is
+    shorter than 32, or with fewer than 256 elements, gain little and keep
+    a float32 momentum. Checkpoints load between int8 and float momentums
+    (decoded, or rounded to the nearest code).
+
     Args:
         learning_rate: A float, a
             `keras.optimizers.schedules.LearningRateSchedule`, a callable
@@ -232,12 +254,13 @@ class Lion(keras.optimizers.Optimizer):
             replicas inside its conditional.
         name: The name of the optimizer, used for its variables.
             Defaults to `"lion"`.
-        momentum_dtype: `None` (the variable's dtype) or a float dtype such
-            as `"bfloat16"` to store the momentum in. The step is computed
-            in float64 if the weight or its momentum is float64, else in
-            float32, and rounded once when stored. A float16 momentum
-            saturates at +-65504 (only the sign of `c` matters) instead of
-            overflowing to Inf. `"float64"` on JAX needs its 64-bit mode.
+        momentum_dtype: `None` (the variable's dtype), a float dtype such
+            as `"bfloat16"`, or `"int8"`, to store the momentum in. The
+            step is computed in float64 if the weight or its momentum is
+            float64, else in float32, and rounded once when stored. A
+            float16 momentum saturates at +-65504 (only the sign of `c`
+            matters) instead of overflowing to Inf. `"float64"` on JAX
+            needs its 64-bit mode. `"int8"`: see "One-byte momentum".
         cautious: If `True`, use cautious Lion (C-Lion, Liang et al., 2024):
             elements whose step direction disagrees in sign with the current
             gradient are not moved, and the others are scaled by the inverse

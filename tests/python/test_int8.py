@@ -121,7 +121,7 @@ def test_small_momenta_survive_next_to_large_ones(ratio: float) -> None:
 def _paths() -> list[str]:
     return {"jax": ["plain", "fast", "jit"],
             "tensorflow": ["plain", "fast", "tf.function", "tf.function+XLA"],
-            "torch": ["plain", "fast"]}[BACKEND]
+            "torch": ["plain", "fast", "stateless"]}[BACKEND]
 
 
 CASES = {
@@ -138,13 +138,15 @@ def _step(path: str, optimizer: Lion, grads: list[Any], variables: list[Any]) ->
         optimizer._fast_path = None
     if path in ("plain", "fast"):
         optimizer.apply(grads, variables)
-    elif path == "jit":
-        import jax
-
+    elif path in ("jit", "stateless"):
         optimizer.build(variables)
         state = [v.value for v in optimizer.variables]
-        new_trainable, new_state = jax.jit(optimizer.stateless_apply)(
-            state, grads, [v.value for v in variables])
+        apply = optimizer.stateless_apply
+        if path == "jit":
+            import jax
+
+            apply = jax.jit(apply)
+        new_trainable, new_state = apply(state, grads, [v.value for v in variables])
         for v, value in zip((*variables, *optimizer.variables), (*new_trainable, *new_state)):
             v.assign(value)
     else:

@@ -368,3 +368,30 @@ def test_digits_train_as_well_with_int8_momentum_as_with_float32() -> None:
     assert f32.mean() > 0.9
     noise = 2 * max(f32.std(ddof=1), i8.std(ddof=1), 0.005)
     assert abs(i8.mean() - f32.mean()) <= noise, (f32, i8)
+
+
+def test_many_alike_variables_keep_their_own_scales_and_rounding(monkeypatch: Any) -> None:
+    """Two full chunks of alike variables (TensorFlow's fast path shares its
+    compiled functions between chunks of one shape): each variable's step
+    must use its own scales and random bits, as the plain path does."""
+    count = 16
+    if BACKEND == "tensorflow":  # Chunks of 8, not 64: two of them, compiled quickly.
+        from keraslion._fastpaths import tensorflow as tf_path
+
+        monkeypatch.setattr(tf_path, "MAX_CHUNK", count // 2)
+    rng = np.random.default_rng(4)
+    init = [rng.standard_normal((4, 64)).astype(np.float32) for _ in range(count)]
+    grads = [[(rng.standard_normal((4, 64)) * (1 + i)).astype(np.float32)
+              for i in range(count)] for _ in range(2)]
+    momenta = {}
+    for fast in (True, False):
+        variables = [keras.Variable(x) for x in init]
+        optimizer = Lion(learning_rate=1e-2, momentum_dtype="int8")
+        if not fast:
+            optimizer._fast_path = None
+        for step in grads:
+            optimizer.apply([ops.convert_to_tensor(g) for g in step], variables)
+        momenta[fast] = [to_numpy(optimizer._momentum_value(v)) for v in variables]
+    for fast, plain in zip(momenta[True], momenta[False]):
+        # Within a code (1/8) where rounding differs by an ulp; far off otherwise.
+        np.testing.assert_allclose(fast, plain, rtol=0.13, atol=1e-6)

@@ -112,11 +112,15 @@ def _concrete(optimizer: Any, shape: tuple[int, ...], kind: tuple[Any, ...],
     # take XLA several times as long to compile as the step as written.
     stacked = not fixed_shape and tf.executing_eagerly()
     concretes = _cache(optimizer, "_tf_compiled_updates")
+    # An int8 momentum's block scales and its variable's index (which seeds
+    # its rounding) are reached through the optimizer, not passed in: each
+    # chunk of such variables has its own functions.
+    owners = tuple(map(id, args[0])) if kind[1] == "int8" else ()
     # No weight decay (None), or a learning rate of another dtype: another trace.
-    key = (shape, *kind, stacked, args[-1] is None, args[3].dtype)
+    key = (shape, *kind, stacked, args[-1] is None, args[3].dtype, owners)
     if key not in concretes:
         functions = _cache(optimizer, "_tf_update_functions")
-        function_key = (shape if fixed_shape else None, *kind, stacked)
+        function_key = (shape if fixed_shape else None, *kind, stacked, owners)
         if function_key not in functions:
             functions[function_key] = _compile(optimizer, fixed_shape, stacked, decays=kind[3],
                                                momentum_first=kind[-1])

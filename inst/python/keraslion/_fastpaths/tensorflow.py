@@ -120,7 +120,7 @@ def _concrete(optimizer: Any, shape: tuple[int, ...], kind: tuple[Any, ...],
     key = (shape, *kind, stacked, args[-1] is None, args[3].dtype, owners)
     if key not in concretes:
         functions = _cache(optimizer, "_tf_update_functions")
-        function_key = (shape if fixed_shape else None, *kind, stacked, owners)
+        function_key = (shape if fixed_shape else None, *kind, owners, stacked)
         if function_key not in functions:
             functions[function_key] = _compile(optimizer, fixed_shape, stacked, decays=kind[3],
                                                momentum_first=kind[-1])

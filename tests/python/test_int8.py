@@ -395,3 +395,36 @@ def test_many_alike_variables_keep_their_own_scales_and_rounding(monkeypatch: An
     for fast, plain in zip(momenta[True], momenta[False]):
         # Within a code (1/8) where rounding differs by an ulp; far off otherwise.
         np.testing.assert_allclose(fast, plain, rtol=0.13, atol=1e-6)
+
+
+def test_compiled_fit_matches_eager_fit_on_rows_that_are_not_whole_blocks() -> None:
+    """Rows of 300 (a block of 256 and a padded one). Compiled by PyTorch's
+    inductor, decoding them gave NaN weights; each backend's compiled
+    train step must match its eager one."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 20)).astype("f4"), rng.standard_normal((32, 2)).astype("f4")
+    losses, codes = {}, {}
+    for jit in (True, False):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(300),
+                                  keras.layers.Dense(2)])
+        model.compile(Lion(momentum_dtype="int8"), "mse", jit_compile=jit)
+        losses[jit] = model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+                                shuffle=False).history["loss"]
+        codes[jit] = to_numpy(model.optimizer._momentums[0])
+        assert np.isfinite(model.get_weights()[0]).all()
+    assert np.abs(codes[True]).max() <= oracle.ONE_CODE
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)
+
+
+def test_momentum_dtype_is_checked_when_set_and_fixed_once_built() -> None:
+    optimizer = Lion()
+    with pytest.raises(ValueError, match="momentum_dtype.*Received: momentum_dtype='INT8'"):
+        optimizer.momentum_dtype = "INT8"
+    optimizer.momentum_dtype = np.int8
+    assert optimizer.momentum_dtype == "int8"
+    optimizer.build([keras.Variable(np.zeros((4, 256), np.float32))])
+    with pytest.raises(ValueError, match="before the optimizer is built.*momentum_dtype=None"):
+        optimizer.momentum_dtype = None
+    assert optimizer.get_config()["momentum_dtype"] == "int8"
+    assert optimizer._momentums[0].dtype == "int8"

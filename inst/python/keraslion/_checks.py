@@ -263,8 +263,11 @@ def float_dtype(name: str, value: Any) -> str | None:
 def momentum_dtype(value: Any) -> str | None:
     """`float_dtype` or "int8" (one-byte codes), refusing a float64 momentum
     that the backend would not keep."""
-    if isinstance(value, str) and value == "int8":
-        return value
+    try:
+        if keras.backend.standardize_dtype(value) == "int8":  # also np.int8
+            return "int8"
+    except (TypeError, ValueError):
+        pass
     try:
         dtype = float_dtype("momentum_dtype", value)
     except ValueError:

@@ -338,7 +338,7 @@ class Lion(keras.optimizers.Optimizer):
             self._follow_learning_rate(followed)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
-        self.momentum_dtype = _checks.momentum_dtype(momentum_dtype)
+        self.momentum_dtype = momentum_dtype
         self.cautious = _checks.boolean("cautious", cautious)
         self.skip_nonfinite = skip_nonfinite
         self._exclusion_patterns = _checks.patterns(
@@ -424,6 +424,18 @@ class Lion(keras.optimizers.Optimizer):
     @weight_decay.setter
     def weight_decay(self, value: float | None) -> None:
         self._weight_decay = _checks.live_number_in("weight_decay", value, 0.0, float32=True)
+
+    @property
+    def momentum_dtype(self) -> str | None:
+        return self._momentum_dtype
+
+    @momentum_dtype.setter
+    def momentum_dtype(self, value: str | None) -> None:
+        value = _checks.momentum_dtype(value)
+        # The build made the momentum variables in it.
+        _checks.fixed_once_built(self, "momentum_dtype", getattr(self, "_momentum_dtype", None),
+                                 value)
+        self._momentum_dtype = value
 
     @property
     def skip_nonfinite(self) -> bool:

@@ -211,9 +211,9 @@ class Lion(keras.optimizers.Optimizer):
     work than a float store, so a step is slower than with float32 on CPUs:
     on a 2-core x86 CPU (`make bench`), 2.3x as long on JAX, 4-5x on
     TensorFlow and 25-100x on PyTorch, whose eager operations each pass
-    over memory (use it there only where memory decides). Variables whose last axis is
-    shorter than 32, or with fewer than 256 elements, gain little and keep
-    a float32 momentum. Checkpoints load between int8 and float momentums
+    over memory (use it there only where memory decides). Variables whose
+    last axis is shorter than 32, or with fewer than 256 elements, gain
+    little and keep a float32 momentum. Checkpoints load between int8 and float momentums
     (decoded, or rounded to the nearest code).
 
     Args:

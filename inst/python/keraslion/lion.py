@@ -512,11 +512,14 @@ class Lion(keras.optimizers.Optimizer):
     def _momentum(self, variable: keras.Variable) -> keras.Variable:
         return self._momentums[self._get_variable_index(variable)]
 
-    def _momentum_value(self, variable: keras.Variable) -> Any:
-        """The variable's momentum for its step: its variable, or int8 codes decoded."""
+    def _momentum_value(self, variable: keras.Variable,
+                        read: Callable[[Any], Any] | None = None) -> Any:
+        """The variable's momentum for its step: its variable, or int8 codes
+        decoded. `read`, if given, reads each stored tensor (a fast path's hook)."""
         index = self._get_variable_index(variable)
-        scales = self._momentum_scales[index]
-        momentum = self._momentums[index]
+        momentum, scales = self._momentums[index], self._momentum_scales[index]
+        if read is not None:
+            momentum, scales = read(momentum), None if scales is None else read(scales)
         return momentum if scales is None else int8.decode(momentum, scales)
 
     def _store_momentum(self, variable: keras.Variable, m: Any) -> None:

@@ -1,4 +1,4 @@
-"""TensorFlow: the momentum-first step, compiled, for chunks of alike variables.
+"""TensorFlow: the Lion step, compiled, for chunks of alike variables.
 
 Eager TensorFlow pays about a millisecond of dispatch per variable and step;
 a `tf.function` removes it. One function for a whole set of variables would
@@ -34,7 +34,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from ..lion import Hyperparameters, stored_momentum
+from ..lion import Hyperparameters, lion_update, stored_momentum
 from . import xla
 
 # Longest chunk: its trace stays short, and calls per step stay few.
@@ -52,8 +52,6 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     grads = [tf.convert_to_tensor(g) for g in grads]
     hyperparameters = optimizer._hyperparameters()
-    # Decided from the values, which enter the functions as tensors: a trace each.
-    momentum_first = xla.momentum_first_is_exact(hyperparameters)
     # float64, so that float64 variables get them unrounded and `1 - beta` is
     # computed before rounding; no weight decay (None) is a trace of its own.
     live = [None if x is None else
@@ -63,7 +61,7 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     scalars = [learning_rate, *(x for x in live if x is not None)]
     for shape, kind, chunk, weights, momentums in _plan(optimizer, variables, grads):
         chunk_grads = [grads[i] for i in chunk]
-        concrete = _concrete(optimizer, shape, (*kind, momentum_first),
+        concrete = _concrete(optimizer, shape, kind,
                              (weights, momentums, chunk_grads, learning_rate, *live))
         # Its flat inputs, in the order of the arguments it was traced for
         # (no tensor for no weight decay): calling it with the arguments
@@ -122,8 +120,7 @@ def _concrete(optimizer: Any, shape: tuple[int, ...], kind: tuple[Any, ...],
         functions = _cache(optimizer, "_tf_update_functions")
         function_key = (shape if fixed_shape else None, *kind, owners, stacked)
         if function_key not in functions:
-            functions[function_key] = _compile(optimizer, fixed_shape, stacked, decays=kind[3],
-                                               momentum_first=kind[-1])
+            functions[function_key] = _compile(optimizer, fixed_shape, stacked, decays=kind[3])
         concretes[key] = functions[function_key].get_concrete_function(*args)
     return concretes[key]
 
@@ -146,8 +143,7 @@ def _cache(optimizer: Any, name: str) -> _LRUCache:
     return optimizer.__dict__.setdefault(name, _LRUCache())
 
 
-def _compile(optimizer: Any, fixed_shape: bool, stacked: bool, decays: bool,
-             momentum_first: bool) -> Any:
+def _compile(optimizer: Any, fixed_shape: bool, stacked: bool, decays: bool) -> Any:
     # The variables and momentums passed in are reached by the optimizer too
     # (TensorFlow maps a variable passed in to its argument wherever it is
     # reached). The hyperparameters enter as tensors, so that their values
@@ -155,8 +151,8 @@ def _compile(optimizer: Any, fixed_shape: bool, stacked: bool, decays: bool,
     def per_variable(variables: list[Any], momentums: list[Any], grads: list[Any],
                      learning_rate: Any, *hyperparameters: Any) -> None:
         del momentums  # reached through the optimizer
-        xla.update(optimizer, grads, variables, learning_rate,
-                   Hyperparameters(*hyperparameters), momentum_first)
+        xla.update(optimizer, grads, variables, learning_rate, Hyperparameters(*hyperparameters),
+                   ordered=fixed_shape)
 
     def stacked_update(variables: list[Any], momentums: list[Any], grads: list[Any],
                        learning_rate: Any, *hyperparameters: Any) -> None:
@@ -166,7 +162,7 @@ def _compile(optimizer: Any, fixed_shape: bool, stacked: bool, decays: bool,
         live = Hyperparameters(*hyperparameters)
         step = optimizer._step_inputs(tf.stack(variables), tf.stack(momentums), tf.stack(grads),
                                       decays, learning_rate, live)
-        theta, m = xla.new_values(optimizer, step, live, momentum_first, {})
+        theta, m = lion_update(step, optimizer.cautious)
         for targets, value in ((variables, tf.cast(theta, variables[0].dtype)),
                                (momentums, stored_momentum(m, momentums[0].dtype.name))):
             for target, row in zip(targets, tf.unstack(value, num=len(targets))):

@@ -26,8 +26,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 NOISY = 0.3  # cores of other processes' load on our CPU that make a round noisy
 # The optimizers bench/worker.py times, in table order. "keraslion b1>b2" has
-# beta_1 = 0.99 > beta_2 = 0.9, where the momentum-first rewrite would not be
-# exact, so its step runs in the paper's order: what exactness costs there.
+# beta_1 = 0.99 > beta_2 = 0.9 (the order of the betas must not cost speed).
 NAMES = ["keraslion", "keraslion bf16", "keraslion int8", "keraslion b1>b2", "keras Lion",
          "keras AdamW"]
 # Issue 14: lower-precision momentum never slower than this times float32's, per path.
@@ -109,9 +108,8 @@ def report(cells: dict, fits: list[dict], bw: dict, meta: dict) -> str:
         "÷ parameters; GB/s counts the 20 bytes per parameter a Lion step must move (read "
         "p, m, g; write p, m) for every row, AdamW included (it must move 28). "
         "'vs Keras Lion' is Keras's Lion step time ÷ this one; 'vs AdamW' is this step ÷ "
-        "Keras's AdamW step in the same path. 'keraslion b1>b2' (beta_1 0.99 > beta_2 0.9) "
-        "runs the paper's order where the momentum-first rewrite would not be exact: what "
-        "exactness costs there. 'load' is the CPU time other processes took "
+        "Keras's AdamW step in the same path. 'keraslion b1>b2' has beta_1 0.99 > beta_2 "
+        "0.9 (the same step, other values). 'load' is the CPU time other processes took "
         f"on our CPU during the timed steps (cores); a cell whose every round had more than "
         f"{NOISY} is marked †: its time may be inflated by the shared machine.",
         "",

@@ -61,7 +61,6 @@ OPTIMIZERS = {
     "keraslion": lambda: Lion(learning_rate=LR, weight_decay=WD),
     "keraslion bf16": lambda: Lion(learning_rate=LR, weight_decay=WD, momentum_dtype="bfloat16"),
     "keraslion int8": lambda: Lion(learning_rate=LR, weight_decay=WD, momentum_dtype="int8"),
-    # The momentum-first rewrite is not exact here: the step runs in the paper's order.
     "keraslion b1>b2": lambda: Lion(learning_rate=LR, weight_decay=WD, beta_1=0.99, beta_2=0.9),
     "keras Lion": lambda: keras.optimizers.Lion(learning_rate=LR, weight_decay=WD),
     "keras AdamW": lambda: keras.optimizers.AdamW(learning_rate=LR, weight_decay=WD),

@@ -102,17 +102,14 @@ def test_fast_path_is_taken_inside_fit():
     assert calls  # traced once under jit/tf.function, called every step in eager torch
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="XLA buffer reuse under JAX")
-@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
-@pytest.mark.parametrize("betas", [(0.9, 0.99), (0.99, 0.9)])
-def test_jax_step_copies_no_momentum(momentum_dtype, betas):
-    """jit(stateless_apply) with donated buffers updates weights and momentum
-    in place, whatever the momentum's dtype and the betas' order."""
+def _jax_full_size_copies(optimizer: Lion, dtype: str) -> dict[str, int]:
+    """Full-size copies in jit(stateless_apply) with donated buffers, by dtype
+    copied (an int8 momentum's block scales, 1/256 of its size, are copied:
+    the old ones are read while the new ones are written)."""
     import jax
 
-    optimizer = Lion(weight_decay=0.01, momentum_dtype=momentum_dtype, beta_1=betas[0],
-                     beta_2=betas[1])
-    variables = [keras.Variable(np.ones((256, 128), np.float32))]
+    shape = (256, 128)
+    variables = [keras.Variable(np.ones(shape, dtype), dtype=dtype)]
     optimizer.build(variables)
 
     def step(trainable, state, grads):
@@ -120,12 +117,41 @@ def test_jax_step_copies_no_momentum(momentum_dtype, betas):
 
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
         [v.value for v in variables], [v.value for v in optimizer.variables],
-        [keras.ops.ones((256, 128))]).compile()
-    # (An int8 momentum's block scales, 1/256 of its size, are copied: the
-    # old ones are read while the new ones are written.)
-    full_size_copies = [line for line in compiled.as_text().splitlines()
-                        if " copy(" in line and "[256,128]" in line]
-    assert full_size_copies == []
+        [keras.ops.ones(shape, dtype)]).compile()
+    copies: dict[str, int] = {}
+    for line in compiled.as_text().splitlines():
+        if " copy(" in line and "[256,128]" in line:
+            copied = line.split("=")[1].split("[")[0].strip()
+            copies[copied] = copies.get(copied, 0) + 1
+    return copies
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA buffer reuse under JAX")
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
+@pytest.mark.parametrize("betas", [(0.9, 0.99), (0.99, 0.9)])
+def test_jax_step_copies_neither_weights_nor_momentum(momentum_dtype, betas):
+    """float32 weights and their momentum are updated in place, whatever the
+    momentum's dtype and the betas' order."""
+    optimizer = Lion(weight_decay=0.01, momentum_dtype=momentum_dtype, beta_1=betas[0],
+                     beta_2=betas[1])
+    assert _jax_full_size_copies(optimizer, "float32") == {}
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA buffer reuse under JAX")
+@pytest.mark.parametrize("options", [{}, {"skip_nonfinite": True}, {"use_ema": True}],
+                         ids=["defaults", "skip_nonfinite", "ema"])
+@pytest.mark.parametrize("weight_dtype", ["float32", "bfloat16", "float16"])
+def test_jax_step_copies_at_most_one_buffer(options, weight_dtype):
+    """Weights narrower than float32 (computed in float32, which XLA would
+    recompute from the old weights: their momentum is copied), skipping a
+    non-finite step (the old momentum is kept for a select after the step)
+    and EMA (the old weights of a narrow dtype, copied): one full-size copy
+    at most of each of weights and momentum, and of only one with float32
+    weights."""
+    optimizer = Lion(weight_decay=0.01, **options)
+    copies = _jax_full_size_copies(optimizer, weight_dtype)
+    narrow_with_ema = weight_dtype != "float32" and "use_ema" in options
+    assert sum(copies.values()) <= (2 if narrow_with_ema else 1)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")

@@ -23,6 +23,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import keras
 from keras import ops
 
 from ..lion import descended
@@ -38,6 +39,10 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     passes them in as tensors). `ordered`: whether the momentum is read again
     after the weights (for XLA; a TensorFlow graph runs in program order)."""
     hyperparameters = hyperparameters or optimizer._hyperparameters()
+    # Skipping a non-finite step keeps the old weights and momentum for a
+    # select after the step, so they are copied anyway: ordering would then
+    # copy the weights too.
+    ordered = ordered and not optimizer.skip_nonfinite
     scalars: dict[Any, Any] = {}
     for gradient, variable in zip(grads, variables):
         step = optimizer._step_inputs(variable, optimizer._momentum_value(variable), gradient,
@@ -45,12 +50,25 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
                                       hyperparameters, scalars)
         theta = descended(step, step.beta_1 * step.m + step.one_minus_beta_1 * step.g,
                           optimizer.cautious)
+        theta = ops.cast(theta, variable.dtype)
         m = step.m
-        if ordered:
+        if ordered and _orders(variable):
             m = ops.cast(optimizer._momentum_value(variable, read=partial(after, first=theta)),
                          m.dtype)
         optimizer._store_momentum(variable, step.beta_2 * m + step.one_minus_beta_2 * step.g)
-        optimizer.assign(variable, ops.cast(theta, variable.dtype))
+        optimizer.assign(variable, theta)
+
+
+def _orders(variable: Any) -> bool:
+    """Whether reading the momentum after the new weights orders XLA's loops.
+
+    Not for weights narrower than float32: XLA's CPU code computes them in
+    float32 and would recompute their first element from the old weights
+    (copying them, and the momentum). Not for sharded weights: reading their
+    first element would take a collective at every step.
+    """
+    return (keras.backend.standardize_dtype(variable.dtype) in ("float32", "float64")
+            and getattr(variable, "_layout", None) is None)
 
 
 def after(x: Any, first: Any) -> Any:
@@ -61,6 +79,8 @@ def after(x: Any, first: Any) -> Any:
     see is never true; it costs one comparison per element of the loop it joins.
     """
     x = ops.convert_to_tensor(x)
-    head = ops.view(ops.sum(ops.cast(ops.reshape(first, (-1,))[:1], "float32")), "int32")
+    bits = "int64" if keras.backend.standardize_dtype(first.dtype) == "float64" else "int32"
+    head = ops.sum(ops.view(ops.reshape(first, (-1,))[:1], bits))
     never = ops.equal(ops.bitwise_or(head, 1), 0)
     return ops.where(never, ops.zeros_like(x), x)
+

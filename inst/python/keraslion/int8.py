@@ -198,10 +198,11 @@ def _mix(x: Any) -> Any:
     return ops.bitwise_xor(x, _shift_right(x, 16))
 
 
-def noise_bits(step: Any, variable_index: int, shape: tuple[int, ...], offset: int = 0) -> Any:
+def noise_bits(step: Any, variable_index: Any, shape: tuple[int, ...], offset: int = 0) -> Any:
     """int32 noise in [0, 2**20) per element: a hash of (step, variable, element).
 
-    `offset`: the flat index of the first element, for a part of a variable.
+    `variable_index`: an int, or an int32 scalar tensor. `offset`: the flat
+    index of the first element, for a part of a variable.
     """
     key = _mix(ops.cast(step, "int32") * _GOLDEN + variable_index)
     size = math.prod(shape)

@@ -522,16 +522,19 @@ class Lion(keras.optimizers.Optimizer):
             momentum, scales = read(momentum), None if scales is None else read(scales)
         return momentum if scales is None else int8.decode(momentum, scales)
 
-    def _store_momentum(self, variable: keras.Variable, m: Any) -> None:
-        """Stores a step's new momentum `m` (in the compute dtype) in its dtype."""
+    def _store_momentum(self, variable: keras.Variable, m: Any, noise_index: Any = None) -> None:
+        """Stores a step's new momentum `m` (in the compute dtype) in its dtype.
+        `noise_index`: the variable's index as a tensor, for a compiled
+        function that several variables share (it seeds int8 rounding)."""
         index = self._get_variable_index(variable)
         momentum, scales = self._momentums[index], self._momentum_scales[index]
         if scales is None:
             self.assign(momentum, stored_momentum(m, momentum.dtype))
             return
-        # Rounded at random, by bits that the step and the element decide.
-        codes, new_scales = int8.encode(m, int8.noise_bits(self.iterations, index,
-                                                           tuple(momentum.shape)))
+        # Rounded at random, by bits that the step, the variable and the element decide.
+        noise = int8.noise_bits(self.iterations, index if noise_index is None else noise_index,
+                                tuple(momentum.shape))
+        codes, new_scales = int8.encode(m, noise)
         self.assign(momentum, codes)
         self.assign(scales, new_scales)
 

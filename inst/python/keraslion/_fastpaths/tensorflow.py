@@ -32,6 +32,7 @@ import numbers
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from ..lion import Hyperparameters, lion_update, stored_momentum
@@ -59,16 +60,19 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
             for x in hyperparameters]
     learning_rate = tf.convert_to_tensor(learning_rate)
     scalars = [learning_rate, *(x for x in live if x is not None)]
-    for shape, kind, chunk, weights, momentums in _plan(optimizer, variables, grads):
+    for shape, kind, chunk, weights, momentums, scales, indices in _plan(optimizer, variables,
+                                                                          grads):
         chunk_grads = [grads[i] for i in chunk]
-        concrete = _concrete(optimizer, shape, kind,
-                             (weights, momentums, chunk_grads, learning_rate, *live))
+        concrete = _concrete(optimizer, shape, kind, (
+            weights, momentums, scales, None if indices is None else tf.constant(indices),
+            chunk_grads, learning_rate, *live))
         # Its flat inputs, in the order of the arguments it was traced for
-        # (no tensor for no weight decay): calling it with the arguments
-        # would check each against its trace, which for small variables
-        # costs as much as their step.
-        handles = [variable.handle for variable in (*weights, *momentums)]
-        concrete._call_flat([*handles, *chunk_grads, *scalars], concrete.captured_inputs)
+        # (no tensor for no weight decay, nor for the indices of a float
+        # momentum): calling it with the arguments would check each against
+        # its trace, which for small variables costs as much as their step.
+        handles = [variable.handle for variable in (*weights, *momentums, *scales)]
+        concrete._call_flat([*handles, *([] if indices is None else [tf.constant(indices)]),
+                             *chunk_grads, *scalars], concrete.captured_inputs)
 
 
 def _plan(optimizer: Any, variables: list[Any], grads: list[Any]) -> list[tuple[Any, ...]]:
@@ -86,9 +90,22 @@ def _plan(optimizer: Any, variables: list[Any], grads: list[Any]) -> list[tuple[
             groups.setdefault(kind, []).append(i)
         plans[key] = tuple(variables), [
             (shape, (*kind, len(chunk)), chunk, [variables[i].value for i in chunk],
-             [momentums[i].value for i in chunk])
+             [momentums[i].value for i in chunk], *_int8_arguments(optimizer, variables, chunk))
             for (shape, *kind), members in groups.items() for chunk in _chunks(members)]
     return plans[key][1]
+
+
+def _int8_arguments(optimizer: Any, variables: list[Any], chunk: list[int]) -> tuple[Any, Any]:
+    """An int8 chunk's block scales, and its variables' indices (which seed
+    their rounding), passed in so that chunks of one shape share a compiled
+    function (one per chunk would take a compile each, tens of seconds for
+    64 variables); none for float momentums."""
+    indices = [optimizer._get_variable_index(variables[i]) for i in chunk]
+    scales = [optimizer._momentum_scales[index] for index in indices]
+    if scales[0] is None:
+        return [], None
+    # Made a tensor at each call: the plan may be made inside a trace.
+    return [scale.value for scale in scales], np.asarray(indices, np.int32)
 
 
 def _chunks(members: list[int]) -> list[list[int]]:
@@ -110,15 +127,11 @@ def _concrete(optimizer: Any, shape: tuple[int, ...], kind: tuple[Any, ...],
     # take XLA several times as long to compile as the step as written.
     stacked = not fixed_shape and tf.executing_eagerly()
     concretes = _cache(optimizer, "_tf_compiled_updates")
-    # An int8 momentum's block scales and its variable's index (which seeds
-    # its rounding) are reached through the optimizer, not passed in: each
-    # chunk of such variables has its own functions.
-    owners = tuple(map(id, args[0])) if kind[1] == "int8" else ()
     # No weight decay (None), or a learning rate of another dtype: another trace.
-    key = (shape, *kind, stacked, args[-1] is None, args[3].dtype, owners)
+    key = (shape, *kind, stacked, args[-1] is None, args[5].dtype)
     if key not in concretes:
         functions = _cache(optimizer, "_tf_update_functions")
-        function_key = (shape if fixed_shape else None, *kind, owners, stacked)
+        function_key = (shape if fixed_shape else None, *kind, stacked)
         if function_key not in functions:
             functions[function_key] = _compile(optimizer, fixed_shape, stacked, decays=kind[3])
         concretes[key] = functions[function_key].get_concrete_function(*args)
@@ -144,18 +157,21 @@ def _cache(optimizer: Any, name: str) -> _LRUCache:
 
 
 def _compile(optimizer: Any, fixed_shape: bool, stacked: bool, decays: bool) -> Any:
-    # The variables and momentums passed in are reached by the optimizer too
-    # (TensorFlow maps a variable passed in to its argument wherever it is
-    # reached). The hyperparameters enter as tensors, so that their values
-    # at each step are used.
-    def per_variable(variables: list[Any], momentums: list[Any], grads: list[Any],
-                     learning_rate: Any, *hyperparameters: Any) -> None:
-        del momentums  # reached through the optimizer
+    # The variables, momentums and scales passed in are reached by the
+    # optimizer too (TensorFlow maps a variable passed in to its argument
+    # wherever it is reached). The hyperparameters enter as tensors, so that
+    # their values at each step are used.
+    def per_variable(variables: list[Any], momentums: list[Any], scales: list[Any],
+                     indices: Any, grads: list[Any], learning_rate: Any,
+                     *hyperparameters: Any) -> None:
+        del momentums, scales  # reached through the optimizer
         xla.update(optimizer, grads, variables, learning_rate, Hyperparameters(*hyperparameters),
-                   ordered=fixed_shape)
+                   ordered=fixed_shape,
+                   noise_indices=None if indices is None else tf.unstack(indices))
 
-    def stacked_update(variables: list[Any], momentums: list[Any], grads: list[Any],
-                       learning_rate: Any, *hyperparameters: Any) -> None:
+    def stacked_update(variables: list[Any], momentums: list[Any], scales: list[Any],
+                       indices: Any, grads: list[Any], learning_rate: Any,
+                       *hyperparameters: Any) -> None:
         # The chunk's variables stacked into one tensor: a dozen operations
         # for the step's maths instead of a dozen per variable, which a graph
         # (unlike XLA) would run one by one at every step.

@@ -34,17 +34,20 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 
 
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any,
-           hyperparameters: Any = None, ordered: bool = True) -> None:
+           hyperparameters: Any = None, ordered: bool = True,
+           noise_indices: list[Any] | None = None) -> None:
     """`hyperparameters`: read once for all variables (a compiled caller
     passes them in as tensors). `ordered`: whether the momentum is read again
-    after the weights (for XLA; a TensorFlow graph runs in program order)."""
+    after the weights (for XLA; a TensorFlow graph runs in program order).
+    `noise_indices`: the variables' indices that seed int8 rounding, as
+    tensors (a compiled function shared by several variables)."""
     hyperparameters = hyperparameters or optimizer._hyperparameters()
     # Skipping a non-finite step keeps the old weights and momentum for a
     # select after the step, so they are copied anyway: ordering would then
     # copy the weights too.
     ordered = ordered and not optimizer.skip_nonfinite
     scalars: dict[Any, Any] = {}
-    for gradient, variable in zip(grads, variables):
+    for i, (gradient, variable) in enumerate(zip(grads, variables)):
         step = optimizer._step_inputs(variable, optimizer._momentum_value(variable), gradient,
                                       optimizer._use_weight_decay(variable), learning_rate,
                                       hyperparameters, scalars)
@@ -55,7 +58,8 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
         if ordered and _orders(variable):
             m = ops.cast(optimizer._momentum_value(variable, read=partial(after, first=theta)),
                          m.dtype)
-        optimizer._store_momentum(variable, step.beta_2 * m + step.one_minus_beta_2 * step.g)
+        optimizer._store_momentum(variable, step.beta_2 * m + step.one_minus_beta_2 * step.g,
+                                  None if noise_indices is None else noise_indices[i])
         optimizer.assign(variable, theta)
 
 

@@ -209,11 +209,13 @@ class Lion(keras.optimizers.Optimizer):
     the block's largest), on average by none; a NaN or infinite momentum
     saturates its block's scale (NaN stays NaN); and encoding takes more
     work than a float store, so a step is slower than with float32 on CPUs:
-    on a 2-core x86 CPU (`make bench`), 2.3x as long on JAX, 4-5x on
+    on a 2-core x86 CPU (`make bench`), 2.5-3x as long on JAX, 3.5-5x on
     TensorFlow and 25-100x on PyTorch, whose eager operations each pass
-    over memory (use it there only where memory decides). Variables whose
-    last axis is shorter than 32, or with fewer than 256 elements, gain
-    little and keep a float32 momentum. Checkpoints load between int8 and float momentums
+    over memory (use it there only where memory decides); and the first
+    step compiles longer (a 200-tensor transformer: about 30 s on JAX and
+    90 s on TensorFlow, against 3-8 s). Variables whose last axis is
+    shorter than 32, or with fewer than 256 elements, gain little and keep
+    a float32 momentum. Checkpoints load between int8 and float momentums
     (decoded, or rounded to the nearest code).
 
     Args:

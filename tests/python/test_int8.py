@@ -428,3 +428,26 @@ def test_momentum_dtype_is_checked_when_set_and_fixed_once_built() -> None:
         optimizer.momentum_dtype = None
     assert optimizer.get_config()["momentum_dtype"] == "int8"
     assert optimizer._momentums[0].dtype == "int8"
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's fast path cuts long rows")
+@pytest.mark.parametrize("shape", [(2**17 + 300,), (2, 2**17 + 40)], ids=str)
+def test_torch_fast_path_cuts_rows_longer_than_its_block_at_whole_int8_blocks(shape) -> None:
+    """Parts of a long row (and its ragged last block) give the codes and
+    scales that the whole row gives on the plain path, bit for bit."""
+    rng = np.random.default_rng(6)
+    init = rng.standard_normal(shape).astype(np.float32)
+    grads = [(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 1, shape)).astype(np.float32)
+             for _ in range(3)]
+    state = {}
+    for fast in (True, False):
+        variable = keras.Variable(init)
+        optimizer = Lion(learning_rate=1e-2, weight_decay=0.1, momentum_dtype="int8")
+        if not fast:
+            optimizer._fast_path = None
+        for g in grads:
+            optimizer.apply([ops.convert_to_tensor(g)], [variable])
+        state[fast] = [to_numpy(x) for x in (variable, optimizer._momentums[0],
+                                               optimizer._momentum_scales[0])]
+    for fast, plain in zip(state[True], state[False]):
+        np.testing.assert_array_equal(fast, plain)

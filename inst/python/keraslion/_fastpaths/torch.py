@@ -19,8 +19,9 @@ momentum into NaN.) The learning rate stays a tensor, so that
 `torch.compile` does not break its graph to read it.
 
 An int8 momentum (codes and block scales) is updated by the plain path's
-maths, on runs of whole rows of at most `BLOCK` elements, so that the
-temporaries of decoding and encoding stay small.
+maths, on runs of whole rows of at most `BLOCK` elements (or parts of a
+longer row, cut at whole int8 blocks), so that the temporaries of decoding
+and encoding stay small.
 
 The scratch buffer has the weights' dtype, which must be the step's compute
 dtype: float32 or float64 weights, with a momentum in that dtype, or a
@@ -46,7 +47,7 @@ from .. import int8
 from ..lion import lion_update
 
 #: Elements per block: p, m, g and c of a block of 128k float32 elements
-#: take 2 MiB, about the L2 cache of one core.
+#: take 2 MiB, about the L2 cache of one core. (A multiple of int8.BLOCK.)
 BLOCK = 1 << 17
 
 _SCRATCH_DTYPES = (torch.float32, torch.float64)
@@ -97,7 +98,7 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
 
 
 def _update_int8(optimizer: Any, gradient: Any, variable: Any, learning_rate: Any) -> None:
-    """The plain step of a variable with an int8 momentum, run by runs of whole rows."""
+    """The plain step of a variable with an int8 momentum, piece by piece (`_pieces`)."""
     index = optimizer._get_variable_index(variable)
     codes, scales = optimizer._momentums[index]._value, optimizer._momentum_scales[index]._value
     length = codes.shape[-1]
@@ -106,18 +107,30 @@ def _update_int8(optimizer: Any, gradient: Any, variable: Any, learning_rate: An
     codes = codes.view(-1, length)
     scales = scales.view(codes.shape[0], -1)
     decays = optimizer._use_weight_decay(variable)
-    rows = max(1, BLOCK // length)
-    for start in range(0, p.shape[0], rows):
-        part = slice(start, start + rows)
-        step = optimizer._step_inputs(p[part], int8.decode(codes[part], scales[part]), g[part],
-                                      decays, learning_rate)
+    for rows, columns, offset in _pieces(p.shape[0], length):
+        blocks = slice(columns.start // int8.BLOCK, -(-columns.stop // int8.BLOCK))
+        step = optimizer._step_inputs(p[rows, columns],
+                                      int8.decode(codes[rows, columns], scales[rows, blocks]),
+                                      g[rows, columns], decays, learning_rate)
         theta, m = lion_update(step, cautious=False)
-        p[part].copy_(theta)
-        noise = int8.noise_bits(optimizer.iterations, index, tuple(m.shape),
-                                offset=start * length)
+        p[rows, columns].copy_(theta)
+        noise = int8.noise_bits(optimizer.iterations, index, tuple(m.shape), offset=offset)
         new_codes, new_scales = int8.encode(m, noise)
-        codes[part].copy_(new_codes)
-        scales[part].copy_(new_scales)
+        codes[rows, columns].copy_(new_codes)
+        scales[rows, blocks].copy_(new_scales)
+
+
+def _pieces(rows: int, length: int) -> list[tuple[slice, slice, int]]:
+    """(rows, columns, flat index of the first element) of each piece of a
+    (rows, length) variable: runs of whole rows of at most BLOCK elements, or
+    a longer row cut at multiples of BLOCK (whole int8 blocks), so that the
+    temporaries of decoding and encoding stay small."""
+    if length <= BLOCK:
+        run = BLOCK // length
+        return [(slice(start, start + run), slice(0, length), start * length)
+                for start in range(0, rows, run)]
+    return [(slice(row, row + 1), slice(start, min(start + BLOCK, length)), row * length + start)
+            for row in range(rows) for start in range(0, length, BLOCK)]
 
 
 def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],

@@ -122,12 +122,18 @@ class StepInputs(NamedTuple):
     weight_decay: Any  # None: no weight decay
 
 
-def lion_update(step: StepInputs, cautious: bool) -> tuple[Any, Any]:
-    """The paper's step (Alg. 2): the new weights and momentum, in the compute dtype."""
+def lion_update(step: StepInputs, cautious: bool,
+                read_momentum_again: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+    """The paper's step (Alg. 2): the new weights and momentum, in the compute dtype.
+
+    `read_momentum_again`: a fast path's function of the new weights that
+    returns the old momentum, read anew for its own update (XLA orders its
+    loops by it).
+    """
     c = step.beta_1 * step.m + step.one_minus_beta_1 * step.g
     theta = descended(step, c, cautious)
-    m = step.beta_2 * step.m + step.one_minus_beta_2 * step.g
-    return theta, m
+    m = step.m if read_momentum_again is None else read_momentum_again(theta)
+    return theta, step.beta_2 * m + step.one_minus_beta_2 * step.g
 
 
 def descended(step: StepInputs, c: Any, cautious: bool) -> Any:

@@ -63,16 +63,16 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     for shape, kind, chunk, weights, momentums, scales, indices in _plan(optimizer, variables,
                                                                           grads):
         chunk_grads = [grads[i] for i in chunk]
-        concrete = _concrete(optimizer, shape, kind, (
-            weights, momentums, scales, None if indices is None else tf.constant(indices),
-            chunk_grads, learning_rate, *live))
+        indices = None if indices is None else tf.constant(indices)
+        concrete = _concrete(optimizer, shape, kind, (weights, momentums, scales, indices,
+                                                      chunk_grads, learning_rate, *live))
         # Its flat inputs, in the order of the arguments it was traced for
         # (no tensor for no weight decay, nor for the indices of a float
         # momentum): calling it with the arguments would check each against
         # its trace, which for small variables costs as much as their step.
         handles = [variable.handle for variable in (*weights, *momentums, *scales)]
-        concrete._call_flat([*handles, *([] if indices is None else [tf.constant(indices)]),
-                             *chunk_grads, *scalars], concrete.captured_inputs)
+        concrete._call_flat([*handles, *([] if indices is None else [indices]), *chunk_grads,
+                             *scalars], concrete.captured_inputs)
 
 
 def _plan(optimizer: Any, variables: list[Any], grads: list[Any]) -> list[tuple[Any, ...]]:

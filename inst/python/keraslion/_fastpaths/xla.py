@@ -13,9 +13,9 @@ time, for its own update, through a select that depends on the new weights
     m' = beta_2 * m + (1 - beta_2) * g        (m read again, after p')
 
 The step is the paper's, in the paper's order, for every beta and every
-momentum dtype. A narrower momentum gains the bytes it saves: a bfloat16
-momentum is read and written as two bytes per element, and an int8
-momentum's codes are rewritten in place.
+momentum dtype. Where the loops are ordered (`_orders`), a narrower momentum
+gains the bytes it saves: a bfloat16 momentum is read and written as two
+bytes per element, and an int8 momentum's codes are rewritten in place.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from ..lion import descended
+from ..lion import lion_update
 
 
 def supports(optimizer: Any, variables: list[Any]) -> bool:
@@ -42,37 +42,39 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     `noise_indices`: the variables' indices that seed int8 rounding, as
     tensors (a compiled function shared by several variables)."""
     hyperparameters = hyperparameters or optimizer._hyperparameters()
-    # Skipping a non-finite step keeps the old weights and momentum for a
-    # select after the step, so they are copied anyway: ordering would then
-    # copy the weights too.
-    ordered = ordered and not optimizer.skip_nonfinite
     scalars: dict[Any, Any] = {}
     for i, (gradient, variable) in enumerate(zip(grads, variables)):
         step = optimizer._step_inputs(variable, optimizer._momentum_value(variable), gradient,
                                       optimizer._use_weight_decay(variable), learning_rate,
                                       hyperparameters, scalars)
-        theta = descended(step, step.beta_1 * step.m + step.one_minus_beta_1 * step.g,
-                          optimizer.cautious)
-        theta = ops.cast(theta, variable.dtype)
-        m = step.m
-        if ordered and _orders(variable):
-            m = ops.cast(optimizer._momentum_value(variable, read=partial(after, first=theta)),
-                         m.dtype)
-        optimizer._store_momentum(variable, step.beta_2 * m + step.one_minus_beta_2 * step.g,
+        again = (partial(_momentum_after, optimizer, variable)
+                 if ordered and _orders(optimizer, variable) else None)
+        theta, m = lion_update(step, optimizer.cautious, again)
+        optimizer._store_momentum(variable, m,
                                   None if noise_indices is None else noise_indices[i])
-        optimizer.assign(variable, theta)
+        optimizer.assign(variable, ops.cast(theta, variable.dtype))
 
 
-def _orders(variable: Any) -> bool:
+def _orders(optimizer: Any, variable: Any) -> bool:
     """Whether reading the momentum after the new weights orders XLA's loops.
 
     Not for weights narrower than float32: XLA's CPU code computes them in
     float32 and would recompute their first element from the old weights
     (copying them, and the momentum). Not for sharded weights: reading their
-    first element would take a collective at every step.
+    first element would take a collective at every step. Not when skipping
+    non-finite steps: the old weights and momentum are kept for a select
+    after the step, so they are copied anyway.
     """
     return (keras.backend.standardize_dtype(variable.dtype) in ("float32", "float64")
-            and getattr(variable, "_layout", None) is None)
+            and getattr(variable, "_layout", None) is None and not optimizer.skip_nonfinite)
+
+
+def _momentum_after(optimizer: Any, variable: Any, theta: Any) -> Any:
+    """The variable's momentum, in the compute dtype, read after its new
+    weights as stored (in their dtype: what XLA writes)."""
+    stored = ops.cast(theta, variable.dtype)
+    return ops.cast(optimizer._momentum_value(variable, read=partial(after, first=stored)),
+                    theta.dtype)
 
 
 def after(x: Any, first: Any) -> Any:

@@ -430,24 +430,54 @@ def test_momentum_dtype_is_checked_when_set_and_fixed_once_built() -> None:
     assert optimizer._momentums[0].dtype == "int8"
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's fast path cuts long rows")
-@pytest.mark.parametrize("shape", [(2**17 + 300,), (2, 2**17 + 40)], ids=str)
-def test_torch_fast_path_cuts_rows_longer_than_its_block_at_whole_int8_blocks(shape) -> None:
-    """Parts of a long row (and its ragged last block) give the codes and
-    scales that the whole row gives on the plain path, bit for bit."""
+TORCH_CASES = {
+    # Parts of long rows, cut at whole int8 blocks (and a ragged last block).
+    "long rows": [(2**17 + 300,), (2, 2**16 + 40)],
+    # Runs of whole rows, the last run shorter; rows not whole blocks.
+    "runs of rows": [(700, 100), (300, 300), (64, 1000)],
+    # Small variables gathered into pieces by row length (and weight decay),
+    # more than one piece of them. (A variable with a float momentum would
+    # send bfloat16 weights to the plain path.)
+    "gathered": [(5, 256), (40, 33), (512,), *[(8, 300)] * 30, (8, 40), (7, 40)],
+}
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's int8 fast path")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+@pytest.mark.parametrize("case", list(TORCH_CASES))
+def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str) -> None:
+    """The in-place pieces (long rows cut, runs of rows, small variables
+    gathered) give the plain path's weights, codes and scales, bit for bit,
+    whatever the weights' dtype, with bfloat16 gradients, non-finite ones, a
+    variable left out of a step, and weight decay excluded for some."""
+    shapes = TORCH_CASES[case]
     rng = np.random.default_rng(6)
-    init = rng.standard_normal(shape).astype(np.float32)
-    grads = [(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 1, shape)).astype(np.float32)
-             for _ in range(3)]
+    init = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    steps = []
+    for step in range(4):
+        grads = [(rng.standard_normal(shape) * 10.0 ** rng.uniform(-6, 1, shape))
+                 .astype(np.float32) for shape in shapes]
+        grads[0].reshape(-1)[:3] = [np.inf, -np.inf, np.nan] if step == 2 else grads[0].flat[:3]
+        steps.append(grads)
     state = {}
     for fast in (True, False):
-        variable = keras.Variable(init)
+        variables = [keras.Variable(x, dtype=dtype, name=f"v{i}") for i, x in enumerate(init)]
         optimizer = Lion(learning_rate=1e-2, weight_decay=0.1, momentum_dtype="int8")
+        optimizer.exclude_from_weight_decay(var_names=["v1$", "v6$"])
+        optimizer.build(variables)
         if not fast:
             optimizer._fast_path = None
-        for g in grads:
-            optimizer.apply([ops.convert_to_tensor(g)], [variable])
-        state[fast] = [to_numpy(x) for x in (variable, optimizer._momentums[0],
-                                               optimizer._momentum_scales[0])]
+        for step, grads in enumerate(steps):
+            pairs = [(ops.convert_to_tensor(g, "bfloat16" if i % 3 == 1 else "float32"), v)
+                     for i, (g, v) in enumerate(zip(grads, variables)) if i != step]
+            optimizer.apply(*zip(*pairs))
+        quantized = [v for v in variables if oracle.is_quantized(tuple(v.shape))]
+        state[fast] = [to_numpy(x).astype(np.float64) if x.dtype != "int8" else to_numpy(x)
+                       for v in quantized for x in (v, *_momentum_state(optimizer, v))]
     for fast, plain in zip(state[True], state[False]):
         np.testing.assert_array_equal(fast, plain)
+
+
+def _momentum_state(optimizer: Lion, variable: Any) -> tuple[Any, Any]:
+    index = optimizer._get_variable_index(variable)
+    return optimizer._momentums[index], optimizer._momentum_scales[index]

@@ -182,7 +182,7 @@ def encode(m: Any, noise: Any) -> tuple[Any, Any]:
 
 # Constants of the hash (Wellons' lowbias32), as wrapping int32 arithmetic.
 _GOLDEN = -1640531527  # 0x9E3779B9
-_MULTIPLIERS = (0x7FEB352D, -2073254261)  # 0x846CA68B
+HASH_MULTIPLIERS = (0x7FEB352D, -2073254261)  # 0x846CA68B
 
 
 def _shift_right(x: Any, bits: int) -> Any:
@@ -192,10 +192,16 @@ def _shift_right(x: Any, bits: int) -> Any:
 
 def _mix(x: Any) -> Any:
     x = ops.bitwise_xor(x, _shift_right(x, 16))
-    x = x * _MULTIPLIERS[0]
+    x = x * HASH_MULTIPLIERS[0]
     x = ops.bitwise_xor(x, _shift_right(x, 15))
-    x = x * _MULTIPLIERS[1]
+    x = x * HASH_MULTIPLIERS[1]
     return ops.bitwise_xor(x, _shift_right(x, 16))
+
+
+def noise_key(step: Any, variable_index: Any) -> Any:
+    """The hash of (step, variable) that seeds a variable's noise; elementwise
+    for a tensor of variable indices."""
+    return _mix(ops.cast(step, "int32") * _GOLDEN + variable_index)
 
 
 def noise_bits(step: Any, variable_index: Any, shape: tuple[int, ...], offset: int = 0) -> Any:
@@ -204,7 +210,7 @@ def noise_bits(step: Any, variable_index: Any, shape: tuple[int, ...], offset: i
     `variable_index`: an int, or an int32 scalar tensor. `offset`: the flat
     index of the first element, for a part of a variable.
     """
-    key = _mix(ops.cast(step, "int32") * _GOLDEN + variable_index)
+    key = noise_key(step, variable_index)
     size = math.prod(shape)
     index = ops.reshape(ops.arange(offset, offset + size, dtype="int32"), shape)
     return _shift_right(_mix(ops.bitwise_xor(index, key)), 32 - NOISE_BITS)

@@ -557,17 +557,26 @@ class Lion(keras.optimizers.Optimizer):
         once per dtype instead of once per variable (fewer operations to trace).
         """
         dtype = compute_dtype(*(keras.backend.standardize_dtype(x.dtype) for x in (theta, m)))
+        *coefficients, weight_decay = self._coefficients(dtype, learning_rate, hyperparameters,
+                                                         scalars)
+        return StepInputs(
+            ops.cast(theta, dtype), ops.cast(m, dtype),
+            ops.cast(ops.convert_to_tensor(gradient), dtype),
+            *coefficients, weight_decay if decays else None)
+
+    def _coefficients(self, dtype: str, learning_rate: Any,
+                      hyperparameters: Hyperparameters | None = None,
+                      scalars: dict[Any, Any] | None = None) -> list[Any]:
+        """A step's learning rate, beta_1, 1 - beta_1, beta_2, 1 - beta_2 and
+        weight decay (None for none) in `dtype`; kept in `scalars`, if given,
+        to be cast once per dtype."""
         scalars = {} if scalars is None else scalars
         if dtype not in scalars:
             beta_1, beta_2, weight_decay = hyperparameters or self._hyperparameters()
             scalars[dtype] = opaque([
                 None if x is None else cast_scalar(x, dtype)
                 for x in (learning_rate, beta_1, 1 - beta_1, beta_2, 1 - beta_2, weight_decay)])
-        *coefficients, weight_decay = scalars[dtype]
-        return StepInputs(
-            ops.cast(theta, dtype), ops.cast(m, dtype),
-            ops.cast(ops.convert_to_tensor(gradient), dtype),
-            *coefficients, weight_decay if decays else None)
+        return scalars[dtype]
 
     def update_step(self, gradient: Any, variable: keras.Variable, learning_rate: Any) -> None:
         """One Lion step for one variable, as written in the paper (Alg. 2)."""

@@ -18,10 +18,7 @@ beta_1 < 3e-39; `lerp` would save one for `m`, but turns an infinite
 momentum into NaN.) The learning rate stays a tensor, so that
 `torch.compile` does not break its graph to read it.
 
-An int8 momentum (codes and block scales) is updated by the plain path's
-maths, on runs of whole rows of at most `BLOCK` elements (or parts of a
-longer row, cut at whole int8 blocks), so that the temporaries of decoding
-and encoding stay small.
+Variables with an int8 momentum take `torch_int8`'s step.
 
 The scratch buffer has the weights' dtype, which must be the step's compute
 dtype: float32 or float64 weights, with a momentum in that dtype, or a
@@ -43,11 +40,10 @@ import torch
 from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
-from .. import int8
-from ..lion import lion_update
+from . import torch_int8
 
 #: Elements per block: p, m, g and c of a block of 128k float32 elements
-#: take 2 MiB, about the L2 cache of one core. (A multiple of int8.BLOCK.)
+#: take 2 MiB, about the L2 cache of one core.
 BLOCK = 1 << 17
 
 _SCRATCH_DTYPES = (torch.float32, torch.float64)
@@ -88,49 +84,18 @@ def _is_quantized(optimizer: Any, variable: Any) -> bool:
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     quantized = [_is_quantized(optimizer, v) for v in variables]
-    for gradient, variable, is_int8 in zip(grads, variables, quantized):
-        if is_int8:
-            _update_int8(optimizer, gradient, variable, learning_rate)
+    stepped = [(g, v) for g, v, is_int8 in zip(grads, variables, quantized)
+               if is_int8 and torch_int8.takes(v)]
+    if stepped:
+        torch_int8.update(optimizer, [g for g, _ in stepped], [v for _, v in stepped],
+                          learning_rate)
+    for g, v, is_int8 in zip(grads, variables, quantized):
+        if is_int8 and not torch_int8.takes(v):  # float64 weights: a float64 step
+            optimizer.update_step(g, v, learning_rate)
     grads = [g for g, is_int8 in zip(grads, quantized) if not is_int8]
     variables = [v for v, is_int8 in zip(variables, quantized) if not is_int8]
     if variables:
         _update_float(optimizer, grads, variables, learning_rate)
-
-
-def _update_int8(optimizer: Any, gradient: Any, variable: Any, learning_rate: Any) -> None:
-    """The plain step of a variable with an int8 momentum, piece by piece (`_pieces`)."""
-    index = optimizer._get_variable_index(variable)
-    codes, scales = optimizer._momentums[index]._value, optimizer._momentum_scales[index]._value
-    length = codes.shape[-1]
-    p = variable._value.view(-1, length)
-    g = torch.as_tensor(gradient).reshape(-1, length)
-    codes = codes.view(-1, length)
-    scales = scales.view(codes.shape[0], -1)
-    decays = optimizer._use_weight_decay(variable)
-    for rows, columns, offset in _pieces(p.shape[0], length):
-        blocks = slice(columns.start // int8.BLOCK, -(-columns.stop // int8.BLOCK))
-        step = optimizer._step_inputs(p[rows, columns],
-                                      int8.decode(codes[rows, columns], scales[rows, blocks]),
-                                      g[rows, columns], decays, learning_rate)
-        theta, m = lion_update(step, cautious=False)
-        p[rows, columns].copy_(theta)
-        noise = int8.noise_bits(optimizer.iterations, index, tuple(m.shape), offset=offset)
-        new_codes, new_scales = int8.encode(m, noise)
-        codes[rows, columns].copy_(new_codes)
-        scales[rows, blocks].copy_(new_scales)
-
-
-def _pieces(rows: int, length: int) -> list[tuple[slice, slice, int]]:
-    """(rows, columns, flat index of the first element) of each piece of a
-    (rows, length) variable: runs of whole rows of at most BLOCK elements, or
-    a longer row cut at multiples of BLOCK (whole int8 blocks), so that the
-    temporaries of decoding and encoding stay small."""
-    if length <= BLOCK:
-        run = BLOCK // length
-        return [(slice(start, start + run), slice(0, length), start * length)
-                for start in range(0, rows, run)]
-    return [(slice(row, row + 1), slice(start, min(start + BLOCK, length)), row * length + start)
-            for row in range(rows) for start in range(0, length, BLOCK)]
 
 
 def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],
@@ -167,7 +132,7 @@ def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], flat: Any,
     torch._foreach_copy_(cs, ms)
     torch._foreach_mul_(cs, beta_1)
     torch._foreach_add_(cs, gs, alpha=one_minus_beta_1)
-    _sign_(flat)
+    sign_(flat)
     if weight_decay is not None:
         torch._foreach_add_(cs, ps, alpha=weight_decay)
     torch._foreach_addcmul_(ps, cs, [lr] * len(ps), value=-1)
@@ -185,7 +150,7 @@ def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], flat: Any,
 _TO_ONE = {torch.float32: (2.0**127, 2.0**22), torch.float64: (2.0**1023, 2.0**51)}
 
 
-def _sign_(c: Any) -> None:
+def sign_(c: Any) -> None:
     """sign(c), in place, as clamp(c * 2**149, -1, 1) (float64: 2**1074).
 
     Exact for every value (the smallest subnormal scales to 1, larger values

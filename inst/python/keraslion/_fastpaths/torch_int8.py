@@ -1,0 +1,297 @@
+"""PyTorch: the step of variables with an int8 momentum, in place, piece by piece.
+
+The plain path decodes, steps and encodes with about 80 Keras operations,
+each paying Keras's dispatch and allocating a temporary (page faults, for
+large ones): 25-100x float32's step. Here the same arithmetic, in the same
+order, runs in place on scratch buffers of at most `PIECE` elements that
+stay in cache, so that weights, codes and scales are the plain path's bit
+for bit. A piece is a run of whole rows of one variable, a part of a longer
+row (cut at whole int8 blocks), or small variables with rows of one length,
+gathered into the scratch buffers so that a model of many small variables
+does not pay for each one.
+
+Selects and comparisons are integer masks, `(a - b) >> 31` (-1 where
+a < b): PyTorch's CPU `where` and comparisons each cost about six integer
+operations. The code values are read from a table of all 256 codes that
+`int8.decode` itself builds.
+
+The step is computed in float32: weights in float32 are updated where they
+lie, narrower ones are widened into a scratch buffer and rounded back once.
+Float64 weights (a float64 step) take the plain path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import int8
+from . import torch as blocked
+
+#: Elements per piece: with its weights, gradient and codes, its scratch
+#: buffers (about 40 bytes per element in all) stay in a core's caches.
+PIECE = 1 << 16
+#: A variable with at most this many elements is gathered with others.
+GATHERED = PIECE // 2
+#: The float32 bits of 2**-14, r's smallest normal code.
+_SMALLEST_NORMAL_BITS = 0x38800000
+
+
+class Piece(NamedTuple):
+    members: list[tuple[int, slice, slice]]  # (variable's position, rows, columns)
+    rows: list[int]  # of each member
+    width: int  # elements per row
+    block: int  # elements per int8 block
+    first: int  # a lone member's flat index of its first element (seeds its noise)
+    decayed: bool  # not excluded from weight decay
+    slots: Any = None  # gathered members' positions (int64), to pick their noise keys
+    counts: Any = None  # gathered members' rows (int64)
+
+
+class Plan(NamedTuple):
+    params: list[Any]  # kept so that their ids, the cache key, stay theirs
+    indices: Any  # each variable's index in the optimizer (seeds its noise), int32
+    pieces: list[Piece]
+
+
+def takes(variable: Any) -> bool:
+    """Whether this path steps a variable that has an int8 momentum."""
+    return variable._value.dtype != torch.float64
+
+
+@torch.compiler.disable  # Eager under torch.compile: in-place work on cached buffers.
+@torch.no_grad()
+def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
+    plan = _plan(optimizer, variables)
+    coefficients = optimizer._coefficients("float32", learning_rate)
+    keys = int8.noise_key(optimizer.iterations, plan.indices)
+    scratch, table, arange = _scratch(optimizer, plan.params[0].device)
+    tensors = [_as_rows(optimizer, v, g) for v, g in zip(variables, grads)]
+    for piece in plan.pieces:
+        *factors, weight_decay = coefficients
+        _step(piece, tensors, scratch, table, arange, keys,
+              (*factors, weight_decay if piece.decayed else None))
+
+
+def _as_rows(optimizer: Any, variable: Any, gradient: Any) -> tuple[Any, Any, Any, Any]:
+    """A variable's weights, gradient, codes and scales, as (rows, last axis)."""
+    index = optimizer._get_variable_index(variable)
+    codes = optimizer._momentums[index]._value
+    scales = optimizer._momentum_scales[index]._value
+    length = codes.shape[-1]
+    return (variable._value.view(-1, length), torch.as_tensor(gradient).reshape(-1, length),
+            codes.view(-1, length), scales.view(-1, scales.shape[-1]))
+
+
+def _step(piece: Piece, tensors: list[Any], scratch: dict[str, Any], table: Any, arange: Any,
+          keys: Any, coefficients: tuple[Any, ...]) -> None:
+    rows, width = sum(piece.rows), piece.width
+    buffer = {name: x[:rows * width].view(rows, width) for name, x in scratch.items()}
+    parts = [[x[r, c] for x in tensors[j][:3]]
+             + [tensors[j][3][r, c.start // int8.BLOCK:-(-c.stop // int8.BLOCK)]]
+             for j, r, c in piece.members]
+    p, g, codes, scales = ([part[n] for part in parts] for n in range(4))
+    lone = len(parts) == 1
+    theta = p[0] if lone and p[0].dtype == torch.float32 else _gather(p, buffer["p"], piece)
+    gradient = g[0] if lone and g[0].dtype == torch.float32 else _gather(g, buffer["g"], piece)
+    old_scales = scales[0] if lone else torch.cat(scales)
+    m = _decode(codes[0] if lone else torch.cat(codes), old_scales, buffer, table, piece.block)
+    _lion(theta, m, gradient, buffer, *coefficients)
+    if theta is not p[0]:
+        _scatter(theta, p, piece)
+    noise = _noise(piece, keys, arange, buffer)
+    new_codes, new_scales = _encode(m, noise, buffer, piece.block)
+    _scatter(new_codes, codes, piece)
+    _scatter(new_scales, scales, piece)
+
+
+def _gather(parts: list[Any], into: Any, piece: Piece) -> Any:
+    torch._foreach_copy_(list(into.split(piece.rows)), parts)
+    return into
+
+
+def _scatter(source: Any, parts: list[Any], piece: Piece) -> None:
+    torch._foreach_copy_(parts, list(source.split(piece.rows)))
+
+
+def _by_block(x: Any, block: int) -> list[tuple[Any, slice]]:
+    """(rows, width) as (rows, blocks, block) views, and which blocks: the
+    whole blocks, and a shorter last one."""
+    width = x.shape[1]
+    whole = width // block
+    views = [(x[:, :whole * block].unflatten(1, (whole, block)), slice(0, whole))] if whole else []
+    if whole * block < width:
+        views.append((x[:, whole * block:].unsqueeze(1), slice(whole, whole + 1)))
+    return views
+
+
+def _decode(codes: Any, scales: Any, buffer: dict[str, Any], table: Any, block: int) -> Any:
+    """`int8.decode`: each code's value from the table (indexed by the code's
+    byte), times its block's scale."""
+    index, m = buffer["k"], buffer["m"]
+    index.copy_(codes.view(torch.uint8))
+    torch.index_select(table, 0, index.view(-1), out=m.view(-1))
+    for view, blocks in _by_block(m, block):
+        view.mul_(scales[:, blocks, None])
+    return m
+
+
+def _lion(theta: Any, m: Any, g: Any, buffer: dict[str, Any], learning_rate: Any, beta_1: Any,
+          one_minus_beta_1: Any, beta_2: Any, one_minus_beta_2: Any, weight_decay: Any) -> None:
+    """`lion_update`, in place: theta and m become the step's new weights and momentum."""
+    c, t = buffer["c"], buffer["t"]
+    torch.mul(m, beta_1, out=c)
+    c.add_(torch.mul(g, one_minus_beta_1, out=t))
+    blocked.sign_(c)
+    if weight_decay is not None:
+        c.add_(torch.mul(theta, weight_decay, out=t))
+    theta.sub_(c.mul_(learning_rate))
+    m.mul_(beta_2).add_(torch.mul(g, one_minus_beta_2, out=t))
+
+
+def _noise(piece: Piece, keys: Any, arange: Any, buffer: dict[str, Any]) -> Any:
+    """`int8.noise_bits` of the piece's elements: each one's flat index in its
+    variable, hashed with its variable's key."""
+    noise, spare = buffer["noise"], buffer["t"].view(torch.int32)
+    if piece.slots is None:
+        torch.add(arange[:noise.numel()], _scalar(noise, piece.first), out=noise.view(-1))
+        noise.bitwise_xor_(keys[piece.members[0][0]])
+    else:
+        torch.cat([arange[:rows * piece.width] for rows in piece.rows], out=noise.view(-1))
+        noise.bitwise_xor_(keys[piece.slots].repeat_interleave(piece.counts)[:, None])
+    for multiplier, bits in zip((*int8.HASH_MULTIPLIERS, None), (16, 15, 16)):
+        noise.bitwise_xor_(_shift_right(noise, bits, out=spare))
+        if multiplier is not None:
+            noise.mul_(_scalar(noise, multiplier))
+    return _shift_right(noise, 32 - int8.NOISE_BITS, out=noise)
+
+
+def _shift_right(x: Any, bits: int, out: Any) -> Any:
+    """Logical right shift of int32 (`>>` is arithmetic), into `out`."""
+    torch.bitwise_right_shift(x, _scalar(x, bits), out=out)
+    return out.bitwise_and_(_scalar(x, (1 << (32 - bits)) - 1))
+
+
+def _encode(m: Any, noise: Any, buffer: dict[str, Any], block: int) -> tuple[Any, Any]:
+    """`int8.encode`: the int32 codes (in a scratch buffer) and new scales of `m`."""
+    bits = m.view(torch.int32)
+    magnitude = buffer["c"]
+    magnitude_bits = magnitude.view(torch.int32)
+    torch.bitwise_and(bits, _scalar(bits, 0x7FFFFFFF), out=magnitude_bits)
+    nan = torch.sub(_scalar(bits, int8.INFINITY_BITS), magnitude_bits,
+                    out=buffer["g"].view(torch.int32)).bitwise_right_shift_(_scalar(bits, 31))
+    magnitude_bits.clamp_max_(_scalar(bits, int8.FLOAT32_MAX_BITS))
+    scales = torch.cat([view.amax(-1) for view, _ in _by_block(magnitude, block)], dim=1)
+    prescale = torch.where(scales >= 2.0**126, 0.25, torch.where(scales < 2.0**-126, 2.0**24, 1.0))
+    scaled = scales * prescale
+    inverse = torch.where(scaled > 0, 1.0 / torch.where(scaled > 0, scaled, 1.0), 0.0)
+    for view, blocks in _by_block(magnitude, block):
+        view.mul_(prescale[:, blocks, None]).mul_(inverse[:, blocks, None])
+    r, r_bits = magnitude, magnitude_bits
+    noise_shift = _scalar(bits, int8.NOISE_BITS)
+    # Normal codes, capped at r = 1, and the steps of 2**-17 below 2**-14.
+    k = torch.add(r_bits, noise, out=buffer["k"]).bitwise_right_shift_(noise_shift)
+    k.sub_(_scalar(k, int8.EXPONENT_OFFSET)).clamp_max_(_scalar(k, int8.ONE_CODE))
+    fixed_point = torch.mul(r, _scalar(r, 2.0**37), out=buffer["t"])
+    fixed_point = fixed_point.add_(_scalar(r, 2.0**23)).view(torch.int32)
+    subnormal = fixed_point.sub_(_scalar(k, int8.MAGIC_BITS)).add_(noise)
+    subnormal.bitwise_right_shift_(noise_shift)
+    below = torch.sub(r_bits, _scalar(k, _SMALLEST_NORMAL_BITS), out=noise)
+    k.add_(subnormal.sub_(k).bitwise_and_(below.bitwise_right_shift_(_scalar(k, 31))))
+    negative = torch.bitwise_right_shift(bits, _scalar(k, 31), out=noise)
+    k.bitwise_xor_(negative).sub_(negative)
+    # NaN (magnitude bits above infinity's) as NAN_CODE.
+    nan_code = torch.bitwise_xor(k, _scalar(k, int8.NAN_CODE), out=subnormal)
+    k.bitwise_xor_(nan_code.bitwise_and_(nan))
+    return k, scales
+
+
+#: Python numbers as 0-d tensors, made once: PyTorch wraps a number anew in
+#: every operation, which costs as much as a pass over a piece.
+_SCALARS: dict[tuple[Any, ...], Any] = {}
+
+
+def _scalar(like: Any, value: float) -> Any:
+    """`value` as a 0-d tensor of `like`'s dtype and device."""
+    key = (value, like.dtype, like.device)
+    if key not in _SCALARS:
+        _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return _SCALARS[key]
+
+
+def _plan(optimizer: Any, variables: list[Any]) -> Plan:
+    """The pieces for a set of variables, made once and cached."""
+    key = tuple(id(v._value) for v in variables)
+    # Kept outside Keras's attribute tracking: a cache, not optimizer state.
+    cache = optimizer.__dict__.setdefault("_torch_int8_plans", {})
+    if key not in cache:
+        if len(cache) >= 4:
+            cache.clear()
+        params = [v._value for v in variables]
+        indices = torch.tensor([optimizer._get_variable_index(v) for v in variables],
+                               dtype=torch.int32, device=params[0].device)
+        cache[key] = Plan(params, indices, _pieces(optimizer, variables))
+    return cache[key]
+
+
+def _pieces(optimizer: Any, variables: list[Any]) -> list[Piece]:
+    pieces, groups = [], {}
+    for j, variable in enumerate(variables):
+        shape = tuple(variable.shape)
+        decayed = optimizer._use_weight_decay(variable)
+        length = shape[-1]
+        count = variable._value.numel()
+        if count <= GATHERED:
+            groups.setdefault((length, decayed), []).append((j, count // length))
+            continue
+        block = int8.block_size(shape)
+        for rows, columns, first in _cuts(count // length, length):
+            pieces.append(Piece([(j, rows, columns)], [rows.stop - rows.start],
+                                columns.stop - columns.start, block, first, decayed))
+    for (length, decayed), members in groups.items():
+        run: list[tuple[int, int]] = []
+        for j, rows in [*members, (None, None)]:
+            if run and (j is None or (sum(r for _, r in run) + rows) * length > PIECE):
+                pieces.append(_gathered(run, length, decayed, variables))
+                run = []
+            if j is not None:
+                run.append((j, rows))
+    return pieces
+
+
+def _gathered(run: list[tuple[int, int]], length: int, decayed: bool,
+              variables: list[Any]) -> Piece:
+    device = variables[run[0][0]]._value.device
+    return Piece([(j, slice(0, rows), slice(0, length)) for j, rows in run],
+                 [rows for _, rows in run], length, int8.block_size((length,)), 0, decayed,
+                 slots=torch.tensor([j for j, _ in run], device=device),
+                 counts=torch.tensor([rows for _, rows in run], device=device))
+
+
+def _cuts(rows: int, length: int) -> list[tuple[slice, slice, int]]:
+    """(rows, columns, flat index of the first element) of each piece of a
+    (rows, length) variable: runs of whole rows of at most PIECE elements, or
+    a longer row cut at multiples of PIECE (whole int8 blocks)."""
+    if length <= PIECE:
+        run = PIECE // length
+        return [(slice(start, min(start + run, rows)), slice(0, length), start * length)
+                for start in range(0, rows, run)]
+    return [(slice(row, row + 1), slice(start, min(start + PIECE, length)), row * length + start)
+            for row in range(rows) for start in range(0, length, PIECE)]
+
+
+def _scratch(optimizer: Any, device: Any) -> tuple[dict[str, Any], Any, Any]:
+    """Scratch buffers of PIECE elements, the table of code values, and
+    0..PIECE-1, made once per device."""
+    cache = optimizer.__dict__.setdefault("_torch_int8_scratch", {})
+    if device not in cache:
+        buffers = {name: torch.empty(PIECE, dtype=dtype, device=device)
+                   for name, dtype in (("m", torch.float32), ("c", torch.float32),
+                                       ("t", torch.float32), ("p", torch.float32),
+                                       ("g", torch.float32), ("k", torch.int32),
+                                       ("noise", torch.int32))}
+        codes = torch.arange(256, device=device).to(torch.uint8).view(torch.int8).view(1, 256)
+        table = int8.decode(codes, torch.ones(1, 1, device=device)).view(-1)
+        cache[device] = (buffers, table, torch.arange(PIECE, dtype=torch.int32, device=device))
+    return cache[device]

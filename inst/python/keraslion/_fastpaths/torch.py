@@ -22,8 +22,8 @@ Variables with an int8 momentum take `torch_int8`'s step.
 
 The scratch buffer has the weights' dtype, which must be the step's compute
 dtype: float32 or float64 weights, with a momentum in that dtype, or a
-narrower one (bfloat16, widened into the scratch buffer and rounded back
-once), or float32 in float64 weights. Anything else (a float64 momentum of
+narrower one (bfloat16, or float32 in float64 weights: widened once into a
+second scratch buffer, updated there and rounded back once). Anything else (a float64 momentum of
 float32 weights, a float16 momentum, which saturates), caution, and
 `stateless_apply` (whose step must not write into the variables) take the
 plain path. The cut into blocks is planned once per set of variables, from
@@ -56,6 +56,8 @@ class Block(NamedTuple):
     scratch: list[Any]
     grads: list[tuple[int, slice | None]]  # which gradient, and which part of it if cut
     flat: Any = None  # the block's part of the scratch buffer (its views' storage), in one piece
+    wide: Any = None  # for a narrower momentum: a second one, for the momentum widened
+    wide_views: list[Any] | None = None  # its views, one per momentum
 
 
 class Plan(NamedTuple):
@@ -122,28 +124,31 @@ def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],
               for i, part in block.grads]
         weight_decay = decay if block.decayed else None
         lr, beta_1_tensor, beta_2_tensor = scalars[dtype]
-        _lion(block.params, block.momentums, gs, block.scratch, block.flat, lr,
-              beta_1_tensor, one_minus_beta_1, beta_2_tensor, 1 - beta_2, weight_decay)
+        _lion(block, gs, lr, beta_1_tensor, one_minus_beta_1, beta_2_tensor, 1 - beta_2,
+              weight_decay)
 
 
-def _lion(ps: list[Any], ms: list[Any], gs: list[Any], cs: list[Any], flat: Any, lr: Any,
-          beta_1: Any, one_minus_beta_1: float, beta_2: Any, one_minus_beta_2: float,
-          weight_decay: float | None) -> None:
-    torch._foreach_copy_(cs, ms)
-    torch._foreach_mul_(cs, beta_1)
+def _lion(block: Block, gs: list[Any], lr: Any, beta_1: Any, one_minus_beta_1: float,
+          beta_2: Any, one_minus_beta_2: float, weight_decay: float | None) -> None:
+    ps, ms, cs, c = block.params, block.momentums, block.scratch, block.flat
+    if block.wide is None:
+        torch._foreach_copy_(cs, ms)
+        c.mul_(beta_1)
+    else:  # A narrower momentum, widened once for c and for its own update.
+        torch._foreach_copy_(block.wide_views, ms)
+        torch.mul(block.wide, beta_1, out=c)
     torch._foreach_add_(cs, gs, alpha=one_minus_beta_1)
-    sign_(flat)
+    sign_(c)
     if weight_decay is not None:
         torch._foreach_add_(cs, ps, alpha=weight_decay)
     torch._foreach_addcmul_(ps, cs, [lr] * len(ps), value=-1)
-    if ms[0].dtype == cs[0].dtype:
+    if block.wide is None:
         torch._foreach_mul_(ms, beta_2)
         torch._foreach_add_(ms, gs, alpha=one_minus_beta_2)
-    else:  # Widen, update in the variable's dtype, round back once.
-        torch._foreach_copy_(cs, ms)
-        torch._foreach_mul_(cs, beta_2)
-        torch._foreach_add_(cs, gs, alpha=one_minus_beta_2)
-        torch._foreach_copy_(ms, cs)
+    else:  # Updated in the weights' dtype, rounded back once.
+        block.wide.mul_(beta_2)
+        torch._foreach_add_(block.wide_views, gs, alpha=one_minus_beta_2)
+        torch._foreach_copy_(ms, block.wide_views)
 
 
 #: Powers of two whose product scales the smallest subnormal of a dtype to 1.
@@ -184,9 +189,11 @@ def _blocks(optimizer: Any, variables: list[Any]) -> list[Block]:
         decayed = optimizer._use_weight_decay(v)
         groups.setdefault((p.dtype, m.dtype, p.device, decayed), []).append((i, p, m))
     blocks = []
-    for (dtype, _, device, decayed), members in groups.items():
+    for (dtype, momentum_dtype, device, decayed), members in groups.items():
         scratch = torch.empty(min(BLOCK, sum(p.numel() for _, p, _ in members)),
                               dtype=dtype, device=device)
+        wide = None if momentum_dtype == dtype else torch.empty_like(scratch)
+
         block, used = Block(decayed, [], [], [], []), 0
         for i, p, m in members:
             parts = [None] if p.numel() <= BLOCK else [
@@ -194,7 +201,7 @@ def _blocks(optimizer: Any, variables: list[Any]) -> list[Block]:
             for part in parts:
                 n = p.numel() if part is None else part.stop - part.start
                 if used + n > BLOCK:
-                    blocks.append(block._replace(flat=scratch[:used]))
+                    blocks.append(_closed(block, used, scratch, wide))
                     block, used = Block(decayed, [], [], [], []), 0
                 block.params.append(p if part is None else p.view(-1)[part])
                 block.momentums.append(m if part is None else m.view(-1)[part])
@@ -202,5 +209,13 @@ def _blocks(optimizer: Any, variables: list[Any]) -> list[Block]:
                 block.grads.append((i, part))
                 used += n
         if used:
-            blocks.append(block._replace(flat=scratch[:used]))
+            blocks.append(_closed(block, used, scratch, wide))
     return blocks
+
+
+def _closed(block: Block, used: int, scratch: Any, wide: Any) -> Block:
+    """A full block, with its parts of the scratch buffers."""
+    if wide is None:
+        return block._replace(flat=scratch[:used])
+    return block._replace(flat=scratch[:used], wide=wide[:used], wide_views=[
+        wide.as_strided(c.shape, c.stride(), c.storage_offset()) for c in block.scratch])

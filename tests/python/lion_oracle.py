@@ -76,6 +76,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import int8_oracle
 import ml_dtypes
 import numpy as np
 
@@ -259,6 +260,37 @@ def lion_step(theta: np.ndarray, m: np.ndarray, g: np.ndarray, *, learning_rate:
     return Expected(weights, notes), Expected([(expected_m[None], tolerance_m[None])], notes)
 
 
+def int8_momentum(momentum: Expected, iteration: int, index: int,
+                  flushes_subnormals: bool) -> tuple[Expected, Expected]:
+    """The int8 momentum a step must store, as its codes decoded, and its
+    block scales: the float32 momentum `momentum` encoded with the rounding
+    bits of (iteration, index). Any code between those of the momentum's
+    extremes (within its tolerance: where `beta_2 * m` and `(1 - beta_2) * g`
+    cancel, many float32 values apart) is accepted, and either neighbour
+    where the backends' float32 r may round either way."""
+    (values, tolerance), = momentum.scenarios
+    m, tolerance = values[0], np.where(np.isfinite(tolerance[0]), tolerance[0], 0.0)
+    bits = int8_oracle.noise(iteration, index, m.shape)
+    codes, scales, either = int8_oracle.encode(m.astype(np.float32), bits)
+    with np.errstate(all="ignore"):
+        extremes = [codes.astype(np.int64)] + [
+            int8_oracle.encode((m + sign * tolerance).astype(np.float32), bits)[0].astype(np.int64)
+            for sign in (-1, 1)]
+    nan = codes == int8_oracle.NAN_CODE
+    low = np.where(nan, codes, np.min(extremes, axis=0) - either)
+    high = np.where(nan, codes, np.max(extremes, axis=0) + either)
+    low, high = (int8_oracle.decode(np.clip(k, -int8_oracle.ONE_CODE, int8_oracle.NAN_CODE),
+                                    scales).astype(np.float32).astype(np.float64)
+                 for k in (low, high))
+    eps = float(np.finfo(np.float32).eps)
+    tiny = float(np.finfo(np.float32).smallest_normal) if flushes_subnormals else 0.0
+    with np.errstate(invalid="ignore"):
+        middle, spread = (low + high) / 2, (high - low) / 2
+    slack = spread + 8 * eps * np.maximum(np.abs(low), np.abs(high)) + tiny
+    return (Expected.within(np.where(nan, np.nan, middle), np.where(nan, 0.0, slack)),
+            Expected.within(scales.astype(np.float64), 8 * eps * scales + tiny))
+
+
 # Keras's semantics around the step ------------------------------------------------
 
 
@@ -275,6 +307,12 @@ class State:
     nonfinite_steps: int = 0
     weight_dtypes: list[str] = dataclasses.field(default_factory=list)
     momentum_dtypes: list[str] = dataclasses.field(default_factory=list)
+    # An int8 momentum: `momentums` holds the codes decoded (by int8_oracle,
+    # rounded to float32, as the step reads them), `scales` the block scales
+    # (None for a float momentum), `indices` each variable's index in the
+    # optimizer (it seeds the rounding).
+    scales: list[np.ndarray | None] | None = None
+    indices: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -298,8 +336,9 @@ class Config:
     finalize_ema: bool = False  # fit(): weights set to their averages at its end
     flushes_subnormals: bool = False  # the backend's CPU kernels flush subnormals to zero
 
-    @property
-    def stored_momentum_dtype(self) -> str:
+    def stored_momentum_dtype(self, shape: tuple[int, ...]) -> str:
+        if self.momentum_dtype == "int8":
+            return "int8" if int8_oracle.is_quantized(shape) else "float32"
         return self.momentum_dtype or self.weight_dtype
 
 
@@ -337,22 +376,25 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
     """Everything wrong in `after`, the state after one `optimizer.apply(grads)`
     from `before`; an empty list if it is right."""
     problems = []
-    wdtype, mdtype = config.weight_dtype, config.stored_momentum_dtype
+    wdtype = config.weight_dtype
+    mdtypes = [config.stored_momentum_dtype(w.shape) for w in before.weights]
     for i, path in enumerate(config.paths):
         if after.weight_dtypes and after.weight_dtypes[i] != wdtype:
             problems.append(f"{path}: weight stored as {after.weight_dtypes[i]}, not {wdtype}")
-        if after.momentum_dtypes and after.momentum_dtypes[i] != mdtype:
-            problems.append(f"{path}: momentum stored as {after.momentum_dtypes[i]}, not {mdtype}")
+        if after.momentum_dtypes and after.momentum_dtypes[i] != mdtypes[i]:
+            problems.append(
+                f"{path}: momentum stored as {after.momentum_dtypes[i]}, not {mdtypes[i]}")
 
     def unchanged(kind: str) -> None:
         for i, path in enumerate(config.paths):
             old, new = getattr(before, kind), getattr(after, kind)
-            if old is not None and not identical(old[i], new[i]):
+            if old is not None and old[i] is not None and not identical(old[i], new[i]):
                 problems.append(f"{path}: {kind} changed by a step that must change nothing")
 
     finalized = config.use_ema and config.finalize_ema
     if config.skip_nonfinite and not all(np.isfinite(g).all() for g in grads):
-        for kind in ("momentums", "accumulators", "averages", *(() if finalized else ("weights",))):
+        for kind in ("momentums", "scales", "accumulators", "averages",
+                     *(() if finalized else ("weights",))):
             unchanged(kind)
         for i, path in enumerate(config.paths):
             if finalized and not identical(after.weights[i], after.averages[i]):
@@ -393,13 +435,25 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
 
     new_weights = []
     for i, path in enumerate(config.paths):
+        quantized = mdtypes[i] == "int8"
         if stepping:
+            # An int8 momentum: computed and rounded to float32, then encoded.
             weights, momentum = lion_step(
                 before.weights[i], before.momentums[i], used[i],
                 learning_rate=config.learning_rate, beta_1=config.beta_1, beta_2=config.beta_2,
                 weight_decay=(config.weight_decay or 0.0) if config.decays[i] else 0.0,
-                cautious=config.cautious, weight_dtype=wdtype, momentum_dtype=mdtype,
+                cautious=config.cautious, weight_dtype=wdtype,
+                momentum_dtype="float32" if quantized else mdtypes[i],
                 flushes_subnormals=config.flushes_subnormals)
+            if quantized:
+                # Seeded by `iterations`, which Keras counts in applied steps
+                # when it accumulates gradients.
+                momentum, scales = int8_momentum(
+                    momentum, before.iterations // steps if steps else before.iterations,
+                    after.indices[i], config.flushes_subnormals)
+                message = describe(f"{path}: scales", after.scales[i], scales)
+                if message:
+                    problems.append(message)
         else:
             weights, momentum = (Expected.exactly(before.weights[i]),
                                  Expected.exactly(before.momentums[i]))
@@ -407,6 +461,8 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
         message = describe(f"{path}: momentum", after.momentums[i], momentum)
         if message:
             problems.append(message)
+    if not stepping:
+        unchanged("scales")
 
     overwritten = finalized
     if config.use_ema:

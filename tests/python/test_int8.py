@@ -436,20 +436,24 @@ TORCH_CASES = {
     # Runs of whole rows, the last run shorter; rows not whole blocks.
     "runs of rows": [(700, 100), (300, 300), (64, 1000)],
     # Small variables gathered into pieces by row length (and weight decay),
-    # more than one piece of them. (A variable with a float momentum would
-    # send bfloat16 weights to the plain path.)
-    "gathered": [(5, 256), (40, 33), (512,), *[(8, 300)] * 30, (8, 40), (7, 40)],
+    # more than one piece of them, among variables with a float momentum.
+    "gathered": [(5, 256), (40, 33), (512,), *[(8, 300)] * 30, (8, 40), (7, 40), (16,)],
 }
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's int8 fast path")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
 @pytest.mark.parametrize("case", list(TORCH_CASES))
-def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str) -> None:
+def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str,
+                                                      monkeypatch: Any) -> None:
     """The in-place pieces (long rows cut, runs of rows, small variables
     gathered) give the plain path's weights, codes and scales, bit for bit,
     whatever the weights' dtype, with bfloat16 gradients, non-finite ones, a
     variable left out of a step, and weight decay excluded for some."""
+    from keraslion._fastpaths import torch_int8
+
+    steps_taken = []
+    monkeypatch.setattr(torch_int8, "_step", _spy(torch_int8._step, steps_taken))
     shapes = TORCH_CASES[case]
     rng = np.random.default_rng(6)
     init = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
@@ -474,6 +478,45 @@ def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str) ->
         quantized = [v for v in variables if oracle.is_quantized(tuple(v.shape))]
         state[fast] = [to_numpy(x).astype(np.float64) if x.dtype != "int8" else to_numpy(x)
                        for v in quantized for x in (v, *_momentum_state(optimizer, v))]
+    for fast, plain in zip(state[True], state[False]):
+        np.testing.assert_array_equal(fast, plain)
+    assert bool(steps_taken) == (dtype != "float64")  # float64 weights: a float64 step
+
+
+def _spy(function: Any, calls: list[Any]) -> Any:
+    def spied(*args: Any) -> Any:
+        calls.append(args)
+        return function(*args)
+
+    return spied
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's int8 fast path")
+def test_torch_fast_path_takes_odd_variables_and_gradients_as_the_plain_path() -> None:
+    """A gradient that is the variable itself (its weights are read again
+    after they change in place), weights that are not contiguous and a
+    sparse gradient (plain steps), and PyTorch's default dtype set to float64."""
+    import torch
+
+    shape = (64, 4, 256)
+    init = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    state = {}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for fast in (True, False):
+            variables = [keras.Variable(init.clone(), name="aliased"),
+                         keras.Variable(init.clone().permute(2, 1, 0), name="strided"),
+                         keras.Variable(init.cos(), name="plain")]
+            optimizer = Lion(learning_rate=1e-2, weight_decay=0.1, momentum_dtype="int8")
+            if not fast:
+                optimizer._fast_path = None
+            for _ in range(3):
+                optimizer.apply([variables[0], variables[1].value.sin(),
+                                 variables[2].value.sin().to_sparse()], variables)
+            state[fast] = [to_numpy(x) for x in (*variables, *optimizer.variables)]
+    finally:
+        torch.set_default_dtype(previous)
     for fast, plain in zip(state[True], state[False]):
         np.testing.assert_array_equal(fast, plain)
 

@@ -18,7 +18,9 @@ in a fresh process) and `compile` (`torch.compile` of the step). A path the
 backend lacks is one skipped test.
 
 Settings: weight dtype (float16, bfloat16, float32, float64) x
-momentum_dtype (None, bfloat16, float32, float64), cautious, weight decay
+momentum_dtype (None, bfloat16, float32, float64; int8 in the core cases,
+judged against `int8_oracle`, the same quantizer in NumPy, with dense/kernel
+large enough for int8 codes), cautious, weight decay
 with exclusion (anchored patterns `"bias$"`, `"^head/kernel$"`),
 skip_nonfinite, EMA (with and without overwriting), gradient accumulation,
 sparse gradients (TF `IndexedSlices`, JAX BCOO; given dense where a path
@@ -50,6 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import int8_oracle
 import keras
 import lion_oracle as oracle
 import numpy as np
@@ -157,6 +160,18 @@ def _core_cases() -> list[Case]:
         "large": dict(large=True),
         "large-cautious": dict(large=True, cautious=True),
         "large-bfloat16_momentum": dict(large=True, momentum_dtype="bfloat16"),
+        # One-byte momentum (int8 codes and block scales), against the oracle
+        # of the same quantizer (int8_oracle).
+        "int8": dict(momentum_dtype="int8"),
+        "int8-large-beta_1>beta_2": dict(momentum_dtype="int8", large=True, beta_1=0.99,
+                                         beta_2=0.9),
+        "int8-bfloat16": dict(momentum_dtype="int8", weight_dtype="bfloat16"),
+        "int8-float16-cautious": dict(momentum_dtype="int8", weight_dtype="float16",
+                                      cautious=True),
+        "int8-float64": dict(momentum_dtype="int8", weight_dtype="float64"),
+        "int8-skip_nonfinite-ema": dict(momentum_dtype="int8", skip_nonfinite=True,
+                                        use_ema=True),
+        "int8-accumulation-sparse": dict(momentum_dtype="int8", accumulation=2, sparse=True),
     }
     cases += [Case(name, **settings) for name, settings in features.items()]
     return [dataclasses.replace(case, seed=i) for i, case in enumerate(cases)]
@@ -209,11 +224,15 @@ VARIABLES = [("head", "kernel", (4, 8)), ("head", "bias", (8,)),
              ("dense", "kernel", (4, 8)), ("dense", "bias", (8,))]
 LARGE = ("embed", "embeddings", (257, 512))
 SPARSE_VARIABLE = 2  # dense/kernel: gradient rows SPARSE_ROWS only
+INT8_KERNEL = (4, 300)  # dense/kernel's shape with an int8 momentum
 SPARSE_ROWS = np.array([0, 2])
 
 
 def variable_specs(case: Case) -> list[tuple[str, str, tuple[int, ...]]]:
-    return VARIABLES + ([LARGE] if case.large else [])
+    specs = VARIABLES + ([LARGE] if case.large else [])
+    if case.momentum_dtype == "int8":  # dense/kernel with int8 codes (rows of 256 + 44)
+        specs[2] = (*specs[2][:2], INT8_KERNEL)
+    return specs
 
 
 def decays(case: Case) -> list[bool]:
@@ -311,12 +330,18 @@ def state_of(optimizer: Lion, variables: list[Any],
 
     def aligned(name: str) -> list[Any]:
         slots = getattr(optimizer, name)
-        return [value(slots[optimizer._get_variable_index(v)]) for v in variables]
+        return [None if slots[optimizer._get_variable_index(v)] is None
+                else value(slots[optimizer._get_variable_index(v)]) for v in variables]
 
     momentums = aligned("_momentums")
+    scales = [None if s is None else as_float64(s) for s in aligned("_momentum_scales")]
     return oracle.State(
         weights=[as_float64(value(v)) for v in variables],
-        momentums=[as_float64(m) for m in momentums],
+        momentums=[as_float64(m) if s is None
+                   else int8_oracle.decode(as_float64(m), s).astype(np.float32).astype(np.float64)
+                   for m, s in zip(momentums, scales)],
+        scales=scales,
+        indices=[optimizer._get_variable_index(v) for v in variables],
         accumulators=([as_float64(a) for a in aligned("_accumulated_gradients")]
                       if optimizer.gradient_accumulation_steps else None),
         averages=([as_float64(a) for a in aligned("_model_variables_moving_average")]

@@ -97,6 +97,24 @@ def test_a_failed_call_leaves_weights_and_state_untouched():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), before)
 
 
+
+@pytest.mark.parametrize("momentum_dtype", [None, "int8"])
+@pytest.mark.parametrize("shape", [(64, 128), (1, 128), (128,)], ids=str)
+def test_a_gradient_of_another_shape_is_refused_and_changes_nothing(shape, momentum_dtype):
+    """Transposed, broadcastable or flattened: each gradient must have its
+    variable's shape (a fast path would reshape it, the plain one broadcast)."""
+    optimizer = Lion(learning_rate=0.1, weight_decay=0.1, momentum_dtype=momentum_dtype)
+    variables = [keras.Variable(np.ones((128, 64), np.float32), name="kernel"),
+                 keras.Variable(np.ones(64, np.float32), name="bias")]
+    optimizer.apply([keras.ops.ones((128, 64)), keras.ops.ones((64,))], variables)
+    before = [keras.ops.convert_to_numpy(v).copy() for v in (*variables, *optimizer.variables)]
+    with pytest.raises(ValueError, match=r"shape \(.*kernel.*\(128, 64\).*Nothing was updated"):
+        optimizer.apply([keras.ops.ones(shape), keras.ops.ones((64,))], variables)
+    with pytest.raises(ValueError, match="kernel"):
+        optimizer.apply([keras.ops.ones(shape), keras.ops.ones((64,))])
+    for value, after in zip(before, (*variables, *optimizer.variables)):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), value)
+
 # Hyperparameters a user may set between steps ------------------------------------
 
 BAD_ASSIGNMENTS = [

@@ -218,6 +218,17 @@ test_that("one step reproduces Keras's published Lion example", {
   expect_equal(as.vector(as_r_array(variable)), c(0.5, 1.5, 2.5, 3.5))
 })
 
+test_that("a gradient of another shape is an R error that changes nothing", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  opt <- optimizer_lion(learning_rate = 0.5, momentum_dtype = "int8")
+  variable <- keras$Variable(matrix(1, 4, 64), name = "kernel")
+  wrong <- keras$ops$convert_to_tensor(matrix(1, 64, 4))
+  expect_error(opt$apply(list(wrong), list(variable)), "kernel.*\\(4, 64\\)")
+  expect_equal(as_r_array(variable), matrix(1, 4, 64))
+  expect_equal(as.integer(as_r_array(opt$iterations)), 0L)
+})
+
 test_that("R functions work as learning rate and betas", {
   skip_if_no_keras()
   keras <- keras_module()

@@ -357,3 +357,22 @@ def not_distributed(optimizer: Any, name: str, value: Any) -> None:
             f"synchronizes the replicas inside a conditional there, which tf.distribute "
             f"cannot do. Use it without a strategy, or leave it None. "
             f"{_received(name, value)}")
+
+
+def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
+    """Refuses a gradient whose shape is not its variable's (dimensions not
+    known while tracing pass), before anything is updated: broadcast, or
+    reshaped by a fast path, it would give a wrong step without an error."""
+    for gradient, variable in zip(grads, variables):
+        shape = getattr(gradient, "shape", None)
+        if shape is None or getattr(shape, "rank", 0) is None:
+            continue
+        received = tuple(None if d is None else int(d) for d in shape)
+        expected = tuple(variable.shape)
+        if len(received) != len(expected) or any(
+                r is not None and e is not None and r != e for r, e in zip(received, expected)):
+            name = getattr(variable, "path", None) or getattr(variable, "name", "?")
+            raise ValueError(
+                f"Argument `grads` holds a gradient of shape {received} for the variable "
+                f"'{name}' of shape {expected}: each gradient must have its variable's shape. "
+                f"Nothing was updated.")

@@ -162,7 +162,9 @@ def encode(m: Any, noise: Any) -> tuple[Any, Any]:
     # (r may round up past 1 by an ulp: the code is capped at 1's.) Scales
     # beyond 2**126, or subnormal, are brought into range first, so that
     # the reciprocal is neither subnormal (flushed to 0 by XLA) nor infinite.
-    prescale = ops.where(scales >= 2.0**126, 0.25, ops.where(scales < 2.0**-126, 2.0**24, 1.0))
+    # (In float32 whatever Keras's floatx: r's bits are read as int32.)
+    prescale = ops.cast(ops.where(scales >= 2.0**126, 0.25,
+                                  ops.where(scales < 2.0**-126, 2.0**24, 1.0)), "float32")
     scaled = scales * prescale
     inverse = ops.where(scaled > 0, 1.0 / ops.where(scaled > 0, scaled, 1.0), 0.0)
     r = (magnitude * _per_element(prescale, shape)) * _per_element(inverse, shape)

@@ -216,10 +216,10 @@ class Lion(keras.optimizers.Optimizer):
     saturates its block's scale (NaN stays NaN); and encoding takes more
     work than a float store, so a step is slower than with float32 on CPUs:
     on a 2-core x86 CPU (`make bench`), 2.5-3x as long on JAX, 3.5-5x on
-    TensorFlow and 25-100x on PyTorch, whose eager operations each pass
-    over memory (use it there only where memory decides); and the first
-    step compiles longer (a 200-tensor transformer: about 30 s on JAX and
-    90 s on TensorFlow, against 3-8 s). Variables whose last axis is
+    TensorFlow and 4-10x on PyTorch, whose eager operations each make a
+    pass (over a cache-sized piece); and the first step compiles longer
+    (a 200-tensor transformer: about 30 s on JAX and 90 s on TensorFlow,
+    against 3-8 s). Variables whose last axis is
     shorter than 32, or with fewer than 256 elements, gain little and keep
     a float32 momentum. Checkpoints load between int8 and float momentums
     (decoded, or rounded to the nearest code).
@@ -633,6 +633,11 @@ class Lion(keras.optimizers.Optimizer):
     # Skipping steps with non-finite gradients ------------------------------------
 
     def apply(self, grads: list[Any], trainable_variables: list[Any] | None = None) -> None:
+        grads = list(grads)
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+        _checks.gradient_shapes(grads, trainable_variables if trainable_variables is not None
+                                else getattr(self, "_trainable_variables", []))
         if keras.backend.backend() == "jax":
             # Lion's step is dense (every momentum decays), and Keras's own
             # gradient accumulation cannot take a BCOO gradient.
@@ -641,7 +646,6 @@ class Lion(keras.optimizers.Optimizer):
         if not self.skip_nonfinite:
             return super().apply(grads, trainable_variables)
         if trainable_variables is not None:
-            trainable_variables = list(trainable_variables)
             if not self.built:
                 with keras.name_scope(self.name, caller=self):
                     self.build(trainable_variables)

@@ -23,12 +23,14 @@ Variables with an int8 momentum take `torch_int8`'s step.
 The scratch buffer has the weights' dtype, which must be the step's compute
 dtype: float32 or float64 weights, with a momentum in that dtype, or a
 narrower one (bfloat16, or float32 in float64 weights: widened once into a
-second scratch buffer, updated there and rounded back once). Anything else (a float64 momentum of
-float32 weights, a float16 momentum, which saturates), caution, and
-`stateless_apply` (whose step must not write into the variables) take the
-plain path. The cut into blocks is planned once per set of variables, from
-what is fixed once the optimizer is built (shapes, dtypes, exclusion from
-weight decay); the values of the hyperparameters are read at every step.
+second scratch buffer, updated there and rounded back once). Other
+variables (a float64 momentum of float32 weights, a float16 momentum, which
+saturates, weights that are not contiguous, a sparse gradient) take the
+plain `update_step`, each on its own; caution and `stateless_apply` take
+the plain path for all. The cut into blocks is planned once per set of
+variables, from what is fixed once the optimizer is built (shapes, dtypes,
+exclusion from weight decay); the values of the hyperparameters are read
+at every step.
 """
 
 from __future__ import annotations
@@ -66,38 +68,47 @@ class Plan(NamedTuple):
 
 
 def supports(optimizer: Any, variables: list[Any]) -> bool:
-    if optimizer.cautious or in_stateless_scope():
-        return False
-    for variable in variables:
-        p, m = variable._value, optimizer._momentum(variable)._value
-        if _is_quantized(optimizer, variable):
-            continue
-        if not (p.dtype in _SCRATCH_DTYPES and p.is_contiguous() and m.is_floating_point()
-                and m.dtype != torch.float16
-                and p.dtype.itemsize >= m.dtype.itemsize):
-            return False
-    return True
-
-
-def _is_quantized(optimizer: Any, variable: Any) -> bool:
-    return optimizer._momentum_scales[optimizer._get_variable_index(variable)] is not None
+    """Caution (a sum over each variable) and `stateless_apply` (whose step
+    must not write into the variables) take the plain path; otherwise each
+    variable takes its own (`_route`)."""
+    return not (optimizer.cautious or in_stateless_scope())
 
 
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
-    quantized = [_is_quantized(optimizer, v) for v in variables]
-    stepped = [(g, v) for g, v, is_int8 in zip(grads, variables, quantized)
-               if is_int8 and torch_int8.takes(v)]
-    if stepped:
-        torch_int8.update(optimizer, [g for g, _ in stepped], [v for _, v in stepped],
-                          learning_rate)
-    for g, v, is_int8 in zip(grads, variables, quantized):
-        if is_int8 and not torch_int8.takes(v):  # float64 weights: a float64 step
-            optimizer.update_step(g, v, learning_rate)
-    grads = [g for g, is_int8 in zip(grads, quantized) if not is_int8]
-    variables = [v for v, is_int8 in zip(variables, quantized) if not is_int8]
-    if variables:
-        _update_float(optimizer, grads, variables, learning_rate)
+    routes: dict[str, list[tuple[Any, Any]]] = {"int8": [], "blocked": [], "plain": []}
+    for gradient, variable in zip(grads, variables):
+        if isinstance(gradient, keras.Variable):
+            gradient = gradient.value
+        if _shares_memory(gradient, variable._value):
+            gradient = gradient.clone()  # The weights change in place before it is read again.
+        routes[_route(optimizer, variable, gradient)].append((gradient, variable))
+    if routes["int8"]:
+        torch_int8.update(optimizer, *map(list, zip(*routes["int8"])), learning_rate)
+    if routes["blocked"]:
+        _update_float(optimizer, *map(list, zip(*routes["blocked"])), learning_rate)
+    for gradient, variable in routes["plain"]:
+        optimizer.update_step(gradient, variable, learning_rate)
+
+
+def _route(optimizer: Any, variable: Any, gradient: Any) -> str:
+    """Which step a variable takes: `torch_int8`'s (an int8 momentum, whose
+    step is computed in float32), the blocked one (the scratch buffer's dtype,
+    see above), or the plain `update_step` (also for a sparse gradient)."""
+    p, m = variable._value, optimizer._momentum(variable)._value
+    if not p.is_contiguous() or getattr(gradient, "layout", torch.strided) != torch.strided:
+        return "plain"
+    if optimizer._momentum_scales[optimizer._get_variable_index(variable)] is not None:
+        return "int8" if p.dtype != torch.float64 else "plain"
+    if (p.dtype in _SCRATCH_DTYPES and m.is_floating_point() and m.dtype != torch.float16
+            and p.dtype.itemsize >= m.dtype.itemsize):
+        return "blocked"
+    return "plain"
+
+
+def _shares_memory(gradient: Any, weights: Any) -> bool:
+    return (isinstance(gradient, torch.Tensor) and gradient.layout == torch.strided
+            and gradient.untyped_storage().data_ptr() == weights.untyped_storage().data_ptr())
 
 
 def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],

@@ -8,7 +8,9 @@ stay in cache, so that weights, codes and scales are the plain path's bit
 for bit. A piece is a run of whole rows of one variable, a part of a longer
 row (cut at whole int8 blocks), or small variables with rows of one length,
 gathered into the scratch buffers so that a model of many small variables
-does not pay for each one.
+does not pay for each one. (One difference: where `c` is -0, `sign_` keeps
+-0 where `torch.sign` gives +0, so that a zero weight may keep the other
+sign of zero, an equal value.)
 
 Selects and comparisons are integer masks, `(a - b) >> 31` (-1 where
 a < b): PyTorch's CPU `where` and comparisons each cost about six integer
@@ -53,11 +55,6 @@ class Plan(NamedTuple):
     params: list[Any]  # kept so that their ids, the cache key, stay theirs
     indices: Any  # each variable's index in the optimizer (seeds its noise), int32
     pieces: list[Piece]
-
-
-def takes(variable: Any) -> bool:
-    """Whether this path steps a variable that has an int8 momentum."""
-    return variable._value.dtype != torch.float64
 
 
 @torch.compiler.disable  # Eager under torch.compile: in-place work on cached buffers.
@@ -155,7 +152,7 @@ def _noise(piece: Piece, keys: Any, arange: Any, buffer: dict[str, Any]) -> Any:
     variable, hashed with its variable's key."""
     noise, spare = buffer["noise"], buffer["t"].view(torch.int32)
     if piece.slots is None:
-        torch.add(arange[:noise.numel()], _scalar(noise, piece.first), out=noise.view(-1))
+        torch.add(arange[:noise.numel()], piece.first, out=noise.view(-1))
         noise.bitwise_xor_(keys[piece.members[0][0]])
     else:
         torch.cat([arange[:rows * piece.width] for rows in piece.rows], out=noise.view(-1))
@@ -183,7 +180,9 @@ def _encode(m: Any, noise: Any, buffer: dict[str, Any], block: int) -> tuple[Any
                     out=buffer["g"].view(torch.int32)).bitwise_right_shift_(_scalar(bits, 31))
     magnitude_bits.clamp_max_(_scalar(bits, int8.FLOAT32_MAX_BITS))
     scales = torch.cat([view.amax(-1) for view, _ in _by_block(magnitude, block)], dim=1)
-    prescale = torch.where(scales >= 2.0**126, 0.25, torch.where(scales < 2.0**-126, 2.0**24, 1.0))
+    prescale = torch.where(scales >= 2.0**126, _scalar(scales, 0.25),
+                           torch.where(scales < 2.0**-126, _scalar(scales, 2.0**24),
+                                       _scalar(scales, 1.0)))
     scaled = scales * prescale
     inverse = torch.where(scaled > 0, 1.0 / torch.where(scaled > 0, scaled, 1.0), 0.0)
     for view, blocks in _by_block(magnitude, block):
@@ -207,8 +206,8 @@ def _encode(m: Any, noise: Any, buffer: dict[str, Any], block: int) -> tuple[Any
     return k, scales
 
 
-#: Python numbers as 0-d tensors, made once: PyTorch wraps a number anew in
-#: every operation, which costs as much as a pass over a piece.
+#: The constants above as 0-d tensors, made once: PyTorch wraps a number
+#: anew in every operation, which costs as much as a pass over a piece.
 _SCALARS: dict[tuple[Any, ...], Any] = {}
 
 
@@ -292,6 +291,7 @@ def _scratch(optimizer: Any, device: Any) -> tuple[dict[str, Any], Any, Any]:
                                        ("g", torch.float32), ("k", torch.int32),
                                        ("noise", torch.int32))}
         codes = torch.arange(256, device=device).to(torch.uint8).view(torch.int8).view(1, 256)
-        table = int8.decode(codes, torch.ones(1, 1, device=device)).view(-1)
-        cache[device] = (buffers, table, torch.arange(PIECE, dtype=torch.int32, device=device))
+        table = int8.decode(codes, torch.ones(1, 1, dtype=torch.float32, device=device))
+        cache[device] = (buffers, table.view(-1),
+                         torch.arange(PIECE, dtype=torch.int32, device=device))
     return cache[device]

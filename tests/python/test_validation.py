@@ -112,6 +112,8 @@ def test_a_gradient_of_another_shape_is_refused_and_changes_nothing(shape, momen
         optimizer.apply([keras.ops.ones(shape), keras.ops.ones((64,))], variables)
     with pytest.raises(ValueError, match="kernel"):
         optimizer.apply([keras.ops.ones(shape), keras.ops.ones((64,))])
+    with pytest.raises(ValueError, match="bias"):  # As lists: checked before kernel steps.
+        optimizer.apply([np.ones((128, 64)).tolist(), [1.0] * 65], variables)
     for value, after in zip(before, (*variables, *optimizer.variables)):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), value)
 

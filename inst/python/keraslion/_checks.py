@@ -364,8 +364,12 @@ def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
     known while tracing pass), before anything is updated: broadcast, or
     reshaped by a fast path, it would give a wrong step without an error."""
     for gradient, variable in zip(grads, variables):
+        if gradient is None:
+            continue
         shape = getattr(gradient, "shape", None)
-        if shape is None or getattr(shape, "rank", 0) is None:
+        if shape is None:  # A list or a number: the array it makes.
+            shape = np.shape(np.asarray(gradient, dtype=object))
+        if getattr(shape, "rank", 0) is None:
             continue
         received = tuple(None if d is None else int(d) for d in shape)
         expected = tuple(variable.shape)

@@ -61,12 +61,11 @@ class Plan(NamedTuple):
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     plan = _plan(optimizer, variables)
-    coefficients = optimizer._coefficients("float32", learning_rate)
+    *factors, weight_decay = optimizer._coefficients("float32", learning_rate)
     keys = int8.noise_key(optimizer.iterations, plan.indices)
     scratch, table, arange = _scratch(optimizer, plan.params[0].device)
     tensors = [_as_rows(optimizer, v, g) for v, g in zip(variables, grads)]
     for piece in plan.pieces:
-        *factors, weight_decay = coefficients
         _step(piece, tensors, scratch, table, arange, keys,
               (*factors, weight_decay if piece.decayed else None))
 

@@ -367,10 +367,10 @@ def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
         if gradient is None:
             continue
         shape = getattr(gradient, "shape", None)
-        if shape is None:  # A list or a number: the array it makes.
-            shape = np.shape(np.asarray(gradient, dtype=object))
-        if getattr(shape, "rank", 0) is None:
-            continue
+        if shape is None and isinstance(gradient, list | tuple | numbers.Number):
+            shape = np.shape(np.asarray(gradient, dtype=object))  # The array it makes.
+        if shape is None or getattr(shape, "rank", 0) is None:
+            continue  # Unknown here (an IndexedSlices given a Python dense_shape, say).
         received = tuple(None if d is None else int(d) for d in shape)
         expected = tuple(variable.shape)
         if len(received) != len(expected) or any(

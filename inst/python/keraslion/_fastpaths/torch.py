@@ -180,13 +180,20 @@ def sign_(c: Any) -> None:
 
 def _plan(optimizer: Any, variables: list[Any]) -> Plan:
     """The blocks for a set of variables, made once and cached."""
+    return cached_plan(optimizer, "_torch_plans", variables,
+                       lambda: Plan([v._value for v in variables], _blocks(optimizer, variables)))
+
+
+def cached_plan(optimizer: Any, name: str, variables: list[Any], make: Any) -> Any:
+    """`make()` for a set of variables, kept in the optimizer's cache `name`
+    (at most 4 sets; the plan holds the variables, so that their ids stay theirs)."""
     key = tuple(id(v._value) for v in variables)
     # Kept outside Keras's attribute tracking: a cache, not optimizer state.
-    cache = optimizer.__dict__.setdefault("_torch_plans", {})
+    cache = optimizer.__dict__.setdefault(name, {})
     if key not in cache:
         if len(cache) >= 4:
             cache.clear()
-        cache[key] = Plan([v._value for v in variables], _blocks(optimizer, variables))
+        cache[key] = make()
     return cache[key]
 
 

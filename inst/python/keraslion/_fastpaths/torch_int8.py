@@ -220,17 +220,14 @@ def _scalar(like: Any, value: float) -> Any:
 
 def _plan(optimizer: Any, variables: list[Any]) -> Plan:
     """The pieces for a set of variables, made once and cached."""
-    key = tuple(id(v._value) for v in variables)
-    # Kept outside Keras's attribute tracking: a cache, not optimizer state.
-    cache = optimizer.__dict__.setdefault("_torch_int8_plans", {})
-    if key not in cache:
-        if len(cache) >= 4:
-            cache.clear()
+
+    def make() -> Plan:
         params = [v._value for v in variables]
         indices = torch.tensor([optimizer._get_variable_index(v) for v in variables],
                                dtype=torch.int32, device=params[0].device)
-        cache[key] = Plan(params, indices, _pieces(optimizer, variables))
-    return cache[key]
+        return Plan(params, indices, _pieces(optimizer, variables))
+
+    return blocked.cached_plan(optimizer, "_torch_int8_plans", variables, make)
 
 
 def _pieces(optimizer: Any, variables: list[Any]) -> list[Piece]:

@@ -63,10 +63,11 @@
 #' @section One-byte momentum:
 #' With `momentum_dtype = "int8"`, each momentum element is stored as an
 #' int8 code and each block of 256 elements along the last axis (or a
-#' shorter row) keeps its largest absolute value as a float32 scale: 1.016
+#' shorter row) keeps a float32 scale, the smallest power of two at or
+#' above its largest absolute value (as in the OCP's MXFP8 format): 1.016
 #' bytes per weight, where float32 takes 4 and bfloat16 2, an eighth of
-#' AdamW's 8. The codes are float8-like relative to the block's largest
-#' element, so a momentum 1e5 times smaller than its block's largest keeps
+#' AdamW's 8. The codes are float8-like relative to the block's scale, so
+#' a momentum 1e4 times smaller than its block's largest keeps
 #' a value (plain int8 rounds everything below 1/254 of it to zero, which
 #' freezes small momenta next to large ones), and they are rounded up or
 #' down at random, without bias, by bits hashed from the step count, the
@@ -74,8 +75,8 @@
 #' saving and resuming, and the same on every replica and device.
 #'
 #' What it costs: each stored momentum is off by up to one code (an eighth
-#' of its value, on average nothing); a `NaN` or infinite momentum
-#' saturates its block's scale; and encoding is more work than storing a
+#' of its value, on average nothing); a `NaN` or infinite momentum, or one
+#' beyond 2^126 (8.5e37), saturates its block's scale at 2^126; and encoding is more work than storing a
 #' float, so on a CPU a step takes longer than with float32: measured by
 #' `make bench` in the package sources on a 2-core x86 CPU, 2.5 to 3 times
 #' as long with JAX, 3.5 to 5 times with TensorFlow, and 4 to 10 times

@@ -15,7 +15,11 @@ Codes, as values relative to the block's absmax:
 - sqrt: signed square root, then linear (llm-foundry's lion8b idea);
 - dynamic: a tree-like map, the exponent in the run of leading zero bits
   and the remaining bits the mantissa (bitsandbytes' dynamic map idea);
-- e4m3: the float8 E4M3 values scaled so that 448 is the absmax.
+- e4m3: the float8 E4M3 values scaled so that 448 is the absmax;
+- e4m3 pow2 (keraslion's): E4M3 values up to 256, relative to a power-of-two
+  scale, the smallest at or above the absmax (the OCP's MXFP8 layout), so
+  that the largest element's r is in (0.5, 1]: a binade of range less than
+  "e4m3", and r = m / scale exact, which makes the step 1.5x faster on XLA.
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ def e4m3_map() -> np.ndarray:
     return np.unique(np.concatenate([-kept, kept]))
 
 
-TABLES = {"dynamic": dynamic_map(), "e4m3": e4m3_map()}
+def e4m3_pow2_map() -> np.ndarray:
+    k = np.arange(121)  # keraslion.int8's magnitude codes, 120 for r = 1
+    positive = np.where(k < 8, k * 2.0**-17, (8 + k % 8) * 2.0 ** (k // 8 - 18))
+    return np.unique(np.concatenate([-positive, positive]))
+
+
+TABLES = {"dynamic": dynamic_map(), "e4m3": e4m3_map(), "e4m3 pow2": e4m3_pow2_map()}
 
 
 def rounded(y: np.ndarray, stochastic: bool, rng: np.random.Generator) -> np.ndarray:
@@ -58,6 +68,8 @@ def quantized(m: np.ndarray, code: str, stochastic: bool,
     blocks = m.reshape(-1, BLOCK)
     absmax = np.abs(blocks).max(axis=1, keepdims=True)
     absmax = np.where(absmax == 0, 1.0, absmax)
+    if code == "e4m3 pow2":
+        absmax = 2.0 ** np.ceil(np.log2(absmax))
     x = blocks / absmax
     if code == "linear":
         decoded = rounded(x * 127, stochastic, rng) / 127
@@ -100,8 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     print("| code | rounding | large/small | small flipped | float32 flipped | "
           "median m / m_float32 |\n|---|---|---|---|---|---|")
-    for ratio in (1e3, 1e5):
-        for code in ("linear", "sqrt", "dynamic", "e4m3"):
+    for ratio in (1e3, 1e4, 1e5):
+        for code in ("linear", "sqrt", "dynamic", "e4m3", "e4m3 pow2"):
             for stochastic in (False, True):
                 r = study(code, stochastic, ratio, args.steps)
                 print(f"| {code} | {'stochastic' if stochastic else 'nearest'} | {ratio:.0e} | "

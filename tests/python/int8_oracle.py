@@ -2,7 +2,8 @@
 
 Not a test file. Written from the format's definition, not from the
 backend code: a block of `BLOCK` elements along the last axis (or a whole
-shorter row) keeps its largest |m| as a float32 scale; an element keeps
+shorter row) keeps as its scale the smallest power of two at or above its
+largest |m| (at least 2**-126, at most 2**126); an element keeps
 `r = |m| / scale` as a code k with value `k * 2**-17` for k < 8 and
 `(8 + k % 8) * 2**(k // 8 - 18)` up to 120 (r = 1), its sign, and NaN as
 127; r is rounded down or up at random, up with the probability of its
@@ -73,9 +74,14 @@ def decode(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def scales_of(m: np.ndarray) -> np.ndarray:
-    """Each block's largest |m|, infinities and NaN counting as float32's largest."""
+    """Each block's scale: the smallest power of two at or above its largest
+    |m| (infinities and NaN counting as float32's largest), 0 for a block of
+    zeros, within [2**-126, 2**126] otherwise."""
     magnitude = np.where(np.isnan(m) | np.isinf(m), np.finfo(np.float32).max, np.abs(m))
-    return blocks(magnitude).max(axis=-1).astype(np.float32)
+    largest = blocks(magnitude.astype(np.float64)).max(axis=-1)
+    fraction, exponent = np.frexp(largest)  # largest = fraction * 2**exponent, fraction in [0.5, 1)
+    power = np.ldexp(1.0, np.where(fraction == 0.5, exponent - 1, exponent))
+    return np.where(largest > 0, np.clip(power, 2.0**-126, 2.0**126), 0.0).astype(np.float32)
 
 
 def encode(m: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

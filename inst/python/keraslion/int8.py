@@ -1,14 +1,20 @@
 """One-byte momentum (`momentum_dtype="int8"`): int8 codes, one float32 scale per block.
 
 Each row of a variable (its last axis) is cut into blocks of `BLOCK`
-elements (a shorter row is one block); a block stores its largest |m| as a
-float32 scale, and each element the code of `r = |m| / scale`, in [0, 1],
-with its sign. The code is float8-like: 4 exponent and 3 mantissa bits,
-values `k * 2**-17` for codes k < 8 and `(8 + k % 8) * 2**(k // 8 - 18)`
-from 8 up to 120 (r = 1); 127 is NaN. Relative precision is the same over
-15 binades, so an element 1e5 times smaller than its block's largest still
-has a code (plain absmax-linear int8 rounds everything below 1/254 of the
-largest to 0, which freezes small elements next to a large one).
+elements (a shorter row is one block); a block stores as its scale the
+smallest power of two at or above its largest |m| (at most 2**126), and
+each element the code of `r = |m| / scale`, in [0, 1], with its sign. The
+code is float8-like: 4 exponent and 3 mantissa bits, values `k * 2**-17`
+for codes k < 8 and `(8 + k % 8) * 2**(k // 8 - 18)` from 8 up to 120
+(r = 1); 127 is NaN. Relative precision is the same over 15 binades, so an
+element 1e4 times smaller than its block's largest still has a code (plain
+absmax-linear int8 rounds everything below 1/254 of the largest to 0, which
+freezes small elements next to a large one). This is the layout of the
+OCP's microscaling formats (MXFP8: E4M3 elements sharing a power-of-two
+scale): a power-of-two scale makes `r` exact, one product by `2**-e`
+whose factor is built from the scale's bits, where a scale equal to the
+largest |m| took a division per block and two products per element, and
+made the step 1.5x slower on XLA.
 
 The code is rounded stochastically, so that the momentum is unbiased: a
 small momentum that decays by `beta_2 = 0.99` per step changes by far less
@@ -17,19 +23,24 @@ The random bits are a hash of the iteration count, the variable's index and
 the element's index, so a step is deterministic: the same after saving and
 resuming, and on every replica. The random bits are the same on every
 backend too, so codes agree wherever the backends' float32 momenta do
-(TensorFlow's fast path may round a momentum, and so a block's scale, an
-ulp apart). Measured in `bench/int8_codes.py` (a NumPy model): with one
-element in 64 given a 1000x (or 1e5x) larger gradient, no small element's
-direction flips when its gradient is reversed after 300 steps, and the
-median ratio of their momentum to float32's is 0.96 (single elements stray
-by up to a few tens of percent, unbiased on average); absmax-linear int8
-flips all of them. `tests/python/test_int8.py` checks the same in the
-optimizer on every backend.
+(TensorFlow's fast path may round a momentum an ulp apart, and so, where a
+block's largest |m| is a power of two, its scale by a factor of two).
+Measured in `bench/int8_codes.py` (a NumPy model): with one
+element in 64 given a 1000x, 1e4x or 1e5x larger gradient of random sign,
+no small element's direction flips when its gradient is reversed after
+300 steps, and the median ratio of their momentum to float32's is 0.99-1.0
+(single elements stray by up to a few tens of percent, unbiased on
+average); absmax-linear int8 flips all of them. `tests/python/test_int8.py`
+checks the same in the optimizer on every backend, at 1000x and 1e4x with
+a steady large gradient (at 1e5x, the small momenta are 2**-17 of the
+scale or less, rounded at random to 0 or the smallest code, and some flip).
 
 Variables whose last axis is shorter than `MIN_ROW`, or that have fewer than
 `BLOCK` elements, gain little (a scale per short row) and keep a float32
 momentum. Storage: one byte per element and four per block, 1.016 bytes
-per parameter for rows of 256 or more.
+per parameter for rows of 256 or more. Decoding is the same for any scale,
+so codes and scales saved when a scale was the block's largest |m| (the
+first development versions of 0.3.0) still decode to the same momentum.
 """
 
 from __future__ import annotations
@@ -50,6 +61,9 @@ NAN_CODE = 127
 #: there) and of infinity (larger bits are NaN).
 FLOAT32_MAX_BITS = 0x7F7FFFFF
 INFINITY_BITS = 0x7F800000
+#: The bits of the largest scale, 2**126: its reciprocal is still a normal
+#: float32 (XLA flushes subnormals to 0).
+LARGEST_SCALE_BITS = 253 << 23
 #: The bits of a quiet NaN, and the sign bit.
 NAN_BITS = 0x7FC00000
 SIGN_BIT = -(1 << 31)
@@ -146,7 +160,8 @@ def encode(m: Any, noise: Any) -> tuple[Any, Any]:
     """Codes and scales of `m`, rounded up or down at random (`noise`: int32
     in [0, 2**20), from `noise_bits`), so that on average they hold `m`.
 
-    Infinities (and NaN, for the block's scale) count as the largest float32.
+    Infinities (and NaN, for the block's scale) count as the largest float32:
+    their block's scale is the largest, 2**126, and their code r = 1's.
     Bit operations stand in for `abs`, `isnan` and float-to-int conversion,
     which XLA's CPU code runs several times slower in this fusion, and
     integer arithmetic for selects, which PyTorch runs slowly.
@@ -155,19 +170,11 @@ def encode(m: Any, noise: Any) -> tuple[Any, Any]:
     bits = ops.view(ops.cast(m, "float32"), "int32")
     magnitude_bits = ops.bitwise_and(bits, 0x7FFFFFFF)
     nan = magnitude_bits > INFINITY_BITS
-    magnitude = ops.view(ops.minimum(magnitude_bits, FLOAT32_MAX_BITS), "float32")
-    scales = _block_max(magnitude, shape)
-    # Times the reciprocal, not divided: XLA fuses a product into the rest
-    # of the encoding, where a quotient is kept in a full-size temporary.
-    # (r may round up past 1 by an ulp: the code is capped at 1's.) Scales
-    # beyond 2**126, or subnormal, are brought into range first, so that
-    # the reciprocal is neither subnormal (flushed to 0 by XLA) nor infinite.
-    # (In float32 whatever Keras's floatx: r's bits are read as int32.)
-    prescale = ops.cast(ops.where(scales >= 2.0**126, 0.25,
-                                  ops.where(scales < 2.0**-126, 2.0**24, 1.0)), "float32")
-    scaled = scales * prescale
-    inverse = ops.where(scaled > 0, 1.0 / ops.where(scaled > 0, scaled, 1.0), 0.0)
-    r = (magnitude * _per_element(prescale, shape)) * _per_element(inverse, shape)
+    magnitude_bits = ops.minimum(magnitude_bits, FLOAT32_MAX_BITS)
+    magnitude = ops.view(magnitude_bits, "float32")
+    scales, inverse = power_of_two_scales(_block_max(magnitude_bits, shape))
+    # Exact, a product by a power of two (unless r is subnormal: its code is 0 either way).
+    r = magnitude * _per_element(inverse, shape)
     # Normal codes: the noise added below the 3 kept mantissa bits carries
     # into them with the probability of the dropped fraction.
     normal = ops.right_shift(ops.view(r, "int32") + noise, NOISE_BITS) - EXPONENT_OFFSET
@@ -180,6 +187,18 @@ def encode(m: Any, noise: Any) -> tuple[Any, Any]:
     negative = ops.right_shift(bits, 31)
     k = _choose(NAN_CODE, ops.bitwise_xor(k, negative) - negative, nan)
     return ops.cast(k, "int8"), scales
+
+
+def power_of_two_scales(largest_bits: Any) -> tuple[Any, Any]:
+    """The scales of blocks whose largest |m| has these float32 bits (the
+    largest bits of the block: the bits of non-negative floats order as
+    their values), and their reciprocals, both from the bits: a mantissa
+    that is not zero carries into the exponent, and is then cleared."""
+    rounded_up = ops.bitwise_and(largest_bits + 0x7FFFFF, INFINITY_BITS)
+    scale_bits = ops.minimum(rounded_up, LARGEST_SCALE_BITS)
+    # 2**-e has exponent bits 254 - (e + 127); a zero scale gets 2**127, times r's 0.
+    inverse_bits = (254 << 23) - scale_bits
+    return ops.view(scale_bits, "float32"), ops.view(inverse_bits, "float32")
 
 
 # Constants of the hash (Wellons' lowbias32), as wrapping int32 arithmetic.

@@ -200,11 +200,12 @@ class Lion(keras.optimizers.Optimizer):
 
     One-byte momentum (`momentum_dtype="int8"`): each momentum element is
     an int8 code, and each block of 256 along the last axis (or shorter
-    row) keeps its largest |m| as a float32 scale: 1.016 bytes per
+    row) keeps a float32 scale, the smallest power of two at or above its
+    largest |m| (as in the OCP's MXFP8 format): 1.016 bytes per
     parameter where float32 takes 4 and bfloat16 2, so Lion's state is an
     eighth of AdamW's. The code is float8-like relative to the block's
-    largest element (3 mantissa bits over 15 binades), so momenta 1e5
-    times smaller than their block's largest keep a value, where
+    scale (3 mantissa bits over 15 binades), so momenta 1e4 times
+    smaller than their block's largest keep a value, where
     absmax-linear int8 rounds everything below 1/254 of it to zero; and it
     is rounded up or down at random, unbiased, by bits hashed from the
     iteration count, the variable and the element, so a step is
@@ -212,8 +213,9 @@ class Lion(keras.optimizers.Optimizer):
     and device of a sharded variable (measurements in
     `keraslion/int8.py` and `bench/int8_codes.py`). Costs: each stored
     momentum is off by up to one code (1/8 of its value above 2^-14 of
-    the block's largest), on average by none; a NaN or infinite momentum
-    saturates its block's scale (NaN stays NaN); and encoding takes more
+    the block's scale), on average by none; a NaN or infinite momentum,
+    or one beyond 2^126 (8.5e37), saturates its block's scale at 2^126
+    (NaN stays NaN); and encoding takes more
     work than a float store, so a step is slower than with float32 on CPUs:
     on a 2-core x86 CPU (`make bench`), 2.5-3x as long on JAX, 3.5-5x on
     TensorFlow and 4-10x on PyTorch, whose eager operations each make a

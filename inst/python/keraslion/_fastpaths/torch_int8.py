@@ -178,14 +178,14 @@ def _encode(m: Any, noise: Any, buffer: dict[str, Any], block: int) -> tuple[Any
     nan = torch.sub(_scalar(bits, int8.INFINITY_BITS), magnitude_bits,
                     out=buffer["g"].view(torch.int32)).bitwise_right_shift_(_scalar(bits, 31))
     magnitude_bits.clamp_max_(_scalar(bits, int8.FLOAT32_MAX_BITS))
-    scales = torch.cat([view.amax(-1) for view, _ in _by_block(magnitude, block)], dim=1)
-    prescale = torch.where(scales >= 2.0**126, _scalar(scales, 0.25),
-                           torch.where(scales < 2.0**-126, _scalar(scales, 2.0**24),
-                                       _scalar(scales, 1.0)))
-    scaled = scales * prescale
-    inverse = torch.where(scaled > 0, 1.0 / torch.where(scaled > 0, scaled, 1.0), 0.0)
+    largest = torch.cat([view.amax(-1) for view, _ in _by_block(magnitude_bits, block)], dim=1)
+    # `int8.power_of_two_scales`, in place on the blocks' largest bits.
+    scale_bits = largest.add_(_scalar(largest, 0x7FFFFF)).bitwise_and_(
+        _scalar(largest, int8.INFINITY_BITS)).clamp_max_(_scalar(largest, int8.LARGEST_SCALE_BITS))
+    inverse = torch.sub(_scalar(largest, 254 << 23), scale_bits).view(torch.float32)
+    scales = scale_bits.view(torch.float32)
     for view, blocks in _by_block(magnitude, block):
-        view.mul_(prescale[:, blocks, None]).mul_(inverse[:, blocks, None])
+        view.mul_(inverse[:, blocks, None])
     r, r_bits = magnitude, magnitude_bits
     noise_shift = _scalar(bits, int8.NOISE_BITS)
     # Normal codes, capped at r = 1, and the steps of 2**-17 below 2**-14.

@@ -31,9 +31,15 @@ no small element's direction flips when its gradient is reversed after
 300 steps, and the median ratio of their momentum to float32's is 0.99-1.0
 (single elements stray by up to a few tens of percent, unbiased on
 average); absmax-linear int8 flips all of them. `tests/python/test_int8.py`
-checks the same in the optimizer on every backend, at 1000x and 1e4x with
-a steady large gradient (at 1e5x, the small momenta are 2**-17 of the
-scale or less, rounded at random to 0 or the smallest code, and some flip).
+checks the same in the optimizer on every backend, with a steady large
+gradient: at 1000x and 1e4x, and at 1000x with `beta_2 = 0.999`. The price
+of a power-of-two scale is up to one binade at the bottom (the scale may be
+up to twice the largest |m|): with a steady gradient, at 1e4x and
+`beta_2 = 0.999`, the largest just above a power of two, 0.2% of the small
+elements flip (their momentum a few units of 2**-17 of the scale, where
+rounding at random strays most), and at 1e5x some flip at any beta (the
+small momenta are below the smallest code); with the largest |m| as the
+scale, none did in either case. At 3000x with `beta_2 = 0.999`, none flip.
 
 Variables whose last axis is shorter than `MIN_ROW`, or that have fewer than
 `BLOCK` elements, gain little (a scale per short row) and keep a float32

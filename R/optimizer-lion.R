@@ -78,9 +78,9 @@
 #' of its value, on average nothing); a `NaN` or infinite momentum, or one
 #' beyond 2^126 (8.5e37), saturates its block's scale at 2^126; and encoding is more work than storing a
 #' float, so on a CPU a step takes longer than with float32: measured by
-#' `make bench` in the package sources on a 2-core x86 CPU, 2.5 to 3 times
-#' as long with JAX, 3.5 to 5 times with TensorFlow, and 4 to 10 times
-#' with PyTorch, whose eager operations each make a pass (over a
+#' `make bench` in the package sources on a 2-core x86 CPU, 1.7 to 2 times
+#' as long with JAX and with TensorFlow, and 3 to 7 times with PyTorch,
+#' whose eager operations each make a pass (over a
 #' cache-sized piece); and the first step takes longer to
 #' compile (a 200-tensor transformer: about 30 s with JAX and 90 s with
 #' TensorFlow, against 3 to 8 s). Variables whose last axis

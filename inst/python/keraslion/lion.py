@@ -217,8 +217,8 @@ class Lion(keras.optimizers.Optimizer):
     or one beyond 2^126 (8.5e37), saturates its block's scale at 2^126
     (NaN stays NaN); and encoding takes more
     work than a float store, so a step is slower than with float32 on CPUs:
-    on a 2-core x86 CPU (`make bench`), 2.5-3x as long on JAX, 3.5-5x on
-    TensorFlow and 4-10x on PyTorch, whose eager operations each make a
+    on a 2-core x86 CPU (`make bench`), 1.7-2x as long on JAX and on
+    TensorFlow, and 3-7x on PyTorch, whose eager operations each make a
     pass (over a cache-sized piece); and the first step compiles longer
     (a 200-tensor transformer: about 30 s on JAX and 90 s on TensorFlow,
     against 3-8 s). Variables whose last axis is

@@ -6,8 +6,9 @@ smallest power of two at or above its largest |m| (at most 2**126), and
 each element the code of `r = |m| / scale`, in [0, 1], with its sign. The
 code is float8-like: 4 exponent and 3 mantissa bits, values `k * 2**-17`
 for codes k < 8 and `(8 + k % 8) * 2**(k // 8 - 18)` from 8 up to 120
-(r = 1); 127 is NaN. Relative precision is the same over 15 binades, so an
-element 1e4 times smaller than its block's largest still has a code (plain
+(r = 1); 127 is NaN. Relative precision is the same over 14 binades, down
+to r = 2**-14, and linear steps of 2**-17 go below, so an element 1e4
+times smaller than its block's largest still has a code, if a coarse one (plain
 absmax-linear int8 rounds everything below 1/254 of the largest to 0, which
 freezes small elements next to a large one). This is the layout of the
 OCP's microscaling formats (MXFP8: E4M3 elements sharing a power-of-two
@@ -44,7 +45,7 @@ scale, none did in either case. At 3000x with `beta_2 = 0.999`, none flip.
 Variables whose last axis is shorter than `MIN_ROW`, or that have fewer than
 `BLOCK` elements, gain little (a scale per short row) and keep a float32
 momentum. Storage: one byte per element and four per block, 1.016 bytes
-per parameter for rows of 256 or more. Decoding is the same for any scale,
+per parameter for rows that are multiples of 256. Decoding is the same for any scale,
 so codes and scales saved when a scale was the block's largest |m| (the
 first development versions of 0.3.0) still decode to the same momentum.
 """

@@ -2,7 +2,7 @@
 
 The plain path decodes, steps and encodes with about 80 Keras operations,
 each paying Keras's dispatch and allocating a temporary (page faults, for
-large ones): 25-100x float32's step. Here the same arithmetic, in the same
+large ones): 25-150x float32's step. Here the same arithmetic, in the same
 order, runs in place on scratch buffers of at most `PIECE` elements that
 stay in cache, so that weights, codes and scales are the plain path's bit
 for bit. A piece is a run of whole rows of one variable, a part of a longer

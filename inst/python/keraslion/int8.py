@@ -7,8 +7,8 @@ each element the code of `r = |m| / scale`, in [0, 1], with its sign. The
 code is float8-like: 4 exponent and 3 mantissa bits, values `k * 2**-17`
 for codes k < 8 and `(8 + k % 8) * 2**(k // 8 - 18)` from 8 up to 120
 (r = 1); 127 is NaN. Relative precision is the same over 14 binades, down
-to r = 2**-14, and linear steps of 2**-17 go below, so an element 1e4
-times smaller than its block's largest still has a code, if a coarse one (plain
+to r = 2**-14, and linear steps of 2**-17 go below, so an element 1e4 times
+smaller than its block's largest still has a code, if a coarse one (plain
 absmax-linear int8 rounds everything below 1/254 of the largest to 0, which
 freezes small elements next to a large one). This is the layout of the
 OCP's microscaling formats (MXFP8: E4M3 elements sharing a power-of-two
@@ -45,9 +45,10 @@ scale, none did in either case. At 3000x with `beta_2 = 0.999`, none flip.
 Variables whose last axis is shorter than `MIN_ROW`, or that have fewer than
 `BLOCK` elements, gain little (a scale per short row) and keep a float32
 momentum. Storage: one byte per element and four per block, 1.016 bytes
-per parameter for rows that are multiples of 256. Decoding is the same for any scale,
-so codes and scales saved when a scale was the block's largest |m| (the
-first development versions of 0.3.0) still decode to the same momentum.
+per parameter for rows that are multiples of 256. Decoding is the same for
+any scale, so codes and scales saved when a scale was the block's largest
+|m| (the first development versions of 0.3.0) still decode to the same
+momentum.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ INFINITY_BITS = 0x7F800000
 #: The bits of the largest scale, 2**126: its reciprocal is still a normal
 #: float32 (XLA flushes subnormals to 0).
 LARGEST_SCALE_BITS = 253 << 23
+#: A float32's mantissa bits (added to round a scale up to a power of two).
+MANTISSA_BITS = 0x7FFFFF
+#: The bits of 2**-e are these minus those of 2**e (exponent fields 127 - e
+#: and 127 + e); for a zero scale, 2**127, which multiplies r's 0.
+RECIPROCAL_BITS = 254 << 23
 #: The bits of a quiet NaN, and the sign bit.
 NAN_BITS = 0x7FC00000
 SIGN_BIT = -(1 << 31)
@@ -201,10 +207,9 @@ def power_of_two_scales(largest_bits: Any) -> tuple[Any, Any]:
     largest bits of the block: the bits of non-negative floats order as
     their values), and their reciprocals, both from the bits: a mantissa
     that is not zero carries into the exponent, and is then cleared."""
-    rounded_up = ops.bitwise_and(largest_bits + 0x7FFFFF, INFINITY_BITS)
+    rounded_up = ops.bitwise_and(largest_bits + MANTISSA_BITS, INFINITY_BITS)
     scale_bits = ops.minimum(rounded_up, LARGEST_SCALE_BITS)
-    # 2**-e has exponent bits 254 - (e + 127); a zero scale gets 2**127, times r's 0.
-    inverse_bits = (254 << 23) - scale_bits
+    inverse_bits = RECIPROCAL_BITS - scale_bits
     return ops.view(scale_bits, "float32"), ops.view(inverse_bits, "float32")
 
 

@@ -204,9 +204,9 @@ class Lion(keras.optimizers.Optimizer):
     largest |m| (as in the OCP's MXFP8 format): 1.016 bytes per
     parameter where float32 takes 4 and bfloat16 2, so Lion's state is an
     eighth of AdamW's. The code is float8-like relative to the block's
-    scale (3 mantissa bits over 14 binades, then linear steps of 2^-17
-    of the scale), so momenta 1e4 times
-    smaller than their block's largest keep a value, where
+    scale (3 mantissa bits over 14 binades, then linear steps of 2^-17 of
+    the scale), so momenta 1e4 times smaller than their block's largest
+    keep a value, where
     absmax-linear int8 rounds everything below 1/254 of it to zero; and it
     is rounded up or down at random, unbiased, by bits hashed from the
     iteration count, the variable and the element, so a step is
@@ -217,11 +217,11 @@ class Lion(keras.optimizers.Optimizer):
     the block's scale, more below), on average by none; a NaN momentum
     stays NaN, and one that is infinite or beyond 2^126 (8.5e37)
     saturates at 2^126 (its block's scale: the block's far smaller
-    momenta are then stored as 0); and encoding takes more
-    work than a float store, so a step is slower than with float32 on CPUs:
-    on a 2-core x86 CPU (`make bench`, 16.7M parameters), 1.7-2x as long on JAX and on
-    TensorFlow, and 3-7x on PyTorch, whose eager operations each make a
-    pass (over a cache-sized piece); and the first step compiles longer
+    momenta are then stored as 0); and encoding takes more work than a
+    float store, so a step is slower than with float32 on CPUs: on a
+    2-core x86 CPU (`make bench`, 16.7M parameters), 1.7-2x as long on JAX
+    and on TensorFlow, and 3-7x on PyTorch, whose eager operations each
+    make a pass (over a cache-sized piece); and the first step compiles longer
     (a 200-tensor transformer: about 30 s on JAX and 90 s on TensorFlow,
     against 3-8 s). Variables whose last axis is
     shorter than 32, or with fewer than 256 elements, gain little and keep

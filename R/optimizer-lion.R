@@ -77,8 +77,9 @@
 #' What it costs: each stored momentum is off by up to one code (an eighth
 #' of its value within 2^14 of its block's scale, more below; on average
 #' nothing); a `NaN` momentum stays `NaN`, and one that is infinite or
-#' beyond 2^126 (8.5e37) saturates at 2^126, its block's scale, so that the
-#' block's far smaller momenta are stored as 0; and encoding is more work
+#' beyond 2^126 (8.5e37) saturates at 2^126; either makes 2^126 its block's
+#' scale, so that the block's other momenta are stored as 0 (a `NaN` or
+#' infinite gradient does this unless `skip_nonfinite = TRUE`); and encoding is more work
 #' than storing a float, so on a CPU a step takes longer than with float32
 #' (steps on 16.7 million parameters): measured by
 #' `make bench` in the package sources on a 2-core x86 CPU, 1.7 to 2 times
@@ -212,7 +213,9 @@
 #'   compile with a new optimizer and load the checkpoint into it instead.
 #'
 #' @returns The Python optimizer, a `keras.optimizers.Optimizer` (class
-#'   `keraslion.lion.Lion`), ready for `compile()`.
+#'   `keraslion.lion.Lion`), ready for `compile()`. Its arguments can be
+#'   changed later, e.g. `opt$beta_1 <- 0.95`: R checks and converts the
+#'   value as here (see [lion-attributes]).
 #'
 #' @section References:
 #' - Chen, X. et al. (2023). Symbolic Discovery of Optimization Algorithms.
@@ -269,68 +272,107 @@ optimizer_lion <- function(learning_rate = 0.001,
                            exclude_from_weight_decay = NULL,
                            skip_nonfinite = FALSE) {
   dots <- check_dots_named(list(...))
-  # Keras keeps these in float32: a number that float32 rounds to 0 or to
-  # infinity is refused (`float32 = TRUE`); the betas are not, as Python
-  # takes them as they are.
   clipping <- check_at_most_one(list(
-    clipnorm = as_number(
-      clipnorm, "clipnorm", 0,
-      lower_closed = FALSE, allow_null = TRUE, float32 = TRUE
-    ),
-    clipvalue = as_number(
-      clipvalue, "clipvalue", 0,
-      lower_closed = FALSE, allow_null = TRUE, float32 = TRUE
-    ),
-    global_clipnorm = as_number(
-      global_clipnorm, "global_clipnorm", 0,
-      lower_closed = FALSE, allow_null = TRUE, float32 = TRUE
-    )
+    clipnorm = lion_argument("clipnorm", clipnorm),
+    clipvalue = lion_argument("clipvalue", clipvalue),
+    global_clipnorm = lion_argument("global_clipnorm", global_clipnorm)
   ))
   args <- c(
     list(
-      learning_rate = as_number(
-        learning_rate, "learning_rate", 0,
-        allow_callable = TRUE, allow_variable = TRUE, float32 = TRUE
-      ),
-      beta_1 = as_number(beta_1, "beta_1", 0, 1,
-        lower_closed = FALSE, upper_closed = TRUE, allow_callable = TRUE,
-        allow_variable = TRUE
-      ),
-      beta_2 = as_number(beta_2, "beta_2", 0, 1, allow_callable = TRUE, allow_variable = TRUE),
-      weight_decay = as_number(
-        weight_decay, "weight_decay", 0,
-        allow_null = TRUE, allow_variable = TRUE, float32 = TRUE
-      )
+      learning_rate = lion_argument("learning_rate", learning_rate),
+      beta_1 = lion_argument("beta_1", beta_1),
+      beta_2 = lion_argument("beta_2", beta_2),
+      weight_decay = lion_argument("weight_decay", weight_decay)
     ),
     clipping,
     list(
-      use_ema = check_flag(use_ema, "use_ema"),
-      ema_momentum = as_number(ema_momentum, "ema_momentum", 0, 1, upper_closed = TRUE),
-      ema_overwrite_frequency = as_whole_number(
-        ema_overwrite_frequency, "ema_overwrite_frequency", 1
-      ),
+      use_ema = lion_argument("use_ema", use_ema),
+      ema_momentum = lion_argument("ema_momentum", ema_momentum),
+      ema_overwrite_frequency = lion_argument("ema_overwrite_frequency", ema_overwrite_frequency),
       # Not given, or `NULL` (as keras3's optimizer_lion() takes): `None`, so
       # that Keras numbers the default name ("lion", "lion_1", ...) and two
       # optimizers never share variable paths.
-      name = if (!missing(name)) check_string(name, "name", allow_null = TRUE),
-      loss_scale_factor = as_number(
-        loss_scale_factor, "loss_scale_factor", 0,
-        lower_closed = FALSE, allow_null = TRUE, float32 = TRUE
+      name = if (!missing(name)) lion_argument("name", name),
+      loss_scale_factor = lion_argument("loss_scale_factor", loss_scale_factor),
+      gradient_accumulation_steps = lion_argument(
+        "gradient_accumulation_steps", gradient_accumulation_steps
       ),
-      gradient_accumulation_steps = as_whole_number(
-        gradient_accumulation_steps, "gradient_accumulation_steps", 2
+      momentum_dtype = lion_argument("momentum_dtype", momentum_dtype),
+      cautious = lion_argument("cautious", cautious),
+      exclude_from_weight_decay = lion_argument(
+        "exclude_from_weight_decay", exclude_from_weight_decay
       ),
-      momentum_dtype = check_choice(
-        momentum_dtype, "momentum_dtype",
-        c("float32", "bfloat16", "float16", "float64", "int8")
-      ),
-      cautious = check_flag(cautious, "cautious"),
-      exclude_from_weight_decay = as_patterns(
-        exclude_from_weight_decay, "exclude_from_weight_decay"
-      ),
-      skip_nonfinite = check_flag(skip_nonfinite, "skip_nonfinite")
+      skip_nonfinite = lion_argument("skip_nonfinite", skip_nonfinite)
     )
   )
   lion <- python_core()$Lion
   do.call(lion, c(args, check_dots_known(dots, lion)))
 }
+
+# One argument of optimizer_lion(), checked and converted for Python; any
+# other name is passed on as it is. Keras keeps the numbers marked
+# `float32 = TRUE` in float32: one that float32 rounds to 0 or to infinity
+# is refused; the betas are not, as Python takes them as they are.
+lion_argument <- function(name, value, call = caller_env()) {
+  switch(name,
+    learning_rate = as_number(value, name, 0,
+      allow_callable = TRUE, allow_variable = TRUE, float32 = TRUE, call = call
+    ),
+    beta_1 = as_number(value, name, 0, 1,
+      lower_closed = FALSE, upper_closed = TRUE, allow_callable = TRUE,
+      allow_variable = TRUE, call = call
+    ),
+    beta_2 = as_number(value, name, 0, 1,
+      allow_callable = TRUE, allow_variable = TRUE, call = call
+    ),
+    weight_decay = as_number(value, name, 0,
+      allow_null = TRUE, allow_variable = TRUE, float32 = TRUE, call = call
+    ),
+    clipnorm = ,
+    clipvalue = ,
+    global_clipnorm = ,
+    loss_scale_factor = as_number(value, name, 0,
+      lower_closed = FALSE, allow_null = TRUE, float32 = TRUE, call = call
+    ),
+    ema_momentum = as_number(value, name, 0, 1, upper_closed = TRUE, call = call),
+    ema_overwrite_frequency = as_whole_number(value, name, 1, call = call),
+    gradient_accumulation_steps = as_whole_number(value, name, 2, call = call),
+    use_ema = ,
+    cautious = ,
+    skip_nonfinite = check_flag(value, name, call = call),
+    name = check_string(value, name, allow_null = TRUE, call = call),
+    momentum_dtype = check_choice(value, name,
+      c("float32", "bfloat16", "float16", "float64", "int8"),
+      call = call
+    ),
+    exclude_from_weight_decay = as_patterns(value, name, call = call),
+    value
+  )
+}
+
+#' Set an argument of a Lion optimizer from R
+#'
+#' `optimizer$beta_1 <- 0.95` (or `optimizer[["beta_1"]] <- 0.95`) checks
+#' and converts the value as [optimizer_lion()] does for its argument of
+#' that name (a clear R error, and nothing changed, for a bad one), then
+#' sets it on the Python optimizer, which checks it again (some, such as
+#' `momentum_dtype`, are fixed once the optimizer is built). Other
+#' attributes are set as reticulate sets them.
+#'
+#' @param x An optimizer made by [optimizer_lion()].
+#' @param name The attribute's name.
+#' @param value Its new value.
+#' @return `x`, changed in place (it is a Python object).
+#' @name lion-attributes
+#' @keywords internal
+#' @export
+`$<-.keraslion.lion.Lion` <- function(x, name, value) {
+  if (is.character(name) && length(name) == 1) {
+    value <- lion_argument(name, value)
+  }
+  NextMethod()
+}
+
+#' @rdname lion-attributes
+#' @export
+`[[<-.keraslion.lion.Lion` <- `$<-.keraslion.lion.Lion`

@@ -192,6 +192,32 @@ def test_bfloat16_momentum_is_stored_in_bfloat16():
     assert [m.dtype for m in optimizer._momentums] == ["bfloat16", "bfloat16"]
 
 
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
+@pytest.mark.parametrize("weight_dtype", ["float32", "bfloat16"])
+def test_numpy_gradients_of_any_float_dtype_step_as_tensors_do(weight_dtype, momentum_dtype):
+    """NumPy bfloat16 (ml_dtypes, which torch.as_tensor refuses), float64
+    and nested lists: each steps as the same values given as a tensor of
+    the weights' dtype do."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    shape = (4, 300)  # int8 codes: a whole block and a shorter one per row
+    start = rng.normal(size=shape).astype(np.float32)
+    values = rng.normal(size=shape).astype(ml_dtypes.bfloat16)
+
+    def stepped(gradient):
+        optimizer = Lion(learning_rate=LR, weight_decay=0.1, momentum_dtype=momentum_dtype)
+        variable = keras.Variable(start, dtype=weight_dtype)
+        for _ in range(3):
+            optimizer.apply([gradient], [variable])
+        return [to_numpy(x).astype(np.float32) for x in (variable, *optimizer.variables[1:])]
+
+    expected = stepped(keras.ops.convert_to_tensor(values.astype(np.float32), weight_dtype))
+    for gradient in (values, values.astype(np.float64), values.astype(np.float64).tolist()):
+        for ours, theirs in zip(stepped(gradient), expected):
+            np.testing.assert_array_equal(ours, theirs)
+
+
 def synthetic_task(seed=0, n=2048, features=20, classes=4):
     """A teacher network's labels on Gaussian inputs: nothing to download."""
     rng = np.random.default_rng(seed)

@@ -33,6 +33,10 @@ BAD_ARGUMENTS = [
     ({"name": 3}, "name"),
     ({"momentum_dtype": "int16"}, "momentum_dtype"),
     ({"momentum_dtype": "float31"}, "momentum_dtype"),
+    # Accepted by Keras as float dtypes, but each backend saturates, overflows
+    # or refuses to cast to them differently.
+    ({"momentum_dtype": "float8_e4m3fn"}, "momentum_dtype"),
+    ({"momentum_dtype": "float8_e5m2"}, "momentum_dtype"),
     ({"cautious": "yes"}, "cautious"),
     ({"skip_nonfinite": None}, "skip_nonfinite"),
     ({"exclude_from_weight_decay": ["bias", ""]}, "exclude_from_weight_decay"),

@@ -379,3 +379,28 @@ test_that("a Keras learning-rate schedule is accepted as learning_rate", {
   opt <- optimizer_lion(learning_rate = schedule)
   expect_identical(opt$get_config()$learning_rate$class_name, "CosineDecay")
 })
+
+test_that("setting an argument on the optimizer is checked in R as optimizer_lion() checks it", {
+  skip_if_no_keras()
+  opt <- optimizer_lion(beta_1 = 0.9)
+  # reticulate alone would pass NA to Python as True, and a length-2 vector as a list.
+  expect_snapshot(error = TRUE, {
+    opt$momentum_dtype <- NA
+    opt$beta_1 <- c(0.9, 0.95)
+    opt[["beta_2"]] <- 1
+    opt$learning_rate <- NA_real_
+    opt$ema_overwrite_frequency <- 2.5
+  })
+  expect_identical(opt$beta_1, 0.9)
+  expect_identical(opt$momentum_dtype, NULL)
+  # Good values are converted as optimizer_lion() converts them.
+  opt$ema_overwrite_frequency <- 5
+  expect_identical(opt$get_config()$ema_overwrite_frequency, 5L)
+  opt[["beta_2"]] <- 0.9
+  expect_identical(opt$beta_2, 0.9)
+  opt$momentum_dtype <- "int8"
+  expect_identical(opt$get_config()$momentum_dtype, "int8")
+  # Attributes that are not optimizer_lion()'s arguments are reticulate's.
+  opt$note <- "kept"
+  expect_identical(opt$note, "kept")
+})

@@ -244,36 +244,25 @@ def non_empty_string(name: str, value: Any) -> str:
     return value
 
 
-def float_dtype(name: str, value: Any) -> str | None:
-    """None, or the standard name of a floating-point dtype."""
-    if value is None:
-        return None
-    try:
-        dtype = keras.backend.standardize_dtype(value)
-    except (TypeError, ValueError):
-        dtype = None
-    if dtype is None or not keras.backend.is_float_dtype(dtype):
-        raise ValueError(
-            f"Argument `{name}` must be None or a floating-point dtype such as "
-            f"'float32' or 'bfloat16'. {_received(name, value)}"
-        )
-    return dtype
+#: The float dtypes a momentum may be stored in (float8 would saturate or
+#: overflow differently on each backend, and TensorFlow cannot cast to it).
+MOMENTUM_FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def momentum_dtype(value: Any) -> str | None:
-    """`float_dtype` or "int8" (one-byte codes), refusing a float64 momentum
-    that the backend would not keep."""
+    """None, one of `MOMENTUM_FLOAT_DTYPES` or "int8" (one-byte codes), by
+    its standard name, refusing a float64 momentum that the backend would
+    not keep."""
+    if value is None:
+        return None
     try:
-        if keras.backend.standardize_dtype(value) == "int8":  # also np.int8
-            return "int8"
+        dtype = keras.backend.standardize_dtype(value)  # also np.int8, "float"
     except (TypeError, ValueError):
-        pass
-    try:
-        dtype = float_dtype("momentum_dtype", value)
-    except ValueError:
+        dtype = None
+    if dtype not in (*MOMENTUM_FLOAT_DTYPES, "int8"):
         raise ValueError(
-            "Argument `momentum_dtype` must be None, a floating-point dtype such as 'float32' "
-            f"or 'bfloat16', or 'int8'. {_received('momentum_dtype', value)}") from None
+            "Argument `momentum_dtype` must be None, 'float32', 'bfloat16', 'float16', "
+            f"'float64' or 'int8'. {_received('momentum_dtype', value)}")
     if dtype == "float64" and keras.backend.backend() == "jax":
         import jax
 

@@ -216,8 +216,9 @@ class Lion(keras.optimizers.Optimizer):
     momentum is off by up to one code (1/8 of its value above 2^-14 of
     the block's scale, more below), on average by none; a NaN momentum
     stays NaN, and one that is infinite or beyond 2^126 (8.5e37)
-    saturates at 2^126 (its block's scale: the block's far smaller
-    momenta are then stored as 0); and encoding takes more work than a
+    saturates at 2^126; either makes 2^126 its block's scale, and the
+    block's other momenta are then stored as 0 (a NaN or infinite gradient
+    does this unless `skip_nonfinite=True`); and encoding takes more work than a
     float store, so a step is slower than with float32 on CPUs: on a
     2-core x86 CPU (`make bench`, 16.7M parameters), 1.7-2x as long on JAX
     and on TensorFlow, and 3-7x on PyTorch, whose eager operations each
@@ -268,8 +269,9 @@ class Lion(keras.optimizers.Optimizer):
             replicas inside its conditional.
         name: The name of the optimizer, used for its variables.
             Defaults to `"lion"`.
-        momentum_dtype: `None` (the variable's dtype), a float dtype such
-            as `"bfloat16"`, or `"int8"`, to store the momentum in. The
+        momentum_dtype: `None` (the variable's dtype), `"float32"`,
+            `"bfloat16"`, `"float16"`, `"float64"` or `"int8"`: the dtype
+            to store the momentum in (not float8: use `"int8"`). The
             step is computed in float64 if the weight or its momentum is
             float64, else in float32, and rounded once when stored. A
             float16 momentum saturates at +-65504 (only the sign of `c`

@@ -80,6 +80,10 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     for gradient, variable in zip(grads, variables):
         if isinstance(gradient, keras.Variable):
             gradient = gradient.value
+        elif not isinstance(gradient, torch.Tensor):
+            # Keras's conversion, on Keras's device, also reads NumPy bfloat16
+            # (ml_dtypes), which torch.as_tensor refuses.
+            gradient = ops.convert_to_tensor(gradient)
         if _shares_memory(gradient, variable._value):
             gradient = gradient.clone()  # The weights change in place before it is read again.
         routes[_route(optimizer, variable, gradient)].append((gradient, variable))
@@ -118,8 +122,7 @@ def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],
     one_minus_beta_1 = 1 - beta_1
     decay = None if live.weight_decay is None else float(live.weight_decay)
     plan = _plan(optimizer, variables)
-    grads = [g if isinstance(g, torch.Tensor) and g.dtype == p.dtype
-             else torch.as_tensor(g).to(p.dtype) for g, p in zip(grads, plan.params)]
+    grads = [g if g.dtype == p.dtype else g.to(p.dtype) for g, p in zip(grads, plan.params)]
     # Per dtype, as the plain path computes them: the learning rate cast (a
     # tensor, not read into Python), beta_1 and beta_2. (A tensor factor
     # makes `_foreach_mul_` about 3x faster per tensor on CPU than a float.)

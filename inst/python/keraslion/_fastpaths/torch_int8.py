@@ -76,7 +76,7 @@ def _as_rows(optimizer: Any, variable: Any, gradient: Any) -> tuple[Any, Any, An
     codes = optimizer._momentums[index]._value
     scales = optimizer._momentum_scales[index]._value
     length = codes.shape[-1]
-    return (variable._value.view(-1, length), torch.as_tensor(gradient).reshape(-1, length),
+    return (variable._value.view(-1, length), gradient.reshape(-1, length),
             codes.view(-1, length), scales.view(-1, scales.shape[-1]))
 
 

@@ -436,12 +436,12 @@ def test_momentum_dtype_is_checked_when_set_and_fixed_once_built() -> None:
 
 TORCH_CASES = {
     # Parts of long rows, cut at whole int8 blocks (and a ragged last block).
-    "long rows": [(2**17 + 300,), (2, 2**16 + 40)],
+    "long rows": [(2**18 + 300,), (2, 2**17 + 40)],
     # Runs of whole rows, the last run shorter; rows not whole blocks.
-    "runs of rows": [(700, 100), (300, 300), (64, 1000)],
+    "runs of rows": [(700, 200), (300, 600), (64, 2000)],
     # Small variables gathered into pieces by row length (and weight decay),
     # more than one piece of them, among variables with a float momentum.
-    "gathered": [(5, 256), (40, 33), (512,), *[(8, 300)] * 30, (8, 40), (7, 40), (16,)],
+    "gathered": [(5, 256), (40, 33), (512,), *[(8, 300)] * 60, (8, 40), (7, 40), (16,)],
 }
 
 
@@ -456,6 +456,7 @@ def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str,
     variable left out of a step, and weight decay excluded for some."""
     from keraslion._fastpaths import torch_int8
 
+    assert torch_int8.PIECE == 2**17  # The cases' shapes are made for its pieces.
     steps_taken = []
     monkeypatch.setattr(torch_int8, "_step", _spy(torch_int8._step, steps_taken))
     shapes = TORCH_CASES[case]

@@ -65,7 +65,8 @@
 #' int8 code and each block of 256 elements along the last axis (or a
 #' shorter row) keeps a float32 scale, the smallest power of two at or
 #' above its largest absolute value (as in the OCP's MXFP8 format): 1.016
-#' bytes per weight, where float32 takes 4 and bfloat16 2, an eighth of
+#' bytes per weight for rows that are multiples of 256 (a row of 64 takes
+#' 1.0625, of 32 1.125), where float32 takes 4 and bfloat16 2, an eighth of
 #' AdamW's 8. The codes are float8-like relative to the block's scale, so
 #' a momentum 1e4 times smaller than its block's largest keeps
 #' a value (plain int8 rounds everything below 1/254 of it to zero, which
@@ -188,7 +189,8 @@
 #'   `"float64"` on JAX needs JAX's 64-bit mode (`Sys.setenv(JAX_ENABLE_X64
 #'   = 1)` before Python starts); without it, it is an error. `"int8"`
 #'   stores one byte per weight and a float32 scale per block of 256 along
-#'   the last axis (1.016 bytes per weight, a quarter of float32); see
+#'   the last axis (1.016 bytes per weight for rows of 256 or multiples, a
+#'   quarter of float32); see
 #'   "One-byte momentum" below.
 #' @param cautious `TRUE` or `FALSE`: cautious Lion (C-Lion, Liang et al.
 #'   2024). Elements whose step direction disagrees in sign with the current

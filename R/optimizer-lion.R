@@ -357,9 +357,17 @@ lion_argument <- function(name, value, call = caller_env()) {
 #' `optimizer$beta_1 <- 0.95` (or `optimizer[["beta_1"]] <- 0.95`) checks
 #' and converts the value as [optimizer_lion()] does for its argument of
 #' that name (a clear R error, and nothing changed, for a bad one), then
-#' sets it on the Python optimizer, which checks it again (some, such as
-#' `momentum_dtype`, are fixed once the optimizer is built). Other
-#' attributes are set as reticulate sets them.
+#' sets it on the Python optimizer, which checks it again: `momentum_dtype`,
+#' `use_ema`, `skip_nonfinite` and `gradient_accumulation_steps` are fixed
+#' once the optimizer is built, only one clipping argument may be set, and
+#' a built optimizer's learning rate takes numbers (its variable is saved
+#' with its state) where one given as a schedule or a function takes those.
+#' `name` must be a string here, and `exclude_from_weight_decay` cannot be
+#' set (it is a method: `optimizer$exclude_from_weight_decay(var_names =
+#' ...)` before the first step). Other attributes are set as reticulate
+#' sets them. The object returned by `optimizer_lion()` is checked so; a
+#' `LossScaleOptimizer` that wraps it (mixed precision) passes values on
+#' unchecked: set them on its `inner_optimizer`.
 #'
 #' @param x An optimizer made by [optimizer_lion()].
 #' @param name The attribute's name.
@@ -370,7 +378,7 @@ lion_argument <- function(name, value, call = caller_env()) {
 #' @export
 `$<-.keraslion.lion.Lion` <- function(x, name, value) {
   if (is.character(name) && length(name) == 1) {
-    value <- lion_argument(name, value)
+    value <- set_lion_argument(name, value)
   }
   NextMethod()
 }
@@ -378,3 +386,23 @@ lion_argument <- function(name, value, call = caller_env()) {
 #' @rdname lion-attributes
 #' @export
 `[[<-.keraslion.lion.Lion` <- `$<-.keraslion.lion.Lion`
+
+# `lion_argument()` for a value set on the optimizer, where two arguments
+# differ: `exclude_from_weight_decay` is a method there (set, the value would
+# replace it), and a `NULL` name would not be numbered.
+set_lion_argument <- function(name, value, call = caller_env()) {
+  if (identical(name, "exclude_from_weight_decay")) {
+    cli::cli_abort(
+      c(
+        "{.arg exclude_from_weight_decay} cannot be set on the optimizer.",
+        i = "Give it to {.fn optimizer_lion}, or call
+             {.code opt$exclude_from_weight_decay(var_names = ...)} before the first step."
+      ),
+      call = call, class = "keraslion_error_argument"
+    )
+  }
+  if (identical(name, "name")) {
+    return(check_string(value, name, call = call))
+  }
+  lion_argument(name, value, call = call)
+}

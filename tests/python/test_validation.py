@@ -5,6 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from conftest import to_numpy
 
 from keraslion import Lion
 
@@ -60,6 +61,61 @@ def test_bad_argument_is_named_with_its_value(kwargs, argument):
 def test_two_clipping_arguments_are_refused():
     with pytest.raises(ValueError, match="Only one of"):
         Lion(clipnorm=1.0, clipvalue=1.0)
+
+
+def test_a_second_clipping_argument_set_later_is_refused():
+    # Keras would apply only the first; another can replace it once it is None.
+    optimizer = Lion(clipnorm=1.0)
+    for name in ("clipvalue", "global_clipnorm"):
+        with pytest.raises(ValueError, match=f"Only one of.*`clipnorm` is 1.0.*{name}=0.5"):
+            setattr(optimizer, name, 0.5)
+    optimizer.clipnorm = None
+    optimizer.global_clipnorm = 0.5
+    config = optimizer.get_config()
+    assert (config["clipnorm"], config["clipvalue"], config["global_clipnorm"]) == (
+        None, None, 0.5)
+    with pytest.raises(ValueError, match="`global_clipnorm`.*-1.0"):
+        optimizer.global_clipnorm = -1.0
+
+
+def test_use_ema_is_fixed_once_built():
+    # The build makes the moving averages, or not: a later change broke the next step.
+    optimizer = Lion(learning_rate=0.1)
+    optimizer.use_ema = True
+    variable = keras.Variable(np.ones(3, np.float32))
+    optimizer.apply([keras.ops.ones(3)], [variable])
+    with pytest.raises(ValueError, match="`use_ema` can only be changed before"):
+        optimizer.use_ema = False
+    optimizer.use_ema = True  # unchanged: accepted
+    optimizer.apply([keras.ops.ones(3)], [variable])
+    assert optimizer.get_config()["use_ema"] is True
+
+
+def test_the_learning_rate_keeps_its_kind_once_it_holds_state():
+    """A built optimizer's learning-rate variable is saved with its state:
+    a schedule or function would drop it. A function or schedule has no
+    variable to assign a number to."""
+    optimizer = Lion(learning_rate=0.1)
+    variable = keras.Variable(np.ones(3, np.float32))
+    optimizer.apply([keras.ops.ones(3)], [variable])
+    count = len(optimizer.variables)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    for value in (schedule, lambda: 0.01):
+        with pytest.raises(ValueError, match="built optimizer.*assign a number"):
+            optimizer.learning_rate = value
+    assert len(optimizer.variables) == count
+    optimizer.learning_rate = 0.05
+    assert float(to_numpy(optimizer.learning_rate)) == pytest.approx(0.05)
+    for given in (schedule, lambda: 0.01):
+        optimizer = Lion(learning_rate=given)
+        with pytest.raises(TypeError, match="schedule or a function.*learning_rate=0.5"):
+            optimizer.learning_rate = 0.5
+        optimizer.learning_rate = lambda: 0.02  # another function is fine
+        assert float(to_numpy(optimizer.learning_rate)) == pytest.approx(0.02)
+    # Before the first step, a schedule may replace the number.
+    optimizer = Lion(learning_rate=0.1)
+    optimizer.learning_rate = schedule
+    assert optimizer.get_config()["learning_rate"]["class_name"] == "ExponentialDecay"
 
 
 def test_unknown_keyword_is_refused():

@@ -390,7 +390,10 @@ test_that("setting an argument on the optimizer is checked in R as optimizer_lio
     opt[["beta_2"]] <- 1
     opt$learning_rate <- NA_real_
     opt$ema_overwrite_frequency <- 2.5
+    opt$name <- NULL
+    opt$exclude_from_weight_decay <- "bias"
   })
+  expect_true(is.function(opt$exclude_from_weight_decay))
   expect_identical(opt$beta_1, 0.9)
   expect_identical(opt$momentum_dtype, NULL)
   # Good values are converted as optimizer_lion() converts them.

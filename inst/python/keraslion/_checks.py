@@ -256,13 +256,14 @@ def momentum_dtype(value: Any) -> str | None:
     if value is None:
         return None
     try:
-        dtype = keras.backend.standardize_dtype(value)  # also np.int8, "float"
+        dtype = keras.backend.standardize_dtype(value)  # also NumPy's and the backends' dtypes
     except (TypeError, ValueError):
         dtype = None
     if dtype not in (*MOMENTUM_FLOAT_DTYPES, "int8"):
         raise ValueError(
             "Argument `momentum_dtype` must be None, 'float32', 'bfloat16', 'float16', "
-            f"'float64' or 'int8'. {_received('momentum_dtype', value)}")
+            "'float64' or 'int8' (one byte per weight; float8 dtypes are not supported). "
+            f"{_received('momentum_dtype', value)}")
     if dtype == "float64" and keras.backend.backend() == "jax":
         import jax
 
@@ -314,6 +315,21 @@ def patterns(name: str, value: str | Iterable[str] | None) -> list[str]:
                 f"Argument `{name}` holds an invalid regular expression {item!r}: {problem}."
             )
     return items
+
+
+def clipping(optimizer: Any, name: str, value: Any) -> float | None:
+    """`clipnorm`, `clipvalue` or `global_clipnorm`: None or a float > 0, and
+    refused while another of them is set (Keras would apply only one)."""
+    value = optional_number_in(name, value, 0.0, low_closed=False, float32=True)
+    others = [f"`{other}` is {getattr(optimizer, '_' + other)}"
+              for other in ("clipnorm", "clipvalue", "global_clipnorm")
+              if other != name and getattr(optimizer, "_" + other, None) is not None]
+    if value is not None and others:
+        raise ValueError(
+            "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set, and "
+            f"{' and '.join(others)}: set it to None first. Nothing was changed. "
+            f"{_received(name, value)}")
+    return value
 
 
 def fixed_once_built(optimizer: Any, name: str, current: Any, value: Any) -> None:

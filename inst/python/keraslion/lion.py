@@ -325,16 +325,12 @@ class Lion(keras.optimizers.Optimizer):
         skip_nonfinite: bool = False,
         **kwargs: Any,
     ) -> None:
-        clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
-        clip = {key: _checks.optional_number_in(key, value, 0.0, low_closed=False, float32=True)
-                for key, value in clip.items()}
         learning_rate = _checks.learning_rate(learning_rate)
         # Keras makes a variable of a float; a keras.Variable given is followed instead.
         followed = learning_rate if isinstance(learning_rate, keras.Variable) else None
         super().__init__(
             learning_rate=learning_rate if followed is None else 0.0,
-            weight_decay=weight_decay,
-            use_ema=_checks.boolean("use_ema", use_ema),
+            use_ema=use_ema,
             ema_momentum=_checks.number_in("ema_momentum", ema_momentum, 0.0, 1.0,
                                            high_closed=True),
             ema_overwrite_frequency=_checks.optional_whole_number(
@@ -346,11 +342,17 @@ class Lion(keras.optimizers.Optimizer):
             # None: Keras numbers the default name ("lion", "lion_1", ...), so that
             # two optimizers' variables get distinct paths.
             name=None if name is None else _checks.non_empty_string("name", name),
-            **clip,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
             **kwargs,
         )
         if followed is not None:
             self._follow_learning_rate(followed)
+        # Set once Keras's tracker is there, so that a variable is tracked:
+        # compiled steps read only the optimizer's variables (JAX's fit()
+        # would keep the value it had when traced).
+        self.weight_decay = weight_decay
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.momentum_dtype = momentum_dtype
@@ -416,13 +418,28 @@ class Lion(keras.optimizers.Optimizer):
     @learning_rate.setter
     def learning_rate(self, value: Any) -> None:
         value = _checks.learning_rate(value)
-        if isinstance(value, keras.Variable) and value is not self._learning_rate:
+        if value is self._learning_rate:
+            return
+        if isinstance(value, keras.Variable):
             raise TypeError(
                 "A `keras.Variable` can be followed as the learning rate only when it is given "
                 "to `Lion(learning_rate=...)`; assign a number to change the learning rate. "
                 f"Received: learning_rate={value!r}")
-        if value is not self._learning_rate:
-            keras.optimizers.Optimizer.learning_rate.fset(self, value)
+        held = isinstance(self._learning_rate, keras.Variable)
+        if held and callable(value) and self.built:
+            # Keras would drop the variable from the optimizer's state.
+            raise ValueError(
+                "The learning rate of a built optimizer is its variable `learning_rate`, "
+                "saved with its state: assign a number to change it. A schedule or a function "
+                "can be given before the optimizer's first step, or to a new optimizer. "
+                f"Nothing was changed. Received: learning_rate={value!r}")
+        if not held and not callable(value):
+            raise TypeError(
+                "The learning rate was given as a schedule or a function, so there is no "
+                "variable to assign a number to: give a schedule or a function, or give the "
+                "number to a new optimizer. Nothing was changed. "
+                f"Received: learning_rate={value!r}")
+        keras.optimizers.Optimizer.learning_rate.fset(self, value)
 
     def _get_current_learning_rate(self) -> Any:
         value = super()._get_current_learning_rate()
@@ -439,6 +456,41 @@ class Lion(keras.optimizers.Optimizer):
     @weight_decay.setter
     def weight_decay(self, value: float | None) -> None:
         self._weight_decay = _checks.live_number_in("weight_decay", value, 0.0, float32=True)
+
+    @property
+    def clipnorm(self) -> float | None:
+        return self._clipnorm
+
+    @clipnorm.setter
+    def clipnorm(self, value: float | None) -> None:
+        self._clipnorm = _checks.clipping(self, "clipnorm", value)
+
+    @property
+    def clipvalue(self) -> float | None:
+        return self._clipvalue
+
+    @clipvalue.setter
+    def clipvalue(self, value: float | None) -> None:
+        self._clipvalue = _checks.clipping(self, "clipvalue", value)
+
+    @property
+    def global_clipnorm(self) -> float | None:
+        return self._global_clipnorm
+
+    @global_clipnorm.setter
+    def global_clipnorm(self, value: float | None) -> None:
+        self._global_clipnorm = _checks.clipping(self, "global_clipnorm", value)
+
+    @property
+    def use_ema(self) -> bool:
+        return self._use_ema
+
+    @use_ema.setter
+    def use_ema(self, value: bool) -> None:
+        value = _checks.boolean("use_ema", value)
+        # The build made the moving averages, or not.
+        _checks.fixed_once_built(self, "use_ema", getattr(self, "_use_ema", None), value)
+        self._use_ema = value
 
     @property
     def momentum_dtype(self) -> str | None:

@@ -330,6 +330,7 @@ class Lion(keras.optimizers.Optimizer):
         followed = learning_rate if isinstance(learning_rate, keras.Variable) else None
         super().__init__(
             learning_rate=learning_rate if followed is None else 0.0,
+            weight_decay=weight_decay,
             use_ema=use_ema,
             ema_momentum=_checks.number_in("ema_momentum", ema_momentum, 0.0, 1.0,
                                            high_closed=True),
@@ -349,10 +350,6 @@ class Lion(keras.optimizers.Optimizer):
         )
         if followed is not None:
             self._follow_learning_rate(followed)
-        # Set once Keras's tracker is there, so that a variable is tracked:
-        # compiled steps read only the optimizer's variables (JAX's fit()
-        # would keep the value it had when traced).
-        self.weight_decay = weight_decay
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.momentum_dtype = momentum_dtype

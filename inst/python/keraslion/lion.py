@@ -236,7 +236,10 @@ class Lion(keras.optimizers.Optimizer):
             that takes no arguments and returns the learning rate (checked
             at each call), or a `keras.Variable`, read at every step and
             saved as the optimizer's learning rate. `beta_1`, `beta_2` and
-            `weight_decay` may be `keras.Variable`s too. Defaults to `0.001`.
+            `weight_decay` may be `keras.Variable`s too (on JAX, a compiled
+            `fit()` follows a `weight_decay` variable only when it is set
+            as `optimizer.weight_decay = variable`, not given here).
+            Defaults to `0.001`.
         beta_1: A float in (0, 1], or a callable that takes no arguments and
             returns one: the weight of the momentum in the interpolation `c`
             whose sign is the step; at least 2^-126, float32's smallest

@@ -144,9 +144,10 @@
 #'   step only when it is rebuilt, as in Keras's own optimizers (see
 #'   "Changing hyperparameters during training"). `beta_1`, `beta_2` and
 #'   `weight_decay` may also be variables (`keras3::keras_variable()`),
-#'   read at every step, as in Keras's own Lion (except a `weight_decay`
-#'   variable given here on JAX: a compiled `fit()` keeps the value it had
-#'   when traced; set it with `optimizer$weight_decay <- variable` instead).
+#'   given here or set later: read at every step, also by a compiled
+#'   `fit()`. Unlike the learning rate, such a variable is not saved with
+#'   the optimizer's state: its value is yours to set (the saved config
+#'   keeps the value it had).
 #' @param clipnorm `NULL` or a number > 0: each gradient is clipped so that
 #'   its norm is at most this value.
 #' @param clipvalue `NULL` or a number > 0: each gradient element is clipped

@@ -13,6 +13,8 @@ Each test here failed on keraslion 0.2.0 (commit 7e804b7):
   `tf.function` raised (it works with Keras's Lion).
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -82,6 +84,80 @@ def test_variable_betas_and_weight_decay_are_followed(fast):
         np.testing.assert_allclose(to_numpy(variable), theta, rtol=1e-6)
     config = optimizer.get_config()
     assert (config["beta_1"], config["beta_2"], config["weight_decay"]) == (0.5, 0.25, 0.5)
+
+
+def fit_twice(optimizer, change):
+    """Two one-step fits of a small model, with `change()` run between them."""
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=optimizer, loss="mse")
+    x = np.linspace(-1.0, 1.0, 24, dtype=np.float32).reshape(8, 3)
+    for _ in range(2):
+        model.fit(x, x[:, :2] ** 2, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        change(model)
+    return [to_numpy(w) for w in model.weights]
+
+
+@pytest.mark.parametrize("name, first, then", [("beta_1", 0.9, 0.5), ("beta_2", 0.99, 0.5),
+                                               ("weight_decay", 0.0, 2.0)])
+@pytest.mark.parametrize("given", [True, False], ids=["given", "set later"])
+def test_variable_hyperparameters_are_followed_by_a_compiled_fit(name, first, then, given):
+    """A compiled step (JAX's fit() above all) reads only the optimizer's
+    variables as state: a variable hyperparameter must be among them."""
+    variable = keras.Variable(first)
+    optimizer = Lion(learning_rate=0.1, **{name: variable if given else first})
+    if not given:
+        setattr(optimizer, name, variable)
+
+    def set_number(model):
+        setattr(model.optimizer, name, then)
+        model.make_train_function(force=True)  # a number is a constant of a compiled step
+
+    expected = fit_twice(Lion(learning_rate=0.1, **{name: first}), set_number)
+    actual = fit_twice(optimizer, lambda model: variable.assign(then))
+    for weight, wanted in zip(actual, expected):
+        np.testing.assert_allclose(weight, wanted, rtol=1e-6)
+
+
+def test_variable_hyperparameters_are_not_saved_as_state():
+    """Their values are their owner's (the config keeps the value they had):
+    the state saved is what numbers would save, and loads either way."""
+    mine = keras.Variable(0.25)
+    with_variables = Lion(beta_1=keras.Variable(0.8), weight_decay=keras.Variable(0.1))
+    with_variables.beta_2 = keras.Variable(0.95)
+    with_numbers = Lion(beta_1=0.8, beta_2=0.95, weight_decay=0.1)
+    gradient = [keras.ops.convert_to_tensor(np.array([1.0, -0.5, 2.0], np.float32))]
+    stores = []
+    for optimizer in (with_variables, with_numbers):
+        optimizer.apply(gradient, [one_variable()])
+        store = {}
+        optimizer.save_own_variables(store)
+        stores.append(store)
+    assert stores[0].keys() == stores[1].keys()
+    for key in stores[1]:  # 1 - beta_2 rounds otherwise from a variable
+        assert stores[0][key].dtype == stores[1][key].dtype
+        np.testing.assert_allclose(stores[0][key], stores[1][key], rtol=1e-6)
+    loading = Lion(weight_decay=mine)
+    loading.build([one_variable()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loading.load_own_variables(stores[0])
+    assert float(to_numpy(mine)) == 0.25
+    np.testing.assert_array_equal(to_numpy(loading._momentums[0]), stores[0]["2"])
+
+
+def test_a_replaced_hyperparameter_variable_leaves_the_variables():
+    optimizer = Lion()
+    count = len(optimizer.variables)
+    shared = keras.Variable(0.5)
+    optimizer.weight_decay = keras.Variable(0.1)
+    optimizer.weight_decay = shared
+    optimizer.beta_1 = shared
+    assert len(optimizer.variables) == count + 1
+    optimizer.weight_decay = 0.1
+    assert any(v is shared for v in optimizer.variables)  # still beta_1
+    optimizer.beta_1 = 0.9
+    assert len(optimizer.variables) == count
 
 
 def test_a_variable_with_a_bad_value_is_refused():

@@ -135,6 +135,30 @@ def test_keraslion_checkpoint_loads_into_keras_lion(fmt, tmp_path):
     assert_same(by_role(model.optimizer), by_role(source.optimizer))
 
 
+@pytest.mark.parametrize("saved_by", ["keras Lion", "keraslion 0.2"])
+def test_older_checkpoints_with_hyperparameter_variables_load(saved_by, tmp_path):
+    """Keras's Lion saves a `keras.Variable` beta after the learning rate, as
+    keraslion 0.2 saved one given as beta or weight decay: read and skipped."""
+    if saved_by == "keras Lion":
+        optimizer = keras.optimizers.Lion(learning_rate=0.01, beta_1=keras.Variable(0.8),
+                                          beta_2=keras.Variable(0.95))
+    else:
+        optimizer = Lion(learning_rate=0.01, beta_1=keras.Variable(0.8),
+                         weight_decay=keras.Variable(0.1))
+        optimizer.beta_2 = keras.Variable(0.95)
+        # Keras's own saving, which keeps every variable (as keraslion 0.2 did).
+        optimizer.save_own_variables = lambda store: keras.optimizers.Optimizer.save_own_variables(
+            optimizer, store)
+    source = trained(optimizer)
+    path = save(source, tmp_path, "weights.h5")
+    mine = keras.Variable(0.3)
+    for target in (Lion(learning_rate=0.02), Lion(learning_rate=0.02, weight_decay=mine)):
+        model = make_model(target)
+        load_quietly(model, path)
+        assert_same(by_role(model.optimizer), by_role(source.optimizer))
+    assert float(to_numpy(mine)) == pytest.approx(0.3)
+
+
 def test_keras_lion_skips_a_checkpoint_with_the_counter(tmp_path):
     # Keras's own loading, not keraslion's: one UserWarning, and nothing is
     # loaded (the counter makes the counts differ).

@@ -13,6 +13,9 @@ scalar), the learning rate (a float scalar; absent for a schedule or a
 callable), then per trainable variable the moving averages (`use_ema`),
 the gradient accumulators (`gradient_accumulation_steps`) and the
 momentums, and last keraslion's count of skipped steps (`skip_nonfinite`).
+Keras's Lion, and keraslion before 0.3.0, also saved a `keras.Variable` given
+as beta_1, beta_2 or weight_decay, after the learning rate: such entries
+are read and skipped (a hyperparameter's value is its owner's, not state).
 An int8 momentum is two variables, its codes and right after them its
 block scales; read as one momentum, it loads as it was saved into an int8
 momentum and decoded into a float one (a float momentum loads into int8
@@ -46,7 +49,7 @@ warnings.filterwarnings("always", category=StateWarning, append=True)
 # A slot: a role and, for per-variable roles, the index of the trainable
 # variable (None in a saved slot: a variable this model does not have).
 Slot = tuple[str, int | None]
-SCALARS = ("iterations", "learning_rate", "nonfinite_steps")
+SCALARS = ("iterations", "learning_rate", "hyperparameter", "nonfinite_steps")
 PER_VARIABLE = ("average", "accumulator", "momentum")
 DESCRIPTIONS = {
     "iterations": "the iteration count",
@@ -135,8 +138,7 @@ def load_own_variables(optimizer: Any, store: Any) -> None:
     """
     own = own_slots(optimizer)
     if own is None:
-        # A subclass with variables of its own: only Keras's positional loading knows them.
-        keras.optimizers.Optimizer.load_own_variables(optimizer, store)
+        load_by_index(optimizer, store)
         return
     allowed = keras_skips_mismatch()
     plan = make_plan(optimizer, own, store)
@@ -173,6 +175,20 @@ def load_own_variables(optimizer: Any, store: Any) -> None:
         variable.assign(fresh_value(optimizer, role, index, variable))
         if id(variable) in scales:
             scales[id(variable)].assign(keras.ops.zeros(scales[id(variable)].shape, "float32"))
+
+
+def load_by_index(optimizer: Any, store: Any) -> None:
+    """A subclass with variables of its own: loaded by index, as Keras does,
+    but a mismatch is a `StateWarning` (Keras's plain warning may not reach R)."""
+    variables = optimizer._saved_variables()
+    if len(store.keys()) != len(variables):
+        warnings.warn(
+            f"Loading the state of optimizer '{optimizer.name}': dropped all of it, as it has "
+            f"{len(variables)} variables and the checkpoint {len(store.keys())}.",
+            StateWarning, stacklevel=3)
+        return
+    for i, variable in enumerate(variables):
+        variable.assign(store[str(i)])
 
 
 def into_dtype(value: np.ndarray, dtype: Any) -> np.ndarray:
@@ -221,7 +237,7 @@ def own_slots(optimizer: Any) -> dict[Slot, keras.Variable] | None:
     for codes, scale in zip(getattr(optimizer, "_momentums", []), scales):
         if scale is not None and id(codes) in expected:
             expected.insert(expected.index(id(codes)) + 1, id(scale))
-    if expected != [id(v) for v in optimizer.variables]:
+    if expected != [id(v) for v in optimizer._saved_variables()]:
         return None
     return slots
 
@@ -284,7 +300,7 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
         return plan
 
     reading = best[0]
-    if not optimizer.built and any(role not in ("iterations", "learning_rate")
+    if not optimizer.built and any(role not in ("iterations", "learning_rate", "hyperparameter")
                                    for role, _ in reading.slots):
         plan.problems.append((
             f"the optimizer is not built, so it has no place yet for the checkpoint's "
@@ -298,6 +314,8 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
     dropped: dict[tuple[str, str], list[str]] = {}
     for i, (entry, slot) in enumerate(zip(entries, reading.slots)):
         variable = own.get(slot)
+        if slot[0] == "hyperparameter":
+            continue
         if variable is None:
             if optimizer.built or slot[0] == "learning_rate":  # Else said once, above.
                 # Tied readings may differ in the role (see `choose`).
@@ -337,15 +355,17 @@ def candidate_readings(entries: list[Entry], trainables: list[Any]) -> Iterator[
     shapes = [tuple(v.shape) for v in trainables]
     stepped = [j for j, v in enumerate(trainables)
                if not getattr(v, "overwrite_with_gradient", False)]
-    for learning_rate, ema, accumulation, counter in itertools.product((True, False), repeat=4):
-        options = Options(learning_rate, ema, accumulation, counter)
-        head = 1 + learning_rate
+    for *flags, hyperparameters in itertools.product(*[(True, False)] * 4, range(4)):
+        options = Options(*flags)
+        learning_rate, ema, accumulation, counter = flags
+        head = 1 + learning_rate + hyperparameters
         body = entries[head:len(entries) - counter]
-        if len(entries) < head + counter or not scalars_fit(entries, options):
+        if len(entries) < head + counter or not scalars_fit(entries, options, hyperparameters):
             continue
         if any(e.kind != "float" for e in body):
             continue
-        head_slots: list[Slot] = [("iterations", None)] + [("learning_rate", None)] * learning_rate
+        head_slots: list[Slot] = ([("iterations", None)] + [("learning_rate", None)] * learning_rate
+                                  + [("hyperparameter", None)] * hyperparameters)
         tail_slots: list[Slot] = [("nonfinite_steps", None)] * counter
         roles = [role for role, on in zip(PER_VARIABLE, (ema, accumulation, True)) if on]
         # The checkpoint's model had these very variables (EMA and momentum
@@ -375,12 +395,14 @@ def candidate_readings(entries: list[Entry], trainables: list[Any]) -> Iterator[
         yield Reading(options, tuple(head_slots + slots + tail_slots), 1, ambiguous=ways > 1)
 
 
-def scalars_fit(entries: list[Entry], options: Options) -> bool:
+def scalars_fit(entries: list[Entry], options: Options, hyperparameters: int) -> bool:
     def is_scalar(entry: Entry, kind: str) -> bool:
         return entry.shape == () and entry.kind == kind
 
+    floats = entries[1:1 + options.learning_rate + hyperparameters]
     return (is_scalar(entries[0], "int")
-            and (not options.learning_rate or is_scalar(entries[1], "float"))
+            and len(floats) == options.learning_rate + hyperparameters
+            and all(is_scalar(entry, "float") for entry in floats)
             and (not options.counter or is_scalar(entries[-1], "int")))
 
 
@@ -445,8 +467,16 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
     """
     if not readings:
         return [], None
-    best_key = min((r.rank, -r.options.agreement(options)) for r in readings)
-    best = [r for r in readings if (r.rank, -r.options.agreement(options)) == best_key]
+    def saved_hyperparameters(reading: Reading) -> int:
+        return reading.slots.count(("hyperparameter", None))
+
+    def key(reading: Reading) -> tuple[int, int, int]:
+        # Saved hyperparameters (an older layout) only where nothing else fits as
+        # well: a float scalar is the learning rate first.
+        return (reading.rank, saved_hyperparameters(reading), -reading.options.agreement(options))
+
+    best_key = min(key(r) for r in readings)
+    best = [r for r in readings if key(r) == best_key]
     if any(r.ambiguous for r in best):
         return [], "which of this model's variables its entries belong to is ambiguous"
 
@@ -460,7 +490,8 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
     # reading closest to this optimizer's options stands unless the values
     # contradict it: averages lie near the weights they average, and
     # accumulators just reset (at an update) are all zero.
-    rivals = [r for r in readings if r.rank == best[0].rank and loaded(r) != loaded(best[0])]
+    rivals = [r for r in readings if r.rank == best[0].rank and loaded(r) != loaded(best[0])
+              and saved_hyperparameters(r) == saved_hyperparameters(best[0])]
     as_averages = [r for r in [best[0], *rivals] if r.options.ema]
     if rivals and as_averages:
         seen = group_looks_like(as_averages[0], trainables, entries)

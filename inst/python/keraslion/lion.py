@@ -236,9 +236,10 @@ class Lion(keras.optimizers.Optimizer):
             that takes no arguments and returns the learning rate (checked
             at each call), or a `keras.Variable`, read at every step and
             saved as the optimizer's learning rate. `beta_1`, `beta_2` and
-            `weight_decay` may be `keras.Variable`s too (on JAX, a compiled
-            `fit()` follows a `weight_decay` variable only when it is set
-            as `optimizer.weight_decay = variable`, not given here).
+            `weight_decay` may be `keras.Variable`s too, given here or set
+            later: read at every step, also by a compiled `fit()`, but not
+            saved with the optimizer's state (their values are their
+            owner's; the config keeps the value they had).
             Defaults to `0.001`.
         beta_1: A float in (0, 1], or a callable that takes no arguments and
             returns one: the weight of the momentum in the interpolation `c`
@@ -353,6 +354,9 @@ class Lion(keras.optimizers.Optimizer):
         )
         if followed is not None:
             self._follow_learning_rate(followed)
+        # Set again now that Keras tracks variables (it set it before), so that a
+        # variable given here is followed as one set later is.
+        self.weight_decay = self._weight_decay
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.momentum_dtype = momentum_dtype
@@ -455,7 +459,8 @@ class Lion(keras.optimizers.Optimizer):
 
     @weight_decay.setter
     def weight_decay(self, value: float | None) -> None:
-        self._weight_decay = _checks.live_number_in("weight_decay", value, 0.0, float32=True)
+        self._set_hyperparameter(
+            "_weight_decay", _checks.live_number_in("weight_decay", value, 0.0, float32=True))
 
     @property
     def clipnorm(self) -> float | None:
@@ -549,7 +554,7 @@ class Lion(keras.optimizers.Optimizer):
 
     @beta_1.setter
     def beta_1(self, value: Hyperparameter) -> None:
-        self._beta_1 = _checks.beta("beta_1", value)
+        self._set_hyperparameter("_beta_1", _checks.beta("beta_1", value))
 
     @property
     def beta_2(self) -> Hyperparameter:
@@ -557,7 +562,32 @@ class Lion(keras.optimizers.Optimizer):
 
     @beta_2.setter
     def beta_2(self, value: Hyperparameter) -> None:
-        self._beta_2 = _checks.beta("beta_2", value)
+        self._set_hyperparameter("_beta_2", _checks.beta("beta_2", value))
+
+    def _set_hyperparameter(self, attribute: str, value: Any) -> None:
+        """Sets beta_1, beta_2 or weight_decay. Keras's tracking appends a
+        `keras.Variable` to the optimizer's variables, so that a compiled step
+        reads it as state (JAX's `fit()` would otherwise keep the value it had
+        when traced); a variable it replaces leaves them, unless still in use."""
+        previous = getattr(self, attribute, None)
+        setattr(self, attribute, value)
+        if (isinstance(previous, keras.Variable) and hasattr(self, "_tracker")
+                and not any(previous is v for v in self._followed_hyperparameters())
+                and previous is not self._learning_rate):
+            self._untrack_variable(previous)
+
+    def _followed_hyperparameters(self) -> list[keras.Variable]:
+        """The `keras.Variable`s given as beta_1, beta_2 or weight_decay. Not
+        saved with the optimizer's state: their values are their owner's (and
+        the config keeps the value they had)."""
+        values = (getattr(self, name, None) for name in ("_beta_1", "_beta_2", "_weight_decay"))
+        return [v for v in values
+                if isinstance(v, keras.Variable) and v is not self._learning_rate]
+
+    def _saved_variables(self) -> list[keras.Variable]:
+        """The optimizer's state, as saved: its variables but followed hyperparameters."""
+        followed = [id(v) for v in self._followed_hyperparameters()]
+        return [v for v in self.variables if id(v) not in followed]
 
     def _hyperparameters(self) -> Hyperparameters:
         """Their values for this step: callables called and checked, no decay as None."""
@@ -797,6 +827,12 @@ class Lion(keras.optimizers.Optimizer):
                 variable.assign(ops.copy(variable.value))
 
     # Serialization ---------------------------------------------------------------
+
+    def save_own_variables(self, store: Any) -> None:
+        # As Keras, by index, but without followed hyperparameters: the
+        # layout stays what the options decide, which loading relies on.
+        for i, variable in enumerate(self._saved_variables()):
+            store[str(i)] = variable.numpy()
 
     def load_own_variables(self, store: Any) -> None:
         # Keras loads by index and skips everything when options add or drop

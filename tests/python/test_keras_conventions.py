@@ -160,6 +160,18 @@ def test_a_replaced_hyperparameter_variable_leaves_the_variables():
     assert len(optimizer.variables) == count
 
 
+@pytest.mark.parametrize("name, bad", [("beta_1", 0.0), ("beta_2", 1.0), ("weight_decay", -1.0),
+                                       ("learning_rate", 0.5)])
+def test_a_refused_variable_does_not_join_the_variables(name, bad):
+    """Keras tracks a variable set on an optimizer before the setter checks it."""
+    optimizer = Lion()
+    optimizer.build([one_variable()])
+    before = list(optimizer.variables)
+    with pytest.raises((ValueError, TypeError), match=f"{name}[`=]"):
+        setattr(optimizer, name, keras.Variable(bad))
+    assert [id(v) for v in optimizer.variables] == [id(v) for v in before]
+
+
 def test_a_variable_with_a_bad_value_is_refused():
     for argument, value in [("learning_rate", -0.01), ("beta_1", 0.0), ("weight_decay", -0.5)]:
         with pytest.raises(ValueError, match=f"`{argument}`"):

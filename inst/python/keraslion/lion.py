@@ -413,6 +413,15 @@ class Lion(keras.optimizers.Optimizer):
                 layout=_scale_layout(layout, int8.scale_shape(shape)), name=f"{name}_scale")
         return momentum
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Keras tracks a variable before a property's setter checks it, so a
+        # refused one stayed among the variables (and in the checkpoint). A
+        # setter sets a private attribute, tracked then, once the value is taken.
+        if isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # Hyperparameters a user may change between steps, checked when set ----------
 
     @property

@@ -48,7 +48,15 @@
 #' A variable given as learning rate, beta or weight decay is read inside
 #' the step, where its value cannot be checked: it is checked when it is
 #' given, not when it is `assign()`ed later, so keep what you assign in the
-#' argument's range (Keras's own optimizers check neither).
+#' argument's range (Keras's own optimizers check neither). On JAX, `fit()`
+#' holds the optimizer's variables, these included, as its own state
+#' during an epoch, and writes it back at the end: a value assigned when an
+#' epoch begins is used, but one assigned between batches only if the
+#' callback first reaches the model (`self$model` in a `keras3::Callback()`),
+#' which syncs that state, as for Keras's own optimizers. Under mixed
+#' precision on JAX and PyTorch, Keras's `LossScaleOptimizer` saves these
+#' variables too, by position with its own state: it loads its loss scale
+#' only into an optimizer with the same variable hyperparameters.
 #'
 #' @section Numerical limits:
 #' On JAX and TensorFlow, the CPU kernels (XLA, TensorFlow's) flush float32

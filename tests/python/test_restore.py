@@ -135,24 +135,31 @@ def test_keraslion_checkpoint_loads_into_keras_lion(fmt, tmp_path):
     assert_same(by_role(model.optimizer), by_role(source.optimizer))
 
 
-@pytest.mark.parametrize("saved_by", ["keras Lion", "keraslion 0.2"])
-def test_older_checkpoints_with_hyperparameter_variables_load(saved_by, tmp_path):
-    """Keras's Lion saves a `keras.Variable` beta after the learning rate, as
-    keraslion 0.2 saved one given as beta or weight decay: read and skipped."""
+@pytest.mark.parametrize("options", [{}, {"use_ema": True}, {"gradient_accumulation_steps": 2}])
+@pytest.mark.parametrize("saved_by",
+                         ["keras Lion", "keraslion 0.2", "keraslion 0.2 set after build"])
+def test_older_checkpoints_with_hyperparameter_variables_load(saved_by, options, tmp_path):
+    """Keras's Lion saves a `keras.Variable` beta, as keraslion 0.2 saved one
+    given as beta or weight decay: after the learning rate, or last if set
+    after the build. They are read and skipped."""
     if saved_by == "keras Lion":
         optimizer = keras.optimizers.Lion(learning_rate=0.01, beta_1=keras.Variable(0.8),
-                                          beta_2=keras.Variable(0.95))
+                                          beta_2=keras.Variable(0.95), **options)
     else:
-        optimizer = Lion(learning_rate=0.01, beta_1=keras.Variable(0.8),
-                         weight_decay=keras.Variable(0.1))
-        optimizer.beta_2 = keras.Variable(0.95)
+        optimizer = Lion(learning_rate=0.01, weight_decay=keras.Variable(0.1),
+                         skip_nonfinite=True, **options)
         # Keras's own saving, which keeps every variable (as keraslion 0.2 did).
         optimizer.save_own_variables = lambda store: keras.optimizers.Optimizer.save_own_variables(
             optimizer, store)
-    source = trained(optimizer)
+    source = make_model(optimizer)
+    if saved_by.endswith("after build"):
+        optimizer.beta_2 = keras.Variable(0.95)
+    source.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     path = save(source, tmp_path, "weights.h5")
     mine = keras.Variable(0.3)
-    for target in (Lion(learning_rate=0.02), Lion(learning_rate=0.02, weight_decay=mine)):
+    options = {**options, "skip_nonfinite": saved_by != "keras Lion"}
+    for target in (Lion(learning_rate=0.02, **options),
+                   Lion(learning_rate=0.02, weight_decay=mine, **options)):
         model = make_model(target)
         load_quietly(model, path)
         assert_same(by_role(model.optimizer), by_role(source.optimizer))

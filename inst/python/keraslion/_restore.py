@@ -14,8 +14,9 @@ callable), then per trainable variable the moving averages (`use_ema`),
 the gradient accumulators (`gradient_accumulation_steps`) and the
 momentums, and last keraslion's count of skipped steps (`skip_nonfinite`).
 Keras's Lion, and keraslion before 0.3.0, also saved a `keras.Variable` given
-as beta_1, beta_2 or weight_decay, after the learning rate: such entries
-are read and skipped (a hyperparameter's value is its owner's, not state).
+as beta_1, beta_2 or weight_decay: after the learning rate, or last if set
+after the build. Such entries are read and skipped (a hyperparameter's
+value is its owner's, not state).
 An int8 momentum is two variables, its codes and right after them its
 block scales; read as one momentum, it loads as it was saved into an int8
 momentum and decoded into a float one (a float momentum loads into int8
@@ -355,18 +356,22 @@ def candidate_readings(entries: list[Entry], trainables: list[Any]) -> Iterator[
     shapes = [tuple(v.shape) for v in trainables]
     stepped = [j for j, v in enumerate(trainables)
                if not getattr(v, "overwrite_with_gradient", False)]
-    for *flags, hyperparameters in itertools.product(*[(True, False)] * 4, range(4)):
+    # Saved hyperparameters lie after the learning rate (given or set before
+    # the build) or after everything (set after it).
+    for *flags, before, after in itertools.product(*[(True, False)] * 4, range(4), range(4)):
         options = Options(*flags)
         learning_rate, ema, accumulation, counter = flags
-        head = 1 + learning_rate + hyperparameters
-        body = entries[head:len(entries) - counter]
-        if len(entries) < head + counter or not scalars_fit(entries, options, hyperparameters):
+        head = 1 + learning_rate + before
+        body = entries[head:len(entries) - counter - after]
+        if (before + after > 3 or len(entries) < head + counter + after
+                or not scalars_fit(entries, options, before, after)):
             continue
         if any(e.kind != "float" for e in body):
             continue
         head_slots: list[Slot] = ([("iterations", None)] + [("learning_rate", None)] * learning_rate
-                                  + [("hyperparameter", None)] * hyperparameters)
-        tail_slots: list[Slot] = [("nonfinite_steps", None)] * counter
+                                  + [("hyperparameter", None)] * before)
+        tail_slots: list[Slot] = ([("nonfinite_steps", None)] * counter
+                                  + [("hyperparameter", None)] * after)
         roles = [role for role, on in zip(PER_VARIABLE, (ema, accumulation, True)) if on]
         # The checkpoint's model had these very variables (EMA and momentum
         # skip those overwritten with their gradient, accumulators do not).
@@ -395,15 +400,15 @@ def candidate_readings(entries: list[Entry], trainables: list[Any]) -> Iterator[
         yield Reading(options, tuple(head_slots + slots + tail_slots), 1, ambiguous=ways > 1)
 
 
-def scalars_fit(entries: list[Entry], options: Options, hyperparameters: int) -> bool:
+def scalars_fit(entries: list[Entry], options: Options, before: int, after: int) -> bool:
     def is_scalar(entry: Entry, kind: str) -> bool:
         return entry.shape == () and entry.kind == kind
 
-    floats = entries[1:1 + options.learning_rate + hyperparameters]
+    end = len(entries) - after
+    floats = entries[1:1 + options.learning_rate + before] + entries[end:]
     return (is_scalar(entries[0], "int")
-            and len(floats) == options.learning_rate + hyperparameters
             and all(is_scalar(entry, "float") for entry in floats)
-            and (not options.counter or is_scalar(entries[-1], "int")))
+            and (not options.counter or is_scalar(entries[end - 1], "int")))
 
 
 def align(saved: list[tuple[int, ...]], trainables: list[Any]) -> tuple[int, list[int | None]]:

@@ -170,7 +170,14 @@ class Lion(keras.optimizers.Optimizer):
     variable) follows. A `keras.Variable` given as a hyperparameter is
     read inside the step, where it cannot be checked: it is checked when
     given, not when `assign()`ed later (Keras's own optimizers check
-    neither), so keep what you assign in range.
+    neither), so keep what you assign in range. On JAX, `fit()` holds the
+    optimizer's variables, these included, as its own state during an
+    epoch: a value assigned when an epoch begins is used, but one assigned
+    between batches only if the callback first reads `self.model` (which
+    syncs that state), as for Keras's own optimizers. Under mixed precision
+    on JAX and PyTorch, Keras's `LossScaleOptimizer` saves these variables
+    too, by position with its own state: it loads its loss scale only into
+    an optimizer with the same variable hyperparameters.
 
     Numerical limits: on JAX and TensorFlow the CPU kernels flush float32
     subnormals (below about 1.2e-38) to 0, so an element whose

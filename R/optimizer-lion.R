@@ -55,8 +55,8 @@
 #' callback first reaches the model (`self$model` in a `keras3::Callback()`),
 #' which syncs that state, as for Keras's own optimizers. Under mixed
 #' precision on JAX and PyTorch, Keras's `LossScaleOptimizer` saves these
-#' variables too, by position with its own state: it loads its loss scale
-#' only into an optimizer with the same variable hyperparameters.
+#' variables too, by position with its own state, and loads them back: its
+#' state loads only into an optimizer with the same variable hyperparameters.
 #'
 #' @section Numerical limits:
 #' On JAX and TensorFlow, the CPU kernels (XLA, TensorFlow's) flush float32

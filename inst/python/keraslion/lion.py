@@ -176,8 +176,8 @@ class Lion(keras.optimizers.Optimizer):
     between batches only if the callback first reads `self.model` (which
     syncs that state), as for Keras's own optimizers. Under mixed precision
     on JAX and PyTorch, Keras's `LossScaleOptimizer` saves these variables
-    too, by position with its own state: it loads its loss scale only into
-    an optimizer with the same variable hyperparameters.
+    too, by position with its own state, and loads them back: its state
+    loads only into an optimizer with the same variable hyperparameters.
 
     Numerical limits: on JAX and TensorFlow the CPU kernels flush float32
     subnormals (below about 1.2e-38) to 0, so an element whose

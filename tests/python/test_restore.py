@@ -141,7 +141,8 @@ def test_keraslion_checkpoint_loads_into_keras_lion(fmt, tmp_path):
 def test_older_checkpoints_with_hyperparameter_variables_load(saved_by, options, tmp_path):
     """Keras's Lion saves a `keras.Variable` beta, as keraslion 0.2 saved one
     given as beta or weight decay: after the learning rate, or last if set
-    after the build. They are read and skipped."""
+    after the build. They are read and skipped, with a warning (a scalar
+    weight's momentum would look the same)."""
     if saved_by == "keras Lion":
         optimizer = keras.optimizers.Lion(learning_rate=0.01, beta_1=keras.Variable(0.8),
                                           beta_2=keras.Variable(0.95), **options)
@@ -158,12 +159,47 @@ def test_older_checkpoints_with_hyperparameter_variables_load(saved_by, options,
     path = save(source, tmp_path, "weights.h5")
     mine = keras.Variable(0.3)
     options = {**options, "skip_nonfinite": saved_by != "keras Lion"}
+    skipped = {"keras Lion": "0.8, 0.95", "keraslion 0.2": "0.1"}.get(saved_by, "0.1, 0.95")
     for target in (Lion(learning_rate=0.02, **options),
                    Lion(learning_rate=0.02, weight_decay=mine, **options)):
         model = make_model(target)
-        load_quietly(model, path)
+        with pytest.warns(StateWarning, match=f"skipped the saved scalars {skipped}, read as"):
+            model.load_weights(path)
         assert_same(by_role(model.optimizer), by_role(source.optimizer))
     assert float(to_numpy(mine)) == pytest.approx(0.3)
+
+
+class Scalar(keras.layers.Layer):
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+
+    def call(self, x):
+        return x * self.scale
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_the_momentum_of_a_scalar_weight_the_model_lost_is_dropped_with_a_warning(
+        where, tmp_path):
+    """Saved where a hyperparameter variable would be: not dropped quietly."""
+    def model(scalar):
+        keras.utils.set_random_seed(3)
+        layers = [keras.Input((5,)), keras.layers.Dense(2, name="dense")]
+        if scalar:
+            layers.insert(1 if where == "first" else 2, Scalar(name="scalar"))
+        built = keras.Sequential(layers)
+        built.compile(optimizer=Lion(learning_rate=0.01), loss="mse")
+        built.optimizer.build(built.trainable_variables)
+        return built
+
+    source = model(scalar=True)
+    source.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    path = save(source, tmp_path, "weights.h5")
+    target = model(scalar=False)
+    with pytest.warns(StateWarning, match="scalar weights this model does not have"):
+        target.load_weights(path)
+    expected = by_role(source.optimizer)
+    del expected["momentum/scalar/scale"]
+    assert_same(by_role(target.optimizer), expected)
 
 
 def test_keras_lion_skips_a_checkpoint_with_the_counter(tmp_path):

@@ -15,8 +15,9 @@ the gradient accumulators (`gradient_accumulation_steps`) and the
 momentums, and last keraslion's count of skipped steps (`skip_nonfinite`).
 Keras's Lion, and keraslion before 0.3.0, also saved a `keras.Variable` given
 as beta_1, beta_2 or weight_decay: after the learning rate, or last if set
-after the build. Such entries are read and skipped (a hyperparameter's
-value is its owner's, not state).
+after the build. Such entries are read and skipped with a `StateWarning`
+(a hyperparameter's value is its owner's, not state; but a scalar weight's
+momentum looks the same, where the model lost that weight).
 An int8 momentum is two variables, its codes and right after them its
 block scales; read as one momentum, it loads as it was saved into an int8
 momentum and decoded into a float one (a float momentum loads into int8
@@ -313,9 +314,11 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
     saved_roles = {"iterations", "momentum", *(["average"] * saved.ema),
                    *(["accumulator"] * saved.accumulation), *(["nonfinite_steps"] * saved.counter)}
     dropped: dict[tuple[str, str], list[str]] = {}
+    skipped: list[str] = []  # saved hyperparameter variables
     for i, (entry, slot) in enumerate(zip(entries, reading.slots)):
         variable = own.get(slot)
         if slot[0] == "hyperparameter":
+            skipped.append(f"{float(entry.value):.6g}")
             continue
         if variable is None:
             if optimizer.built or slot[0] == "learning_rate":  # Else said once, above.
@@ -334,6 +337,12 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
             plan.loads.append((variable, entry))
     plan.dropped = [f"dropped {what}{f' of {summary(of, 4)}' if of else ''}: {reason}"
                     for (what, reason), of in dropped.items()]
+    if skipped:
+        # Said, as the reading may be wrong: a scalar weight's momentum looks alike.
+        plan.dropped.append(
+            f"skipped the saved scalars {', '.join(skipped)}, read as variables given as "
+            "beta_1, beta_2 or weight_decay (which Keras's Lion and keraslion 0.2 saved; they "
+            "are not state), or else momentums of scalar weights this model does not have")
 
     missing = [slot for slot in own if slot not in reading.slots and slot[0] != "learning_rate"]
     lacked = [slot for slot in missing if slot[0] in saved_roles]

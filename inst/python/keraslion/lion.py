@@ -361,9 +361,9 @@ class Lion(keras.optimizers.Optimizer):
         )
         if followed is not None:
             self._follow_learning_rate(followed)
-        # Set again now that Keras tracks variables (it set it before), so that a
-        # variable given here is followed as one set later is.
-        self.weight_decay = self._weight_decay
+        if isinstance(self._weight_decay, keras.Variable):
+            # Keras set it before it tracked variables: tracked now, as one set later is.
+            self._tracker.track(self._weight_decay)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.momentum_dtype = momentum_dtype

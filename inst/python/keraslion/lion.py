@@ -587,7 +587,7 @@ class Lion(keras.optimizers.Optimizer):
         when traced); a variable it replaces leaves them, unless still in use."""
         previous = getattr(self, attribute, None)
         setattr(self, attribute, value)
-        if (isinstance(previous, keras.Variable) and hasattr(self, "_tracker")
+        if (isinstance(previous, keras.Variable)
                 and not any(previous is v for v in self._followed_hyperparameters())
                 and previous is not self._learning_rate):
             self._untrack_variable(previous)

@@ -117,7 +117,11 @@
 #' are told apart by their values; where the values cannot tell, they load
 #' as this optimizer's options say. Keras's own Lion loads a keraslion
 #' checkpoint only when the variables are the same (its own loader skips
-#' them all otherwise).
+#' them all otherwise). Under mixed precision, Keras's `LossScaleOptimizer`
+#' saves its loss scale with the Lion's variables by position: where the
+#' Lion's options change their number, the Lion's state loads but the loss
+#' scale starts afresh, and Keras's warning that it skipped an optimizer's
+#' variables is an R warning of the same class.
 #'
 #' The warning is signalled while Python is loading: a `tryCatch()` for it
 #' gets it only after the top-level call returns (unwinding through Python

@@ -416,14 +416,39 @@ def test_a_momentum_loaded_into_float16_saturates(tmp_path):
 def test_state_warnings_can_be_routed(monkeypatch):
     shown, routed = [], []
     monkeypatch.setattr(warnings, "showwarning", lambda *args, **kwargs: shown.append(args[0]))
-    _restore.route_state_warnings(routed.append)
-    _restore.route_state_warnings(routed.append)  # Twice: still once.
+    skipped = _restore.KERAS_SKIPPED_OPTIMIZER + " 'adam', because it has 3 variables"
     with warnings.catch_warnings():
+        _restore.route_state_warnings(routed.append)
+        _restore.route_state_warnings(routed.append)  # Twice: still once.
+        for _ in range(2):  # Keras's warning too, each time (a UserWarning shows once).
+            warnings.warn(skipped, UserWarning, stacklevel=1)
         warnings.simplefilter("always")
         warnings.warn("state", StateWarning, stacklevel=1)
         warnings.warn("other", UserWarning, stacklevel=1)
-    assert routed == ["state"]
+    assert routed == [skipped, skipped, "state"]
     assert [str(w) for w in shown] == ["other"]
+
+
+def test_a_loss_scale_optimizer_that_skips_its_state_is_routed(monkeypatch, tmp_path):
+    # Mixed precision: Keras's LossScaleOptimizer saves its loss scale with
+    # the Lion's variables by position, and skips them all (with a plain
+    # UserWarning) where the Lion's options change their number. The Lion's
+    # own state loads; its loss scale starting afresh must reach R users too.
+    def wrapped(**options):
+        return keras.optimizers.LossScaleOptimizer(Lion(**options), initial_scale=64.0)
+
+    source = make_model(wrapped())
+    source.optimizer.dynamic_scale.assign(8.0)
+    path = save(source, tmp_path, "weights.h5")
+    model = make_model(wrapped(use_ema=True))
+    routed = []
+    monkeypatch.setattr(warnings, "showwarning", lambda *args, **kwargs: None)
+    with warnings.catch_warnings():
+        _restore.route_state_warnings(routed.append)
+        model.load_weights(path)
+    assert len(routed) == 1
+    assert routed[0].startswith(f"{_restore.KERAS_SKIPPED_OPTIMIZER} 'loss_scale_optimizer")
+    assert value(model.optimizer.dynamic_scale) == 64.0
 
 
 @pytest.mark.parametrize("saved, loaded", [

@@ -203,7 +203,11 @@ class Lion(keras.optimizers.Optimizer):
     `model.load_weights(path, skip_mismatch=True)` it is a `StateWarning`
     instead, and the rest loads. Moving averages and gradient accumulators
     lie alike in a checkpoint: their values tell them apart, or, where they
-    cannot, they load as this optimizer's options say.
+    cannot, they load as this optimizer's options say. Under mixed
+    precision, Keras's `LossScaleOptimizer` saves its loss scale with the
+    Lion's variables by position: where the Lion's options change their
+    number, the Lion's state loads but the loss scale starts afresh (with
+    Keras's warning, which the R package signals as an R warning).
 
     One-byte momentum (`momentum_dtype="int8"`): each momentum element is
     an int8 code, and each block of 256 along the last axis (or shorter

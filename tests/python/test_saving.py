@@ -7,6 +7,9 @@ variable, and training the loaded model on gives bit for bit the weights of
 a run that never stopped. Runs on the current Keras backend.
 """
 
+import copy
+import pickle
+
 import keras
 import numpy as np
 import pytest
@@ -101,3 +104,40 @@ def test_resuming_from_a_saved_model_is_bit_exact(settings, tmp_path):
     for weight, expected in zip(loaded.weights, reference.weights):
         np.testing.assert_array_equal(to_numpy(weight), to_numpy(expected), err_msg=weight.path)
     assert_identical(optimizer_state(optimizer), optimizer_state(reference.optimizer))
+
+
+COPIES = {"deepcopy": copy.deepcopy, "pickle": lambda x: pickle.loads(pickle.dumps(x))}
+
+
+@pytest.mark.parametrize("make_copy", COPIES.values(), ids=COPIES.keys())
+def test_a_copied_model_keeps_the_optimizer_state(make_copy):
+    # Keras copies and pickles through its saving code: the copy's optimizer
+    # is built with the copy's weights and loads the state.
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(300, activation="tanh"),
+                              keras.layers.Dense(2)])  # a kernel large enough for int8 codes
+    model.compile(optimizer=Lion(0.01, momentum_dtype="int8", use_ema=True,
+                                 skip_nonfinite=True), loss="mse")
+    fit(model, 0, 1)
+    copied = make_copy(model)
+    assert copied.optimizer is not model.optimizer
+    assert copied.optimizer.get_config() == model.optimizer.get_config()
+    assert_identical(optimizer_state(copied.optimizer), optimizer_state(model.optimizer))
+    assert int(to_numpy(copied.optimizer.iterations)) == 7
+
+
+@pytest.mark.parametrize("make_copy", COPIES.values(), ids=COPIES.keys())
+def test_an_unbuilt_optimizer_copies_and_a_built_one_refuses(make_copy):
+    optimizer = Lion(0.01, beta_1=0.8, weight_decay=0.1, momentum_dtype="int8",
+                     exclude_from_weight_decay=["bias"])
+    assert make_copy(optimizer).get_config() == optimizer.get_config()  # Keras's contract
+
+    # Built, its copy would be an unbuilt optimizer without the state (Keras's
+    # own drop it with a warning): refused, saying what keeps the state.
+    model = build_model(optimizer)
+    fit(model, 0, 1)
+    before = optimizer_state(optimizer)
+    with pytest.raises(TypeError, match=r"built optimizer .* Copy or pickle the model instead"):
+        make_copy(optimizer)
+    assert_identical(optimizer_state(optimizer), before)
+    fresh = Lion.from_config(optimizer.get_config())
+    assert fresh.get_config() == optimizer.get_config()

@@ -157,3 +157,25 @@ test_that("callback_backup_and_restore() resumes a run that died in epoch 3", {
   uninterrupted <- run_in_new_r(train, list(data$x, data$y, withr::local_tempdir()))
   expect_identical(resumed, uninterrupted)
 })
+
+test_that("a pickled model keeps its Lion's state; a built Lion alone refuses", {
+  skip_if_no_keras3()
+  data <- iris_data()
+  model <- linear_probe(optimizer_lion(learning_rate = 0.01))
+  keras3::fit(model, data$x, iris$Petal.Width, epochs = 1, batch_size = 50, verbose = 0)
+  path <- withr::local_tempfile(fileext = ".pickle")
+
+  # Its copy would be an unbuilt optimizer without the state.
+  before <- lapply(model$optimizer$variables, as_r_array)
+  expect_error(
+    reticulate::py_save_object(model$optimizer, path),
+    "Cannot copy or pickle the built optimizer"
+  )
+  expect_identical(lapply(model$optimizer$variables, as_r_array), before)
+
+  reticulate::py_save_object(model, path)
+  copy <- reticulate::py_load_object(path)
+  expect_s3_class(copy$optimizer, "keraslion.lion.Lion")
+  expect_identical(lapply(copy$optimizer$variables, as_r_array), before)
+  expect_equal(as.integer(as_r_array(copy$optimizer$iterations)), 3L)
+})

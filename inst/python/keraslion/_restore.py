@@ -138,6 +138,9 @@ def load_own_variables(optimizer: Any, store: Any) -> None:
     mismatches (`load_weights(..., skip_mismatch=True)`): then it is
     warned about and starts fresh.
     """
+    if not optimizer.built and unpickling():
+        start_copy_afresh(optimizer, store)
+        return
     own = own_slots(optimizer)
     if own is None:
         load_by_index(optimizer, store)
@@ -201,6 +204,36 @@ def into_dtype(value: np.ndarray, dtype: Any) -> np.ndarray:
         return value
     largest = float(np.finfo(np.float16).max)
     return np.where(np.abs(value) > largest, np.sign(value) * largest, value).astype(np.float16)
+
+
+def unpickling() -> bool:
+    """Whether Keras is unpickling, or deep-copying, an object that holds
+    this optimizer (it saves the object, then loads a new one from the file)."""
+    unpickle = getattr(keras.optimizers.Optimizer._unpickle_model, "__func__", None)
+    frame = sys._getframe(1)
+    while frame is not None:
+        if unpickle is not None and frame.f_code is unpickle.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def start_copy_afresh(optimizer: Any, store: Any) -> None:
+    """A copy of a built optimizer, made on its own, is not built: it has no
+    place for the state, and starts afresh with its options (as Keras's
+    own optimizers do); said where the state had steps or skipped steps
+    (the saved int scalars: the iteration count first), which the copy loses."""
+    values = [np.asarray(store[str(i)]) for i in range(len(store.keys()))]
+    steps, *skipped = [int(v) for v in values if v.shape == () and v.dtype.kind in "iu"] or [0]
+    if steps or any(skipped):
+        taken = f"{steps} step{'' if steps == 1 else 's'}" + (
+            f" and {sum(skipped)} skipped" if any(skipped) else "")
+        warnings.warn(
+            f"The copy of optimizer '{optimizer.name}' is not built, so it starts afresh, "
+            f"without the state saved with it after {taken} (momentums and the like): "
+            "only a copy of the model keeps its optimizer's state (`copy.deepcopy(model)`, "
+            "`pickle.dumps(model)`; from R, `reticulate::py_save_object(model, file)`).",
+            StateWarning, stacklevel=3)
 
 
 def keras_skips_mismatch() -> bool:

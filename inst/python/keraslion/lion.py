@@ -209,9 +209,9 @@ class Lion(keras.optimizers.Optimizer):
     number, the Lion's state loads but the loss scale starts afresh (with
     Keras's warning, which the R package signals as an R warning). A model
     copied or pickled (`copy.deepcopy(model)`, `pickle.dumps(model)`) keeps
-    its optimizer's state; a built optimizer on its own refuses to be
-    (a `TypeError`: its copy would lose the state, where Keras's own
-    optimizers drop it with a warning).
+    its optimizer's state. A built optimizer copied or pickled on its own
+    comes back unbuilt, with its options but without its state (it has no
+    variables to hold it yet), with a `StateWarning` if the state had steps.
 
     One-byte momentum (`momentum_dtype="int8"`): each momentum element is
     an int8 code, and each block of 256 along the last axis (or shorter
@@ -862,20 +862,6 @@ class Lion(keras.optimizers.Optimizer):
         # Keras loads by index and skips everything when options add or drop
         # a variable; this matches by role and variable path instead.
         _restore.load_own_variables(self, store)
-
-    def __reduce__(self) -> Any:
-        # Keras pickles (and so copies) an optimizer by saving it and loading
-        # the file into a new one, which is not built and has no place for
-        # the state (Keras's own optimizers drop it with a warning).
-        if self.built:
-            raise TypeError(
-                f"Cannot copy or pickle the built optimizer {self.name!r} on its own: "
-                "its state (the iteration count, the momentums) belongs to the model's "
-                "weights, and the copy would lose it. Copy or pickle the model instead "
-                "(`copy.deepcopy(model)`, `pickle.dumps(model)`: the copy's optimizer "
-                "keeps the state), or make a fresh optimizer with the same options: "
-                "`Lion.from_config(optimizer.get_config())`.")
-        return super().__reduce__()
 
     def get_config(self) -> dict[str, Any]:
         if _is_plain_callable(self._learning_rate):

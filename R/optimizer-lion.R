@@ -121,9 +121,10 @@
 #' saves its loss scale with the Lion's variables by position: where the
 #' Lion's options change their number, the Lion's state loads but the loss
 #' scale starts afresh, and Keras's warning that it skipped an optimizer's
-#' variables is an R warning of the same class. A built optimizer cannot be
-#' pickled on its own (`reticulate::py_save_object()` is an error: the copy
-#' would lose its state); pickle the model, whose copy keeps it.
+#' variables is an R warning of the same class. A model pickled
+#' (`reticulate::py_save_object(model, file)`) keeps its optimizer's state;
+#' a built optimizer pickled on its own comes back unbuilt, with its
+#' options but without its state, with this warning if it had taken steps.
 #'
 #' The warning is signalled while Python is loading: a `tryCatch()` for it
 #' gets it only after the top-level call returns (unwinding through Python

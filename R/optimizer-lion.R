@@ -53,10 +53,7 @@
 #' during an epoch, and writes it back at the end: a value assigned when an
 #' epoch begins is used, but one assigned between batches only if the
 #' callback first reaches the model (`self$model` in a `keras3::Callback()`),
-#' which syncs that state, as for Keras's own optimizers. Under mixed
-#' precision on JAX and PyTorch, Keras's `LossScaleOptimizer` saves these
-#' variables too, by position with its own state, and loads them back: its
-#' state loads only into an optimizer with the same variable hyperparameters.
+#' which syncs that state, as for Keras's own optimizers.
 #'
 #' @section Numerical limits:
 #' On JAX and TensorFlow, the CPU kernels (XLA, TensorFlow's) flush float32
@@ -117,21 +114,24 @@
 #' are told apart by their values; where the values cannot tell, they load
 #' as this optimizer's options say. Keras's own Lion loads a keraslion
 #' checkpoint only when the variables are the same (its own loader skips
-#' them all otherwise). Under mixed precision, Keras's `LossScaleOptimizer`
-#' saves its loss scale with the Lion's variables by position: where the
-#' Lion's options change their number, the Lion's state loads but the loss
-#' scale starts afresh, and Keras's warning that it skipped an optimizer's
-#' variables is an R warning of the same class. A model pickled
+#' them all otherwise). Under mixed precision (`"mixed_float16"`),
+#' `compile()` wraps the Lion in Keras's `LossScaleOptimizer`: its own state
+#' (loss scale, step counter) loads whatever the Lion's options, and the
+#' Lion's as above (Keras's own loader assigned the Lion's variables by
+#' position, which skipped the loss scale, failed, or left saved moving
+#' averages in gradient accumulators). A model pickled
 #' (`reticulate::py_save_object(model, file)`) keeps its optimizer's state;
 #' a built optimizer pickled on its own comes back unbuilt, with its
 #' options but without its state, with this warning if it had taken steps.
 #'
-#' The warning is signalled while Python is loading: a `tryCatch()` for it
-#' gets it only after the top-level call returns (unwinding through Python
-#' would crash R), and a calling handler must not leave by an error
+#' The warning is signalled while Python is loading, and R must not leave
+#' Python's frames by a jump: a `tryCatch()` or `rlang::try_fetch()` for it
+#' does not get it (the warning is signalled once the top-level call has
+#' returned), and a calling handler must not leave by an error
 #' (`withCallingHandlers(..., keraslion_warning_state = function(w) stop(w))`
-#' inside `try()` crashes R). To make dropped state an error, use
-#' `options(warn = 2)`, which stops the load cleanly.
+#' crashes R, at once or at a later call). To make dropped state an error,
+#' use `options(warn = 2)`: the load stops with an error before anything is
+#' put into the Lion.
 #'
 #' @param learning_rate The learning rate: a number >= 0, a
 #'   `LearningRateSchedule` (e.g. from `keras3::learning_rate_schedule_cosine_decay()`),

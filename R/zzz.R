@@ -52,16 +52,26 @@ warn_state <- function(message) {
 # for one of `classes`. Calling handlers (withCallingHandlers(),
 # suppressWarnings(), testthat's expect_warning()) are safe and not counted.
 exiting_handler_catches <- function(classes) {
-  catchers <- list(base::tryCatch, rlang::try_fetch)
   for (i in seq_len(sys.nframe())) {
-    fn <- sys.function(i)
-    if (any(vapply(catchers, identical, logical(1), fn))) {
-      if (any(names(sys.call(i)) %in% classes)) {
-        return(TRUE)
-      }
+    if (any(handled_classes(sys.function(i), sys.frame(i), sys.call(i)) %in% classes)) {
+      return(TRUE)
     }
   }
   FALSE
+}
+
+# The classes a tryCatch() or try_fetch() frame handles, from its evaluated
+# handlers: names injected with `!!` (testthat's expect_no_warning() calls
+# `try_fetch(code, !!class := handler)`) do not show in the call.
+handled_classes <- function(fn, frame, call) {
+  if (identical(fn, base::tryCatch)) {
+    return(get0("classes", envir = frame, inherits = FALSE) %||% names(call))
+  }
+  if (identical(fn, rlang::try_fetch)) {
+    handlers <- tryCatch(eval(quote(rlang::list2(...)), frame), error = function(e) NULL)
+    return(names(handlers) %||% names(call))
+  }
+  NULL
 }
 
 # Loading a saved model finds `Lion` only once the Python module keraslion has

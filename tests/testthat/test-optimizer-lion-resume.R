@@ -68,3 +68,44 @@ test_that("a model saved mid-training resumes bit for bit from R", {
   expect_identical(values(loaded$weights), values(uninterrupted$weights))
   expect_identical(values(optimizer$variables), values(uninterrupted$optimizer$variables))
 })
+
+test_that("under mixed precision a checkpoint loads into a Lion with other options", {
+  skip_if_no_keras3()
+  keras3::config_set_dtype_policy("mixed_float16")
+  withr::defer(keras3::config_set_dtype_policy("float32"))
+  data <- iris_data()
+  # compile() wraps the Lion in Keras's LossScaleOptimizer, which saves its
+  # loss scale, then the Lion's variables, all by position.
+  trained <- function(...) {
+    model <- linear_probe(optimizer_lion(learning_rate = 0.01, ...))
+    keras3::fit(model, data$x, iris$Petal.Width, epochs = 1, batch_size = 50, verbose = 0)
+    model
+  }
+  source <- trained(use_ema = TRUE, skip_nonfinite = TRUE)
+  source$optimizer$dynamic_scale$assign(8)
+  path <- withr::local_tempfile(fileext = ".weights.h5")
+  keras3::save_model_weights(source, path)
+
+  # Options with as many variables, of the same shapes: the moving averages
+  # must not land in the gradient accumulators.
+  model <- trained(gradient_accumulation_steps = 2L, skip_nonfinite = TRUE)
+  lion <- model$optimizer$inner_optimizer
+  accumulators <- lapply(lion$`_accumulated_gradients`, as_r_array)
+  expect_error(keras3::load_model_weights(model, path), "look like the moving averages")
+  expect_identical(lapply(lion$`_accumulated_gradients`, as_r_array), accumulators)
+  expect_equal(as.numeric(as_r_array(model$optimizer$dynamic_scale)), 8)
+
+  # Another count of variables: the loss scale loads, and the Lion's state
+  # but for what its options have no place for (said in a warning).
+  model <- trained()
+  expect_warning(
+    keras3::load_model_weights(model, path),
+    "dropped the moving averages",
+    class = "keraslion_warning_state"
+  )
+  expect_equal(as.numeric(as_r_array(model$optimizer$dynamic_scale)), 8)
+  expect_equal(
+    as_r_array(model$optimizer$inner_optimizer$iterations),
+    as_r_array(source$optimizer$inner_optimizer$iterations)
+  )
+})

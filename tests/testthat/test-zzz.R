@@ -112,35 +112,6 @@ test_that("state dropped while loading a checkpoint arrives as an R warning", {
   )
 })
 
-test_that("Keras skipping a LossScaleOptimizer's saved state arrives as an R warning", {
-  skip_if_not(keraslion_available())
-  keras <- keras_module()
-  # Mixed precision wraps the Lion in Keras's LossScaleOptimizer, which saves
-  # its loss scale with the Lion's variables by position and skips them all
-  # where the Lion's options change their number (the Lion's own state loads).
-  make_model <- function(...) {
-    model <- keras$Sequential(list(keras$Input(shape = list(3L)), keras$layers$Dense(2L)))
-    optimizer <- keras$optimizers$LossScaleOptimizer(optimizer_lion(...), initial_scale = 64)
-    model$compile(optimizer = optimizer, loss = "mse")
-    model$optimizer$build(model$trainable_variables)
-    model
-  }
-  source <- make_model()
-  source$optimizer$dynamic_scale$assign(8)
-  path <- withr::local_tempfile(fileext = ".weights.h5")
-  source$save_weights(path)
-
-  model <- make_model(use_ema = TRUE)
-  for (attempt in 1:2) { # every time, not once per session
-    expect_warning(
-      model$load_weights(path),
-      "Skipping variable loading for optimizer",
-      class = "keraslion_warning_state"
-    )
-  }
-  expect_equal(as.numeric(as_r_array(model$optimizer$dynamic_scale)), 64)
-})
-
 test_that("a tryCatch() around a load that warns does not crash R", {
   skip_if_not(keraslion_available())
   keras <- keras_module()
@@ -171,4 +142,18 @@ test_that("a tryCatch() around a load that warns does not crash R", {
   caught <- rlang::catch_cnd(model$load_weights(path), classes = "warning")
   expect_null(caught)
   expect_equal(as.integer(as_r_array(model$optimizer$iterations)), 5L)
+
+  # Also where the handler's class is injected (testthat's expect_no_warning()
+  # does this): it does not show in the call.
+  class <- "warning"
+  result <- rlang::try_fetch(
+    {
+      model$load_weights(path)
+      "loaded"
+    },
+    !!class := function(w) "caught"
+  )
+  expect_equal(result, "loaded")
+  model$optimizer$iterations$assign(1L)
+  expect_equal(as.integer(as_r_array(model$optimizer$iterations)), 1L)
 })

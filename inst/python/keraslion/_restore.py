@@ -608,37 +608,19 @@ def fresh_value(optimizer: Any, role: str, index: int | None, variable: keras.Va
     return keras.ops.zeros(variable.shape, variable.dtype)
 
 
-#: How Keras's own `load_own_variables` begins its warning that it skipped
-#: all of an optimizer's saved variables: a `LossScaleOptimizer`'s (mixed
-#: precision), whose loss scale then starts afresh, or any Keras optimizer's.
-KERAS_SKIPPED_OPTIMIZER = "Skipping variable loading for optimizer"
-
-
-def drops_state(message: Any, category: type[Warning]) -> bool:
-    """Whether a warning says that optimizer state was dropped."""
-    return issubclass(category, StateWarning) or (
-        issubclass(category, UserWarning) and str(message).startswith(KERAS_SKIPPED_OPTIMIZER))
-
-
 def route_state_warnings(callback: Callable[[str], Any]) -> None:
-    """Sends each warning that optimizer state was dropped (a `StateWarning`,
-    or Keras's own for an optimizer it skipped) that Python would show to
-    `callback(message)` instead, every time.
+    """Sends each `StateWarning` that Python would show to `callback(message)` instead.
 
     The R package passes a function that signals an R warning. Other
     warnings, and those raised off the main thread, are shown as before.
     """
-    # Keras's is a UserWarning, by default shown once per place in the code;
-    # a repeated load drops state again. Appended: a user's own filter wins.
-    warnings.filterwarnings("always", message=KERAS_SKIPPED_OPTIMIZER, category=UserWarning,
-                            append=True)
     current = warnings.showwarning
     previous = getattr(current, "_keraslion_previous", current)
 
     def showwarning(message: Any, category: type[Warning], filename: str, lineno: int,
                     file: Any = None, line: str | None = None) -> None:
         on_main_thread = threading.current_thread() is threading.main_thread()
-        if drops_state(message, category) and on_main_thread:
+        if issubclass(category, StateWarning) and on_main_thread:
             callback(str(message))
         else:
             previous(message, category, filename, lineno, file, line)

@@ -174,10 +174,7 @@ class Lion(keras.optimizers.Optimizer):
     optimizer's variables, these included, as its own state during an
     epoch: a value assigned when an epoch begins is used, but one assigned
     between batches only if the callback first reads `self.model` (which
-    syncs that state), as for Keras's own optimizers. Under mixed precision
-    on JAX and PyTorch, Keras's `LossScaleOptimizer` saves these variables
-    too, by position with its own state, and loads them back: its state
-    loads only into an optimizer with the same variable hyperparameters.
+    syncs that state), as for Keras's own optimizers.
 
     Numerical limits: on JAX and TensorFlow the CPU kernels flush float32
     subnormals (below about 1.2e-38) to 0, so an element whose
@@ -204,10 +201,12 @@ class Lion(keras.optimizers.Optimizer):
     instead, and the rest loads. Moving averages and gradient accumulators
     lie alike in a checkpoint: their values tell them apart, or, where they
     cannot, they load as this optimizer's options say. Under mixed
-    precision, Keras's `LossScaleOptimizer` saves its loss scale with the
-    Lion's variables by position: where the Lion's options change their
-    number, the Lion's state loads but the loss scale starts afresh (with
-    Keras's warning, which the R package signals as an R warning). A model
+    precision, Keras's `LossScaleOptimizer` around a Lion loads its own
+    state (loss scale, step counter) whatever the Lion's options, and the
+    Lion its own as above (importing keraslion gives the wrapper this
+    loader around a Lion; Keras's assigned the Lion's variables by
+    position, which skipped the loss scale, failed, or left saved moving
+    averages in gradient accumulators). A model
     copied or pickled (`copy.deepcopy(model)`, `pickle.dumps(model)`) keeps
     its optimizer's state. A built optimizer copied or pickled on its own
     comes back unbuilt, with its options but without its state (it has no

@@ -119,19 +119,24 @@
 #' (loss scale, step counter) loads whatever the Lion's options, and the
 #' Lion's as above (Keras's own loader assigned the Lion's variables by
 #' position, which skipped the loss scale, failed, or left saved moving
-#' averages in gradient accumulators). A model pickled
+#' averages in gradient accumulators). Checkpoints also load between mixed
+#' precision and without it; a loss scale saved under mixed precision has
+#' no place without it and is dropped with the warning. A model pickled
 #' (`reticulate::py_save_object(model, file)`) keeps its optimizer's state;
 #' a built optimizer pickled on its own comes back unbuilt, with its
 #' options but without its state, with this warning if it had taken steps.
 #'
 #' The warning is signalled while Python is loading, and R must not leave
-#' Python's frames by a jump: a `tryCatch()` or `rlang::try_fetch()` for it
-#' does not get it (the warning is signalled once the top-level call has
-#' returned), and a calling handler must not leave by an error
+#' Python's frames by a jump. So a `tryCatch()` or `rlang::try_fetch()` for
+#' it does not get it, nor do testthat's `expect_no_warning()` and
+#' `expect_no_condition()`, which use one: the load completes, and the
+#' warning is signalled once the top-level call has returned (under
+#' `options(warn = 2)` too). Calling handlers get it (`withCallingHandlers()`,
+#' `suppressWarnings()`, `expect_warning()`), but must not leave by an error
 #' (`withCallingHandlers(..., keraslion_warning_state = function(w) stop(w))`
 #' crashes R, at once or at a later call). To make dropped state an error,
-#' use `options(warn = 2)`: the load stops with an error before anything is
-#' put into the Lion.
+#' use `options(warn = 2)` outside such a `tryCatch()`: the load stops with
+#' an error before anything is put into the Lion.
 #'
 #' @param learning_rate The learning rate: a number >= 0, a
 #'   `LearningRateSchedule` (e.g. from `keras3::learning_rate_schedule_cosine_decay()`),

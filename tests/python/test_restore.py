@@ -519,3 +519,54 @@ def test_a_loss_scale_optimizer_around_another_optimizer_loads_as_keras_loads(tm
     model = make_model(keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(amsgrad=True)))
     with pytest.warns(UserWarning, match="Skipping variable loading for optimizer"):
         model.load_weights(path)
+
+
+class Scalars(keras.layers.Layer):
+    """Two scalar weights first: their momentums are scalars, as the loss scale is."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+        self.shift = self.add_weight(shape=(), initializer="zeros", name="shift")
+
+    def call(self, x):
+        return x * self.scale + self.shift
+
+
+def scalars_first(optimizer):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((5,)), Scalars(name="scalars"),
+                              keras.layers.Dense(2, name="dense")])
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    return model
+
+
+def test_checkpoints_load_between_mixed_precision_and_without(tmp_path):
+    # Mixed precision wraps the Lion: its checkpoint holds the wrapper's
+    # variables, then the Lion's; one saved without holds the Lion's alone.
+    plain = scalars_first(Lion())
+    wrapped = scalars_first(keras.optimizers.LossScaleOptimizer(Lion()))
+    wrapped.optimizer.dynamic_scale.assign(8.0)
+    wrapped.optimizer.step_counter.assign(3)
+    plain_path = save(plain, tmp_path, "weights.h5", name="plain")
+    wrapped_path = save(wrapped, tmp_path, "weights.h5", name="wrapped")
+    expected = by_role(plain.optimizer)
+    assert expected["momentum/scalars/scale"].shape == ()
+
+    # Into mixed precision: all of the Lion's state (the scalars' momentums
+    # are not the loss scale), and the wrapper's, never saved, left as it is.
+    target = scalars_first(keras.optimizers.LossScaleOptimizer(Lion()))
+    target.optimizer.dynamic_scale.assign(5.0)
+    load_quietly(target, plain_path)
+    assert_same(by_role(target.optimizer.inner_optimizer), expected)
+    assert value(target.optimizer.dynamic_scale) == 5.0
+    load_quietly(target, wrapped_path)  # and then its own kind, as usual
+    inner = by_role(wrapped.optimizer.inner_optimizer)
+    assert_same(by_role(target.optimizer.inner_optimizer), inner)
+    assert value(target.optimizer.dynamic_scale) == 8.0
+
+    # Out of mixed precision: the Lion's state, the wrapper's dropped with a warning.
+    target = scalars_first(Lion())
+    with pytest.warns(StateWarning, match=r"dropped the step counter \(3\) and loss scale \(8\)"):
+        target.load_weights(wrapped_path)
+    assert_same(by_role(target.optimizer), inner)

@@ -10,7 +10,8 @@ variables), failed (the same count, other shapes), or put saved values into
 the wrong Lion variables (moving averages into gradient accumulators), which
 kept them where the Lion's loader then refused the checkpoint. Around a
 Lion, the wrapper loads only its own variables, which come first, and
-leaves the Lion's to the Lion.
+leaves the Lion's to the Lion; a checkpoint saved without mixed precision
+(the Lion's variables where the wrapper's would be) loads into the Lion.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from ._restore import StateWarning, unpickling
+from ._restore import LOADED_BY_WRAPPER, StateWarning, load_own_variables, unpickling
 from .lion import Lion
 
 
@@ -57,12 +58,20 @@ def load_own(wrapper: Any, store: Any) -> None:
                 "`optimizer.build(model.trainable_variables)`.", StateWarning, stacklevel=3)
         return
     saved = [np.asarray(store[str(i)]) for i in range(min(len(own), len(store.keys())))]
-    if len(saved) < len(own) or any(value.shape != tuple(variable.shape)
-                                    for value, variable in zip(saved, own)):
-        warnings.warn(
-            f"Loading the state of optimizer '{wrapper.name}': the checkpoint does not begin "
-            f"with its own variables ({names}), which start afresh.",
-            StateWarning, stacklevel=3)
+    if len(saved) == len(own) and all(fits(value, variable) for value, variable in zip(saved, own)):
+        for variable, value in zip(own, saved):
+            variable.assign(value)
         return
-    for variable, value in zip(own, saved):
-        variable.assign(value)
+    # Not the wrapper's: a checkpoint saved without mixed precision, which
+    # holds the Lion's variables here and nothing where the wrapper keeps the
+    # Lion's own. They load into the Lion (as they would unwrapped); the
+    # loss scale, never saved, starts afresh.
+    load_own_variables(wrapper.inner_optimizer, store)
+    wrapper.inner_optimizer.__dict__[LOADED_BY_WRAPPER] = True
+
+
+def fits(value: np.ndarray, variable: Any) -> bool:
+    """Whether a saved value can be this variable's: its shape, and int or float
+    (a float32 checkpoint's first momentums, of scalar weights, are scalars too)."""
+    integer = keras.backend.standardize_dtype(variable.dtype).startswith(("int", "uint"))
+    return value.shape == tuple(variable.shape) and (value.dtype.kind in "iu") == integer

@@ -69,6 +69,10 @@ NO_PLACE = {
     "accumulator": "gradient_accumulation_steps is off here",
     "variable": "this model has no variable of that shape in that place",
 }
+#: Set on a Lion by the `LossScaleOptimizer` around it when it loaded a
+#: checkpoint saved without mixed precision into the Lion: the Lion's own
+#: (empty) part of the checkpoint, loaded next, is then skipped.
+LOADED_BY_WRAPPER = "_keraslion_loaded_by_wrapper"
 HOW_TO_ALLOW = (
     "To load what matches and start the rest fresh, pass `skip_mismatch=True` to "
     "`model.load_weights()` (from R: `load_model_weights(model, filepath, "
@@ -138,6 +142,8 @@ def load_own_variables(optimizer: Any, store: Any) -> None:
     mismatches (`load_weights(..., skip_mismatch=True)`): then it is
     warned about and starts fresh.
     """
+    if optimizer.__dict__.pop(LOADED_BY_WRAPPER, False) and not len(store.keys()):
+        return  # loaded already, from a checkpoint saved without mixed precision
     if not optimizer.built and unpickling():
         start_copy_afresh(optimizer, store)
         return
@@ -147,6 +153,8 @@ def load_own_variables(optimizer: Any, store: Any) -> None:
         return
     allowed = keras_skips_mismatch()
     plan = make_plan(optimizer, own, store)
+    if plan.problems:
+        plan = saved_under_mixed_precision(optimizer, own, store) or plan
     if plan.problems and not allowed:
         raise ValueError(
             f"Cannot load the state of optimizer '{optimizer.name}' from the checkpoint: "
@@ -204,6 +212,35 @@ def into_dtype(value: np.ndarray, dtype: Any) -> np.ndarray:
         return value
     largest = float(np.finfo(np.float16).max)
     return np.where(np.abs(value) > largest, np.sign(value) * largest, value).astype(np.float16)
+
+
+#: How Keras's `LossScaleOptimizer` (mixed precision) begins its store, int
+#: or float scalars: iteration count, learning rate, step counter, loss scale.
+LOSS_SCALE_INTEGERS = (True, False, True, False)
+
+
+def saved_under_mixed_precision(optimizer: Any, own: dict[Slot, keras.Variable],
+                                store: Any) -> Plan | None:
+    """The plan for a checkpoint of a Lion saved inside a `LossScaleOptimizer`
+    (saved under mixed precision, loaded without): the wrapper's store, its
+    own variables first and then the Lion's, which load as the Lion's (the
+    wrapper's, with no place here, dropped with a warning); None if the store
+    does not begin so, or the rest does not load either."""
+    size = len(LOSS_SCALE_INTEGERS)
+    keys = len(store.keys())
+    if keys <= size or {str(key) for key in store.keys()} != {str(i) for i in range(keys)}:
+        return None
+    prefix = [np.asarray(store[str(i)]) for i in range(size)]
+    if any(value.shape != () or (value.dtype.kind in "iu") != integer
+           for value, integer in zip(prefix, LOSS_SCALE_INTEGERS)):
+        return None
+    plan = make_plan(optimizer, own, {str(i - size): store[str(i)] for i in range(size, keys)})
+    if plan.problems:
+        return None
+    plan.dropped.insert(0, (
+        f"dropped the step counter ({int(prefix[2])}) and loss scale ({float(prefix[3]):g}) of "
+        "the LossScaleOptimizer it was saved in (mixed precision): this optimizer has none"))
+    return plan
 
 
 def unpickling() -> bool:

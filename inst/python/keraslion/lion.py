@@ -206,7 +206,9 @@ class Lion(keras.optimizers.Optimizer):
     Lion its own as above (importing keraslion gives the wrapper this
     loader around a Lion; Keras's assigned the Lion's variables by
     position, which skipped the loss scale, failed, or left saved moving
-    averages in gradient accumulators). A model
+    averages in gradient accumulators). Checkpoints also load between
+    mixed precision and without it (a saved loss scale, with no place
+    without it, is dropped with a `StateWarning`). A model
     copied or pickled (`copy.deepcopy(model)`, `pickle.dumps(model)`) keeps
     its optimizer's state. A built optimizer copied or pickled on its own
     comes back unbuilt, with its options but without its state (it has no

@@ -121,7 +121,10 @@
 #' position, which skipped the loss scale, failed, or left saved moving
 #' averages in gradient accumulators). Checkpoints also load between mixed
 #' precision and without it; a loss scale saved under mixed precision has
-#' no place without it and is dropped with the warning. A model pickled
+#' no place without it and is dropped with the warning (so also when a
+#' mixed-precision model is loaded or copied under the `"float32"` dtype
+#' policy, which compiles it without loss scaling: set the policy
+#' first). A model pickled
 #' (`reticulate::py_save_object(model, file)`) keeps its optimizer's state;
 #' a built optimizer pickled on its own comes back unbuilt, with its
 #' options but without its state, with this warning if it had taken steps.

@@ -570,3 +570,31 @@ def test_checkpoints_load_between_mixed_precision_and_without(tmp_path):
     with pytest.warns(StateWarning, match=r"dropped the step counter \(3\) and loss scale \(8\)"):
         target.load_weights(wrapped_path)
     assert_same(by_role(target.optimizer), inner)
+
+
+def test_between_mixed_precision_and_without_what_does_not_fit_is_said(tmp_path):
+    wrapped = scalars_first(keras.optimizers.LossScaleOptimizer(Lion()))
+    path = save(wrapped, tmp_path, "weights.h5")
+    plain_path = save(scalars_first(Lion()), tmp_path, "weights.h5", name="plain")
+
+    # A model with one more layer: the real cause, not the wrapper's layout,
+    # and with skip_mismatch what matches loads.
+    keras.utils.set_random_seed(3)
+    larger = keras.Sequential([keras.Input((5,)), Scalars(name="scalars"),
+                               keras.layers.Dense(2, name="dense"),
+                               keras.layers.Dense(2, name="extra")])
+    larger.compile(optimizer=Lion(), loss="mse")
+    larger.optimizer.build(larger.trainable_variables)
+    with pytest.warns(StateWarning, match="lacks the momentum of"):
+        larger.load_weights(path, skip_mismatch=True)
+    loaded = by_role(larger.optimizer)
+    for key, expected in by_role(wrapped.optimizer.inner_optimizer).items():
+        np.testing.assert_array_equal(loaded[key], expected, err_msg=key)
+
+    # Into a mixed-precision model not built yet: the Lion's error, as unwrapped.
+    keras.utils.set_random_seed(3)
+    unbuilt = keras.Sequential([keras.Input((5,)), Scalars(name="scalars"),
+                                keras.layers.Dense(2, name="dense")])
+    unbuilt.compile(optimizer=keras.optimizers.LossScaleOptimizer(Lion()), loss="mse")
+    with pytest.raises(ValueError, match="the optimizer is not built"):
+        unbuilt.load_weights(plain_path)

@@ -23,7 +23,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from ._restore import LOADED_BY_WRAPPER, StateWarning, load_own_variables, unpickling
+from ._restore import (
+    LOADED_BY_WRAPPER,
+    StateWarning,
+    load_own_variables,
+    saved_by_a_loss_scale_optimizer,
+    unpickling,
+)
 from .lion import Lion
 
 
@@ -47,27 +53,34 @@ def install() -> None:
 
 
 def load_own(wrapper: Any, store: Any) -> None:
+    lion = wrapper.inner_optimizer
+    lion.__dict__.pop(LOADED_BY_WRAPPER, None)
+    if not saved_by_a_loss_scale_optimizer(store):
+        # A checkpoint saved without mixed precision: the Lion's variables
+        # here, and nothing where the wrapper keeps the Lion's own. They load
+        # into the Lion (as they would unwrapped); the wrapper's, never
+        # saved, are left as they are.
+        load_own_variables(lion, store)
+        lion.__dict__[LOADED_BY_WRAPPER] = True
+        return
     own = list(wrapper._variables)
     names = ", ".join(variable.name for variable in own)
     if not wrapper.built:
         # No step counter and loss scale yet (a copy's loss is said by its Lion).
-        if len(store.keys()) and not unpickling():
+        if not unpickling():
             warnings.warn(
                 f"Loading the state of optimizer '{wrapper.name}': it is not built, so its "
                 f"saved {names} and loss scale were not loaded; build it first, with "
                 "`optimizer.build(model.trainable_variables)`.", StateWarning, stacklevel=3)
         return
     saved = [np.asarray(store[str(i)]) for i in range(min(len(own), len(store.keys())))]
-    if len(saved) == len(own) and all(fits(value, variable) for value, variable in zip(saved, own)):
-        for variable, value in zip(own, saved):
-            variable.assign(value)
+    if len(saved) < len(own) or not all(fits(v, variable) for v, variable in zip(saved, own)):
+        warnings.warn(
+            f"Loading the state of optimizer '{wrapper.name}': the checkpoint does not begin "
+            f"with its own variables ({names}), which start afresh.", StateWarning, stacklevel=3)
         return
-    # Not the wrapper's: a checkpoint saved without mixed precision, which
-    # holds the Lion's variables here and nothing where the wrapper keeps the
-    # Lion's own. They load into the Lion (as they would unwrapped); the
-    # loss scale, never saved, starts afresh.
-    load_own_variables(wrapper.inner_optimizer, store)
-    wrapper.inner_optimizer.__dict__[LOADED_BY_WRAPPER] = True
+    for variable, value in zip(own, saved):
+        variable.assign(value)
 
 
 def fits(value: np.ndarray, variable: Any) -> bool:

@@ -152,9 +152,7 @@ def load_own_variables(optimizer: Any, store: Any) -> None:
         load_by_index(optimizer, store)
         return
     allowed = keras_skips_mismatch()
-    plan = make_plan(optimizer, own, store)
-    if plan.problems:
-        plan = saved_under_mixed_precision(optimizer, own, store) or plan
+    plan = saved_under_mixed_precision(optimizer, own, store) or make_plan(optimizer, own, store)
     if plan.problems and not allowed:
         raise ValueError(
             f"Cannot load the state of optimizer '{optimizer.name}' from the checkpoint: "
@@ -219,27 +217,36 @@ def into_dtype(value: np.ndarray, dtype: Any) -> np.ndarray:
 LOSS_SCALE_INTEGERS = (True, False, True, False)
 
 
-def saved_under_mixed_precision(optimizer: Any, own: dict[Slot, keras.Variable],
-                                store: Any) -> Plan | None:
-    """The plan for a checkpoint of a Lion saved inside a `LossScaleOptimizer`
-    (saved under mixed precision, loaded without): the wrapper's store, its
-    own variables first and then the Lion's, which load as the Lion's (the
-    wrapper's, with no place here, dropped with a warning); None if the store
-    does not begin so, or the rest does not load either."""
+def saved_by_a_loss_scale_optimizer(store: Any) -> bool:
+    """Whether the store is a `LossScaleOptimizer`'s: four int or float scalars
+    as it begins (a Lion's has int scalars only first and last) and more."""
     size = len(LOSS_SCALE_INTEGERS)
     keys = len(store.keys())
     if keys <= size or {str(key) for key in store.keys()} != {str(i) for i in range(keys)}:
-        return None
+        return False
     prefix = [np.asarray(store[str(i)]) for i in range(size)]
-    if any(value.shape != () or (value.dtype.kind in "iu") != integer
-           for value, integer in zip(prefix, LOSS_SCALE_INTEGERS)):
+    return all(value.shape == () and (value.dtype.kind in "iu") == integer
+               for value, integer in zip(prefix, LOSS_SCALE_INTEGERS))
+
+
+def saved_under_mixed_precision(optimizer: Any, own: dict[Slot, keras.Variable],
+                                store: Any) -> Plan | None:
+    """The plan for a Lion's checkpoint saved inside a `LossScaleOptimizer`
+    (under mixed precision) and loaded without one: the wrapper's store, its
+    own variables first, then the Lion's, which load as the Lion's (the
+    wrapper's, with no place here, dropped with a warning). None for another
+    store."""
+    if not saved_by_a_loss_scale_optimizer(store):
         return None
+    size = len(LOSS_SCALE_INTEGERS)
+    keys = len(store.keys())
     plan = make_plan(optimizer, own, {str(i - size): store[str(i)] for i in range(size, keys)})
-    if plan.problems:
-        return None
     plan.dropped.insert(0, (
-        f"dropped the step counter ({int(prefix[2])}) and loss scale ({float(prefix[3]):g}) of "
-        "the LossScaleOptimizer it was saved in (mixed precision): this optimizer has none"))
+        f"dropped the step counter ({int(np.asarray(store['2']))}) and loss scale "
+        f"({float(np.asarray(store['3'])):g}) of the LossScaleOptimizer it was saved in "
+        "(mixed precision): this optimizer has none, and no loss scaling (a model compiled "
+        "under a float32 dtype policy: set the `mixed_float16` policy before loading or "
+        "copying the model to keep them)"))
     return plan
 
 

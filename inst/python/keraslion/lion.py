@@ -208,7 +208,10 @@ class Lion(keras.optimizers.Optimizer):
     position, which skipped the loss scale, failed, or left saved moving
     averages in gradient accumulators). Checkpoints also load between
     mixed precision and without it (a saved loss scale, with no place
-    without it, is dropped with a `StateWarning`). A model
+    without it, is dropped with a `StateWarning`: so also when a
+    mixed-precision model is loaded or copied under the "float32" dtype
+    policy, which compiles it without loss scaling; set the policy
+    first). A model
     copied or pickled (`copy.deepcopy(model)`, `pickle.dumps(model)`) keeps
     its optimizer's state. A built optimizer copied or pickled on its own
     comes back unbuilt, with its options but without its state (it has no

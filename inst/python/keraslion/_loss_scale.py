@@ -63,16 +63,16 @@ def load_own(wrapper: Any, store: Any) -> None:
         load_own_variables(lion, store)
         lion.__dict__[LOADED_BY_WRAPPER] = True
         return
-    own = list(wrapper._variables)
-    names = ", ".join(variable.name for variable in own)
     if not wrapper.built:
         # No step counter and loss scale yet (a copy's loss is said by its Lion).
         if not unpickling():
             warnings.warn(
                 f"Loading the state of optimizer '{wrapper.name}': it is not built, so its "
-                f"saved {names} and loss scale were not loaded; build it first, with "
+                "saved step counter and loss scale were not loaded; build it first, with "
                 "`optimizer.build(model.trainable_variables)`.", StateWarning, stacklevel=3)
         return
+    own = list(wrapper._variables)
+    names = ", ".join(variable.name for variable in own)
     saved = [np.asarray(store[str(i)]) for i in range(min(len(own), len(store.keys())))]
     if len(saved) < len(own) or not all(fits(v, variable) for v, variable in zip(saved, own)):
         warnings.warn(

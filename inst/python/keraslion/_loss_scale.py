@@ -21,10 +21,10 @@ import warnings
 from typing import Any
 
 import keras
-import numpy as np
 
 from ._restore import (
     LOADED_BY_WRAPPER,
+    LOSS_SCALE_INTEGERS,
     StateWarning,
     load_own_variables,
     saved_by_a_loss_scale_optimizer,
@@ -71,20 +71,14 @@ def load_own(wrapper: Any, store: Any) -> None:
                 "saved step counter and loss scale were not loaded; build it first, with "
                 "`optimizer.build(model.trainable_variables)`.", StateWarning, stacklevel=3)
         return
+    # The four variables the store's prefix was recognised by (another Keras
+    # could give the wrapper others).
     own = list(wrapper._variables)
-    names = ", ".join(variable.name for variable in own)
-    saved = [np.asarray(store[str(i)]) for i in range(min(len(own), len(store.keys())))]
-    if len(saved) < len(own) or not all(fits(v, variable) for v, variable in zip(saved, own)):
+    if len(own) != len(LOSS_SCALE_INTEGERS):
         warnings.warn(
-            f"Loading the state of optimizer '{wrapper.name}': the checkpoint does not begin "
-            f"with its own variables ({names}), which start afresh.", StateWarning, stacklevel=3)
+            f"Loading the state of optimizer '{wrapper.name}': its variables "
+            f"({', '.join(variable.name for variable in own)}) are not those the checkpoint "
+            "begins with, and start afresh.", StateWarning, stacklevel=3)
         return
-    for variable, value in zip(own, saved):
-        variable.assign(value)
-
-
-def fits(value: np.ndarray, variable: Any) -> bool:
-    """Whether a saved value can be this variable's: its shape, and int or float
-    (a float32 checkpoint's first momentums, of scalar weights, are scalars too)."""
-    integer = keras.backend.standardize_dtype(variable.dtype).startswith(("int", "uint"))
-    return value.shape == tuple(variable.shape) and (value.dtype.kind in "iu") == integer
+    for i, variable in enumerate(own):
+        variable.assign(store[str(i)])

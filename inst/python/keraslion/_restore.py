@@ -254,9 +254,11 @@ def unpickling() -> bool:
     """Whether Keras is unpickling, or deep-copying, an object that holds
     this optimizer (it saves the object, then loads a new one from the file)."""
     unpickle = getattr(keras.optimizers.Optimizer._unpickle_model, "__func__", None)
+    if unpickle is None:
+        return False
     frame = sys._getframe(1)
     while frame is not None:
-        if unpickle is not None and frame.f_code is unpickle.__code__:
+        if frame.f_code is unpickle.__code__:
             return True
         frame = frame.f_back
     return False

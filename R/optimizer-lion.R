@@ -114,7 +114,15 @@
 #' are told apart by their values; where the values cannot tell, they load
 #' as this optimizer's options say. Keras's own Lion loads a keraslion
 #' checkpoint only when the variables are the same (its own loader skips
-#' them all otherwise). Under mixed precision (`"mixed_float16"`),
+#' them all otherwise). A checkpoint of another optimizer that saves two
+#' values per weight, one never negative (AdamW, Adam, Nadam, Adamax, Lamb,
+#' Adadelta, Ftrl), loads the model's weights and none of its optimizer
+#' state, with the warning: the Lion's state is left as it is (a Lion not
+#' yet trained starts fresh), as when switching from AdamW with
+#' [lion_hparams_from_adamw()]. One value per weight (SGD with momentum,
+#' RMSprop, Adagrad) cannot be told from a Lion's momentum and loads as one:
+#' load such weights with `load_model_weights()` before `compile()`, which
+#' leaves out the optimizer state. Under mixed precision (`"mixed_float16"`),
 #' `compile()` wraps the Lion in Keras's `LossScaleOptimizer`: its own state
 #' (loss scale, step counter) loads whatever the Lion's options, and the
 #' Lion's as above (Keras's own loader assigned the Lion's variables by

@@ -333,6 +333,53 @@ def test_model_with_an_extra_layer_and_skip_mismatch(tmp_path):
     assert_same(loaded, by_role(source.optimizer))
 
 
+OTHER_OPTIMIZERS = {
+    "adamw": lambda: keras.optimizers.AdamW(),
+    "adam-amsgrad": lambda: keras.optimizers.Adam(amsgrad=True),
+    "nadam": lambda: keras.optimizers.Nadam(),
+    "adamax": lambda: keras.optimizers.Adamax(),
+    "lamb": lambda: keras.optimizers.Lamb(),
+    "adadelta": lambda: keras.optimizers.Adadelta(),
+    "ftrl": lambda: keras.optimizers.Ftrl(),
+}
+
+
+@pytest.mark.parametrize("other", OTHER_OPTIMIZERS.values(), ids=OTHER_OPTIMIZERS.keys())
+@pytest.mark.parametrize("lion_trained", [True, False])
+def test_another_optimizers_checkpoint_loads_the_weights_and_leaves_the_lion_as_it_is(
+        other, lion_trained, tmp_path):
+    # Switching from AdamW to Lion (as lion_hparams_from_adamw() helps to):
+    # read as a Lion's, Adam's velocities (or its first momentums) became momentums.
+    source = trained(other())
+    path = save(source, tmp_path, "weights.h5")
+    model = trained(Lion(use_ema=True)) if lion_trained else make_model(Lion(), build=False)
+    before = state(model.optimizer.variables)
+    with pytest.warns(StateWarning, match=r"the checkpoint is another optimizer's, not a "
+                      r"Lion's: it holds [23] values per trainable variable.*None of it was "
+                      r"loaded, and the optimizer's state was left as it is"):
+        model.load_weights(path)
+    assert_same(state(model.optimizer.variables), before)
+    for loaded, saved in zip(model.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded, saved)
+
+
+def test_a_lions_checkpoint_of_one_variable_with_its_average_is_not_taken_for_adams(tmp_path):
+    # One average and one momentum, of one shape, side by side: Adam's layout too.
+    def single(optimizer):
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2, use_bias=False)])
+        model.compile(optimizer=optimizer, loss="mse")
+        model.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        return model
+
+    source = single(Lion(use_ema=True))
+    source.optimizer._momentums[0].assign(keras.ops.ones((5, 2)))
+    path = save(source, tmp_path, "weights.h5")
+    model = single(Lion())
+    with pytest.warns(StateWarning, match="dropped the moving averages or the gradient"):
+        model.load_weights(path)
+    np.testing.assert_array_equal(value(model.optimizer._momentums[0]), np.ones((5, 2)))
+
+
 def saved_store(optimizer):
     store = {}
     optimizer.save_own_variables(store)

@@ -109,3 +109,32 @@ test_that("under mixed precision a checkpoint loads into a Lion with other optio
     as_r_array(source$optimizer$inner_optimizer$iterations)
   )
 })
+
+test_that("an AdamW checkpoint loads its weights into a Lion's model and leaves the Lion fresh", {
+  skip_if_no_keras3()
+  data <- iris_data()
+  build <- function(optimizer) {
+    keras3::set_random_seed(1)
+    model <- keras3::keras_model_sequential(input_shape = 4) |>
+      keras3::layer_dense(8, activation = "relu") |>
+      keras3::layer_dense(3, activation = "softmax")
+    keras3::compile(model, optimizer = optimizer, loss = "sparse_categorical_crossentropy")
+    model
+  }
+  adamw <- build(keras3::optimizer_adam_w(learning_rate = 1e-3, weight_decay = 0.01))
+  keras3::fit(adamw, data$x, data$y, epochs = 1, batch_size = 50, verbose = 0)
+  path <- withr::local_tempfile(fileext = ".weights.h5")
+  keras3::save_model_weights(adamw, path)
+
+  # Switching to Lion: Adam's velocities must not become Lion's momentums.
+  model <- build(do.call(optimizer_lion, lion_hparams_from_adamw(1e-3, 0.01)))
+  expect_warning(
+    keras3::load_model_weights(model, path),
+    "another optimizer's, not a Lion's",
+    class = "keraslion_warning_state"
+  )
+  expect_equal(weights_of(model), weights_of(adamw))
+  expect_false(model$optimizer$built)
+  keras3::fit(model, data$x, data$y, epochs = 1, batch_size = 50, verbose = 0)
+  expect_equal(as.integer(as_r_array(model$optimizer$iterations)), 3L)
+})

@@ -22,6 +22,9 @@ An int8 momentum is two variables, its codes and right after them its
 block scales; read as one momentum, it loads as it was saved into an int8
 momentum and decoded into a float one (a float momentum loads into int8
 codes rounded to the nearest).
+Another optimizer's checkpoint with two values per variable side by side,
+one never negative (Adam's momentum and velocity), is said to be one and
+loads nothing; read as a Lion's, a velocity became a momentum.
 """
 
 from __future__ import annotations
@@ -96,6 +99,9 @@ class Entry:
     def kind(self) -> str:
         dtype = keras.backend.standardize_dtype(self.value.dtype)
         return "int" if "int" in dtype else "float" if "float" in dtype else dtype
+
+    def is_scalar(self, kind: str) -> bool:
+        return self.shape == () and self.kind == kind
 
 
 @dataclass(frozen=True)
@@ -371,6 +377,17 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
         return plan
     trainables = list(optimizer._trainable_variables) if optimizer.built else []
     readings = list(candidate_readings(entries, trainables))
+    per_variable = None if any(r.rank == 0 for r in readings) else (
+        values_per_variable_of_another_optimizer(entries, trainables))
+    if per_variable:
+        # Keras skips such a checkpoint too (another count of variables); read
+        # as a Lion's, an average of squared gradients would become a momentum.
+        plan.dropped.append(
+            f"the checkpoint is another optimizer's, not a Lion's: it holds {per_variable} "
+            "values per trainable variable, one of them never negative (a sum or average of "
+            "squared gradients, such as Adam's and AdamW's velocity), where a Lion saves one "
+            "momentum. None of it was loaded, and the optimizer's state was left as it is")
+        return plan
     best, ambiguity = choose(readings, own_options(optimizer), own, entries, trainables)
     if not best:
         plan.problems.append((
@@ -488,15 +505,48 @@ def candidate_readings(entries: list[Entry], trainables: list[Any]) -> Iterator[
         yield Reading(options, tuple(head_slots + slots + tail_slots), 1, ambiguous=ways > 1)
 
 
-def scalars_fit(entries: list[Entry], options: Options, before: int, after: int) -> bool:
-    def is_scalar(entry: Entry, kind: str) -> bool:
-        return entry.shape == () and entry.kind == kind
+def values_per_variable_of_another_optimizer(entries: list[Entry],
+                                             trainables: list[Any]) -> int | None:
+    """How many values per trainable variable the entries hold where they are
+    another optimizer's: two side by side, one of them never negative (Adam's,
+    AdamW's, Nadam's, Adamax's or Lamb's momentum and velocity, Adadelta's or
+    Ftrl's accumulators), and with `amsgrad` the velocities' maxima after
+    them; None where they are not such. Once built, the values must have the
+    variables' shapes. (A Lion's own checkpoint is one momentum per variable,
+    and with `use_ema` or accumulation one group of each after another.)"""
+    if not entries or not entries[0].is_scalar("int"):
+        return None
+    start, end = 1, len(entries)
+    while start < end and entries[start].is_scalar("float"):
+        start += 1  # the learning rate
+    while end > start and entries[end - 1].is_scalar("float"):
+        end -= 1  # scalars such as Nadam's product of momentum factors
+    body = entries[start:end]
+    if any(entry.kind != "float" for entry in body):
+        return None
+    for maxima in (0, 1):
+        count = len(body) // (2 + maxima)
+        if not count or len(body) != (2 + maxima) * count:
+            continue
+        shapes = [entry.shape for entry in body[:2 * count:2]]
+        if (shapes != [entry.shape for entry in body[1:2 * count:2]]
+                or maxima and shapes != [entry.shape for entry in body[2 * count:]]
+                or trainables and shapes != [tuple(v.shape) for v in trainables]):
+            continue
+        # Ftrl saves its never negative accumulator first.
+        for squares in ([e.value for e in body[1:2 * count:2] + body[2 * count:]],
+                        [e.value for e in body[:2 * count:2]]):
+            if all((value >= 0).all() for value in squares) and any(v.any() for v in squares):
+                return 2 + maxima
+    return None
 
+
+def scalars_fit(entries: list[Entry], options: Options, before: int, after: int) -> bool:
     end = len(entries) - after
     floats = entries[1:1 + options.learning_rate + before] + entries[end:]
-    return (is_scalar(entries[0], "int")
-            and all(is_scalar(entry, "float") for entry in floats)
-            and (not options.counter or is_scalar(entries[end - 1], "int")))
+    return (entries[0].is_scalar("int")
+            and all(entry.is_scalar("float") for entry in floats)
+            and (not options.counter or entries[end - 1].is_scalar("int")))
 
 
 def align(saved: list[tuple[int, ...]], trainables: list[Any]) -> tuple[int, list[int | None]]:

@@ -200,7 +200,13 @@ class Lion(keras.optimizers.Optimizer):
     `model.load_weights(path, skip_mismatch=True)` it is a `StateWarning`
     instead, and the rest loads. Moving averages and gradient accumulators
     lie alike in a checkpoint: their values tell them apart, or, where they
-    cannot, they load as this optimizer's options say. Under mixed
+    cannot, they load as this optimizer's options say. A checkpoint of an
+    optimizer that saves two values per weight, one never negative (AdamW,
+    Adam, Nadam, Adamax, Lamb, Adadelta, Ftrl), loads none of its state into
+    the Lion, with a `StateWarning` (switching from AdamW: the model's
+    weights load, the Lion's state is left as it is); one value per weight
+    (SGD with momentum, RMSprop, Adagrad) cannot be told from a momentum and
+    loads as one: load such weights before `compile()`. Under mixed
     precision, Keras's `LossScaleOptimizer` around a Lion loads its own
     state (loss scale, step counter) whatever the Lion's options, and the
     Lion its own as above (importing keraslion gives the wrapper this

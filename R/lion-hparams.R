@@ -36,5 +36,19 @@ lion_hparams_from_adamw <- function(learning_rate, weight_decay, factor = 3) {
   learning_rate <- as_number(learning_rate, "learning_rate", 0, lower_closed = FALSE)
   weight_decay <- as_number(weight_decay, "weight_decay", 0)
   factor <- as_number(factor, "factor", 1)
-  list(learning_rate = learning_rate / factor, weight_decay = weight_decay * factor)
+  lion <- list(learning_rate = learning_rate / factor, weight_decay = weight_decay * factor)
+  for (name in names(lion)) {
+    # Values optimizer_lion() takes: in float32, where Keras keeps them.
+    rlang::try_fetch(
+      lion_argument(name, lion[[name]]),
+      keraslion_error_argument = function(cnd) {
+        cli::cli_abort(
+          "With {.arg factor} = {factor}, Lion's {.arg {name}} would be {lion[[name]]},
+           which {.fn optimizer_lion} refuses.",
+          parent = cnd, class = "keraslion_error_argument"
+        )
+      }
+    )
+  }
+  lion
 }

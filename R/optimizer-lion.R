@@ -31,12 +31,14 @@
 #' argument allows it.
 #'
 #' @section Changing hyperparameters during training:
-#' `optimizer$learning_rate`, `optimizer$weight_decay`, `optimizer$beta_1`
-#' and `optimizer$beta_2` can be set between steps, e.g. by a callback; a new
-#' value is checked when it is set. A learning rate given as a number is
-#' held in a variable, so a new number is used at the next step, also in a
-#' compiled `fit()`. `weight_decay` and betas given as numbers are, as in
-#' Keras's own optimizers, constants of the compiled train step: in `fit()`'s
+#' `optimizer$learning_rate`, `optimizer$weight_decay`, `optimizer$beta_1`,
+#' `optimizer$beta_2`, `optimizer$cautious` and the clipping arguments can
+#' be set between steps, e.g. by a callback; a new value is checked when it
+#' is set. A learning rate given as a number is held in a variable, so a new
+#' number is used at the next step, also in a compiled `fit()`.
+#' `weight_decay` and betas given as numbers, `cautious`, `clipnorm`,
+#' `clipvalue` and `global_clipnorm` are, as in Keras's own optimizers,
+#' constants of the compiled train step: in `fit()`'s
 #' compiled step (the default, XLA or `tf.function`) a new value takes effect
 #' only once the step is rebuilt, e.g. by
 #' `model$make_train_function(force = TRUE)` or by compiling the model again.
@@ -110,6 +112,11 @@
 #' cannot be matched, is an error that loads nothing into the optimizer
 #' (the model's own weights, which Keras loads first, are loaded); with
 #' `load_model_weights(..., skip_mismatch = TRUE)` it is a warning instead.
+#' So build the optimizer before `load_model_weights()` in a new session,
+#' with `model$optimizer$build(model$trainable_variables)`: it is built by
+#' its first step, and a checkpoint's state has no place in it before (an
+#' error that says so; Keras's own optimizers drop the state with a
+#' warning). `load_model()` builds it itself.
 #' Moving averages and gradient accumulators lie alike in a checkpoint and
 #' are told apart by their values; where the values cannot tell, they load
 #' as this optimizer's options say. Keras's own Lion loads a keraslion

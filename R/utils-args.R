@@ -136,8 +136,11 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
   if (allow_callable) rule <- paste0(rule, ", or a function that can be called with no arguments")
   callable <- is.function(x) || (is_py_object(x) && reticulate::py_has_attr(x, "__call__"))
   if (allow_callable && callable) {
-    if (!is_py_object(x)) check_callable_without_arguments(x, arg, rule, call)
-    return(x)
+    if (is_py_object(x)) {
+      return(x)
+    }
+    check_callable_without_arguments(x, arg, rule, call)
+    return(returning_na_as_nan(x))
   }
   in_range <- is_number(x) && is.finite(x) &&
     (if (lower_closed) x >= lower else x > lower) &&
@@ -149,6 +152,16 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
     check_float32(x, arg, rule, call)
   }
   as.double(x)
+}
+
+# `fn`, but a logical NA it returns reaches Python as NaN: reticulate passes it
+# as True, which Python's check refused showing `True` as the value received.
+returning_na_as_nan <- function(fn) {
+  force(fn)
+  function(...) {
+    value <- fn(...)
+    if (is.logical(value) && anyNA(value)) as.double(value) else value
+  }
 }
 
 # An R function that Python can call with no arguments: no argument without a

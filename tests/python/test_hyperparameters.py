@@ -1,7 +1,8 @@
 """Hyperparameters changed between steps take effect at the next step, as in Keras.
 
-`weight_decay` (also from `None` to a number and back), `beta_1`, `beta_2`
-and `learning_rate`, on the fast and the plain path of the current backend.
+`weight_decay` (also from `None` to a number and back), `beta_1`, `beta_2`,
+`learning_rate` and `cautious`, on the fast and the plain path of the
+current backend.
 """
 
 import keras
@@ -46,6 +47,25 @@ def test_changes_between_steps_take_effect_at_the_next_step(fast, first):
             np.testing.assert_allclose(to_numpy(variables[i]), thetas[i], rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(to_numpy(optimizer._momentums[i]), momenta[i],
                                        rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("momentum_dtype", [None, "int8"])
+def test_cautious_set_between_steps_is_used_at_the_next_step(fast, momentum_dtype):
+    # TensorFlow's fast path kept the step it had compiled without it.
+    optimizer = Lion(learning_rate=0.1, beta_1=1.0, momentum_dtype=momentum_dtype)
+    if not fast:
+        optimizer._fast_path = None
+    variable = keras.Variable(np.zeros((4, 512), np.float32))
+    optimizer.apply([keras.ops.ones((4, 512))], [variable])
+    optimizer.cautious = True
+    before = to_numpy(variable).copy()
+    # The momentum (the interpolation, with beta_1 = 1) is positive: cautious
+    # Lion holds back the elements whose gradient is negative and doubles the rest.
+    gradient = np.tile([1.0, -1.0], (4, 256)).astype(np.float32)
+    optimizer.apply([keras.ops.convert_to_tensor(gradient)], [variable])
+    np.testing.assert_allclose(to_numpy(variable) - before,
+                               np.where(gradient > 0, -0.2, 0.0), atol=1e-6)
 
 
 class ChangeHyperparameters(keras.callbacks.Callback):

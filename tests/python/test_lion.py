@@ -202,3 +202,8 @@ def test_hparams_from_adamw():
     assert hp["learning_rate"] * hp["weight_decay"] == pytest.approx(3e-5)
     with pytest.raises(ValueError, match="factor"):
         lion_hparams_from_adamw(1e-3, 0.01, factor=0.5)
+    # Results Lion would refuse (infinite in float32, or rounded to 0) are refused here.
+    with pytest.raises(ValueError, match=r"factor=10, Lion's `weight_decay` would be 1e\+39"):
+        lion_hparams_from_adamw(1e-3, 1e38, factor=10)
+    with pytest.raises(ValueError, match=r"factor=100, Lion's `learning_rate` would be 1e-48"):
+        lion_hparams_from_adamw(1e-46, 0.0, factor=100)

@@ -183,6 +183,7 @@ BAD_ASSIGNMENTS = [
     ("weight_decay", -1.0), ("weight_decay", "a"), ("weight_decay", float("nan")),
     ("beta_1", 0.0), ("beta_1", 1.5), ("beta_2", 1.0), ("beta_2", "0.9"),
     ("beta_1", keras.optimizers.schedules.ExponentialDecay(0.9, 10, 0.9)),
+    ("cautious", "yes"), ("cautious", None),
 ]
 
 
@@ -193,7 +194,8 @@ def test_bad_assignment_is_refused_and_changes_nothing(argument, value):
     with pytest.raises((ValueError, TypeError), match=f"`{argument}`") as error:
         setattr(optimizer, argument, value)
     assert f"{argument}=" in str(error.value)
-    assert (optimizer.weight_decay, optimizer.beta_1, optimizer.beta_2) == (0.1, 0.8, 0.95)
+    assert (optimizer.weight_decay, optimizer.beta_1, optimizer.beta_2,
+            optimizer.cautious) == (0.1, 0.8, 0.95, False)
 
 
 def test_schedule_as_a_beta_is_refused_at_construction():

@@ -12,6 +12,13 @@ test_that("lion_hparams_from_adamw() checks its arguments", {
     lion_hparams_from_adamw(1e-3, -1)
     lion_hparams_from_adamw(1e-3, 0.01, factor = 0.5)
   })
+  # Results optimizer_lion() would refuse are refused here.
+  expect_error(
+    lion_hparams_from_adamw(1e-3, 1e38, factor = 10),
+    "Lion's .weight_decay. would be 1e\\+39",
+    class = "keraslion_error_argument"
+  )
+  expect_error(lion_hparams_from_adamw(1e-3, 1e308, factor = 10), "weight_decay. would be Inf")
 })
 
 test_that("R and Python agree, and the result feeds optimizer_lion()", {

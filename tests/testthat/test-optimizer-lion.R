@@ -277,6 +277,8 @@ test_that("a learning rate function's result is checked when it is called", {
   for (learning_rate in bad) {
     expect_error(one_step(learning_rate), "learning_rate")
   }
+  # The value received is shown as it was, not as reticulate's True.
+  expect_error(one_step(function() NA), "Received: learning_rate(\\(\\))?=nan")
   # The same inside a compiled fit() step.
   model <- keras$Sequential(list(keras$Input(shape = list(2L)), keras$layers$Dense(1L)))
   model$compile(optimizer = optimizer_lion(learning_rate = function() -0.05), loss = "mse")

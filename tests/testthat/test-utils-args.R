@@ -30,7 +30,9 @@ test_that("as_number() checks the interval and converts to double", {
   expect_error(as_number(NULL, "x", 0), "not `NULL`")
   expect_error(as_number(TRUE, "x", 0), class = "keraslion_error_argument")
   f <- function() 1
-  expect_identical(as_number(f, "x", 0, allow_callable = TRUE), f)
+  expect_identical(as_number(f, "x", 0, allow_callable = TRUE)(), 1)
+  # An NA returned reaches Python as NaN (reticulate passes a logical NA as True).
+  expect_identical(as_number(function() NA, "x", 0, allow_callable = TRUE)(), NA_real_)
   expect_error(as_number(f, "x", 0), "function")
 })
 
@@ -38,9 +40,9 @@ test_that("a function that can be called with no arguments is a callable", {
   dots <- function(...) 1e-3
   default <- function(scale = 1) scale * 1e-3
   both <- function(scale = 1, ...) scale * 1e-3
-  expect_identical(as_number(dots, "x", 0, allow_callable = TRUE), dots)
-  expect_identical(as_number(default, "x", 0, allow_callable = TRUE), default)
-  expect_identical(as_number(both, "x", 0, allow_callable = TRUE), both)
+  expect_identical(as_number(dots, "x", 0, allow_callable = TRUE)(), 1e-3)
+  expect_identical(as_number(default, "x", 0, allow_callable = TRUE)(), 1e-3)
+  expect_identical(as_number(both, "x", 0, allow_callable = TRUE)(), 1e-3)
   expect_error(
     as_number(function(step, ...) 1, "x", 0, allow_callable = TRUE),
     "not a function with required argument `step`",

@@ -98,8 +98,11 @@ def number_in(
     refused.
     """
     number = _check_interval(name, _as_float(name, value), low, high, low_closed, high_closed)
-    rounded = float(np.float32(number))
-    if float32 and (math.isinf(rounded) or (rounded == 0.0) != (number == 0.0)):
+    if not float32:
+        return number
+    with np.errstate(over="ignore"):  # said below, naming the argument
+        rounded = float(np.float32(number))
+    if math.isinf(rounded) or (rounded == 0.0) != (number == 0.0):
         raise ValueError(
             f"Argument `{name}` must be representable in float32 (between about 1.4e-45 "
             f"and 3.4e+38, or 0), where Keras uses it; it would become {rounded:g}. "

@@ -37,4 +37,13 @@ def lion_hparams_from_adamw(
     learning_rate = _checks.number_in("learning_rate", learning_rate, 0.0, low_closed=False)
     weight_decay = _checks.number_in("weight_decay", weight_decay, 0.0)
     factor = _checks.number_in("factor", factor, 1.0)
-    return {"learning_rate": learning_rate / factor, "weight_decay": weight_decay * factor}
+    lion = {"learning_rate": learning_rate / factor, "weight_decay": weight_decay * factor}
+    for name, value in lion.items():
+        # Values Lion takes: in float32, where Keras keeps them.
+        try:
+            _checks.number_in(name, value, 0.0, low_closed=name == "weight_decay", float32=True)
+        except ValueError as error:
+            raise ValueError(
+                f"With factor={factor:g}, Lion's `{name}` would be {value:g}, which Lion "
+                f"refuses: {error}") from None
+    return lion

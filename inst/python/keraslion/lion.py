@@ -161,12 +161,14 @@ class Lion(keras.optimizers.Optimizer):
     larger, so that `learning_rate * weight_decay` stays the same
     (`lion_hparams_from_adamw()` does this conversion).
 
-    `learning_rate`, `beta_1`, `beta_2` and `weight_decay` may be set between
-    steps, by a callback for example: a new value is checked when set and is
-    used from the next step. A callable beta is checked each time it is
-    called (a `LearningRateSchedule`, a function of the step, is refused).
-    Inside a compiled `fit()`, as with Keras's own optimizers, a number
-    traced into the step keeps its traced value, while the learning rate (a
+    `learning_rate`, `beta_1`, `beta_2`, `weight_decay`, `cautious` and the
+    clipping arguments may be set between steps, by a callback for example:
+    a new value is checked when set and is used from the next step. A
+    callable beta is checked each time it is called (a
+    `LearningRateSchedule`, a function of the step, is refused). Inside a
+    compiled `fit()`, as with Keras's own optimizers, a number or flag
+    traced into the step keeps its traced value until the step is rebuilt
+    (`model.make_train_function(force=True)`), while the learning rate (a
     variable) follows. A `keras.Variable` given as a hyperparameter is
     read inside the step, where it cannot be checked: it is checked when
     given, not when `assign()`ed later (Keras's own optimizers check
@@ -385,7 +387,7 @@ class Lion(keras.optimizers.Optimizer):
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.momentum_dtype = momentum_dtype
-        self.cautious = _checks.boolean("cautious", cautious)
+        self.cautious = cautious
         self.skip_nonfinite = skip_nonfinite
         self._exclusion_patterns = _checks.patterns(
             "exclude_from_weight_decay", exclude_from_weight_decay)
@@ -519,6 +521,14 @@ class Lion(keras.optimizers.Optimizer):
     @global_clipnorm.setter
     def global_clipnorm(self, value: float | None) -> None:
         self._global_clipnorm = _checks.clipping(self, "global_clipnorm", value)
+
+    @property
+    def cautious(self) -> bool:
+        return self._cautious
+
+    @cautious.setter
+    def cautious(self, value: bool) -> None:
+        self._cautious = _checks.boolean("cautious", value)
 
     @property
     def use_ema(self) -> bool:

@@ -127,11 +127,12 @@ def _concrete(optimizer: Any, shape: tuple[int, ...], kind: tuple[Any, ...],
     # take XLA several times as long to compile as the step as written.
     stacked = not fixed_shape and tf.executing_eagerly()
     concretes = _cache(optimizer, "_tf_compiled_updates")
-    # No weight decay (None), or a learning rate of another dtype: another trace.
-    key = (shape, *kind, stacked, args[-1] is None, args[5].dtype)
+    # No weight decay (None), or a learning rate of another dtype: another
+    # trace; `cautious`, a flag that may be set between steps, is traced in.
+    key = (shape, *kind, stacked, optimizer.cautious, args[-1] is None, args[5].dtype)
     if key not in concretes:
         functions = _cache(optimizer, "_tf_update_functions")
-        function_key = (shape if fixed_shape else None, *kind, stacked)
+        function_key = (shape if fixed_shape else None, *kind, stacked, optimizer.cautious)
         if function_key not in functions:
             functions[function_key] = _compile(optimizer, fixed_shape, stacked, decays=kind[3])
         concretes[key] = functions[function_key].get_concrete_function(*args)

@@ -154,13 +154,14 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
   as.double(x)
 }
 
-# `fn`, but a logical NA it returns reaches Python as NaN: reticulate passes it
-# as True, which Python's check refused showing `True` as the value received.
+# `fn`, but a logical or integer NA it returns reaches Python as NaN:
+# reticulate passes them as True and -2147483648, which Python's check
+# refused showing as the value received.
 returning_na_as_nan <- function(fn) {
   force(fn)
   function(...) {
     value <- fn(...)
-    if (is.logical(value) && anyNA(value)) as.double(value) else value
+    if ((is.logical(value) || is.integer(value)) && anyNA(value)) as.double(value) else value
   }
 }
 

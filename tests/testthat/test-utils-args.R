@@ -33,6 +33,7 @@ test_that("as_number() checks the interval and converts to double", {
   expect_identical(as_number(f, "x", 0, allow_callable = TRUE)(), 1)
   # An NA returned reaches Python as NaN (reticulate passes a logical NA as True).
   expect_identical(as_number(function() NA, "x", 0, allow_callable = TRUE)(), NA_real_)
+  expect_identical(as_number(function() NA_integer_, "x", 0, allow_callable = TRUE)(), NA_real_)
   expect_error(as_number(f, "x", 0), "function")
 })
 

@@ -132,7 +132,7 @@ def _concrete(optimizer: Any, shape: tuple[int, ...], kind: tuple[Any, ...],
     key = (shape, *kind, stacked, optimizer.cautious, args[-1] is None, args[5].dtype)
     if key not in concretes:
         functions = _cache(optimizer, "_tf_update_functions")
-        function_key = (shape if fixed_shape else None, *kind, stacked, optimizer.cautious)
+        function_key = (shape if fixed_shape else None, *kind, optimizer.cautious, stacked)
         if function_key not in functions:
             functions[function_key] = _compile(optimizer, fixed_shape, stacked, decays=kind[3])
         concretes[key] = functions[function_key].get_concrete_function(*args)

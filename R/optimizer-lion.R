@@ -126,7 +126,10 @@
 #' Adadelta, Ftrl), loads the model's weights and none of its optimizer
 #' state, with the warning: the Lion's state is left as it is (a Lion not
 #' yet trained starts fresh), as when switching from AdamW with
-#' [lion_hparams_from_adamw()]. One value per weight (SGD with momentum,
+#' [lion_hparams_from_adamw()]. (Under mixed precision, the loss scale of
+#' `compile()`'s `LossScaleOptimizer` loads. Where all the model's weights
+#' have one shape, a Lion with `use_ema` or `gradient_accumulation_steps`
+#' reads such a checkpoint as its own.) One value per weight (SGD with momentum,
 #' RMSprop, Adagrad) cannot be told from a Lion's momentum and loads as one:
 #' load such weights with `load_model_weights()` before `compile()`, which
 #' leaves out the optimizer state. Under mixed precision (`"mixed_float16"`),
@@ -190,7 +193,9 @@
 #'   its norm is at most this value.
 #' @param clipvalue `NULL` or a number > 0: each gradient element is clipped
 #'   to `[-clipvalue, clipvalue]`.
-#' @param global_clipnorm `NULL` or a number > 0: all gradients are clipped
+#' @param global_clipnorm `NULL` or a number in \[2^-126, 2^126] (about
+#'   1.2e-38 to 8.5e+37: Keras divides by it, and on JAX and TensorFlow a
+#'   smaller number or reciprocal is flushed to 0): all gradients are clipped
 #'   together so that their global norm is at most this value. At most one of
 #'   `clipnorm`, `clipvalue` and `global_clipnorm` may be set.
 #' @param use_ema `TRUE` or `FALSE`: whether to keep an exponential moving
@@ -211,9 +216,10 @@
 #' @param ... Further named arguments passed to the Python optimizer, for
 #'   forward and backward compatibility. An argument it does not know is an
 #'   error.
-#' @param loss_scale_factor `NULL` or a number > 0: the loss is multiplied and
-#'   the gradients divided by this factor, to keep small gradients from
-#'   underflowing in mixed precision.
+#' @param loss_scale_factor `NULL` or a number in \[2^-126, 2^126], as for
+#'   `global_clipnorm`: the loss is multiplied and the gradients divided by
+#'   this factor, to keep small gradients from underflowing in mixed
+#'   precision.
 #' @param gradient_accumulation_steps `NULL` or a whole number >= 2: the
 #'   weights are updated every this many steps, with the mean of the
 #'   gradients since the last update. Learning-rate schedules count every
@@ -372,10 +378,16 @@ lion_argument <- function(name, value, call = caller_env()) {
       allow_null = TRUE, allow_variable = TRUE, float32 = TRUE, call = call
     ),
     clipnorm = ,
-    clipvalue = ,
-    global_clipnorm = ,
-    loss_scale_factor = as_number(value, name, 0,
+    clipvalue = as_number(value, name, 0,
       lower_closed = FALSE, allow_null = TRUE, float32 = TRUE, call = call
+    ),
+    global_clipnorm = ,
+    loss_scale_factor = check_divisor(
+      as_number(value, name, 0,
+        lower_closed = FALSE, allow_null = TRUE, float32 = TRUE, call = call
+      ),
+      name,
+      call = call
     ),
     ema_momentum = as_number(value, name, 0, 1, upper_closed = TRUE, call = call),
     ema_overwrite_frequency = as_whole_number(value, name, 1, call = call),

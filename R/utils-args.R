@@ -154,6 +154,25 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
   as.double(x)
 }
 
+# A number Keras divides by (`global_clipnorm`, `loss_scale_factor`), or
+# `NULL`: it and its reciprocal must be normal float32 numbers, as XLA and
+# TensorFlow flush smaller ones to 0 on CPU (the gradients became 0 or NaN).
+check_divisor <- function(x, arg, call = caller_env()) {
+  if (is.null(x) || (x >= 2^-126 && x <= 2^126)) {
+    return(x)
+  }
+  cli::cli_abort(
+    c(
+      "{.arg {arg}} must be `NULL` or a number in [2^-126, 2^126] (about 1.2e-38 to
+       8.5e+37), not {describe(x)}.",
+      i = "Keras divides by it, and on JAX and TensorFlow a smaller number or
+           reciprocal is flushed to 0, which makes the gradients 0 or NaN."
+    ),
+    call = call,
+    class = "keraslion_error_argument"
+  )
+}
+
 # `fn`, but a logical or integer NA it returns reaches Python as NaN:
 # reticulate passes them as True and -2147483648, which Python's check
 # refused showing as the value received.

@@ -363,21 +363,52 @@ def test_another_optimizers_checkpoint_loads_the_weights_and_leaves_the_lion_as_
         np.testing.assert_array_equal(loaded, saved)
 
 
-def test_a_lions_checkpoint_of_one_variable_with_its_average_is_not_taken_for_adams(tmp_path):
-    # One average and one momentum, of one shape, side by side: Adam's layout too.
-    def single(optimizer):
-        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2, use_bias=False)])
-        model.compile(optimizer=optimizer, loss="mse")
-        model.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-        return model
+def same_shapes(optimizer, layers=1, train=True):
+    """A model whose variables all have one shape: an optimizer's values for
+    them, two side by side, lie as a Lion's averages (or accumulators) and
+    momentums do."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((2,))] + [
+        keras.layers.Dense(2, use_bias=False, name=f"dense{i}") for i in range(layers)])
+    model.compile(optimizer=optimizer, loss="mse")
+    if train:
+        # Positive inputs, targets far below: every gradient, so every momentum, is positive.
+        model.fit(np.abs(X[:, :2]), -10 - np.abs(Y), batch_size=8, epochs=1, shuffle=False,
+                  verbose=0)
+    return model
 
-    source = single(Lion(use_ema=True))
-    source.optimizer._momentums[0].assign(keras.ops.ones((5, 2)))
-    path = save(source, tmp_path, "weights.h5")
-    model = single(Lion())
-    with pytest.warns(StateWarning, match="dropped the moving averages or the gradient"):
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_another_optimizers_checkpoint_of_variables_of_one_shape_is_said_to_be_one(
+        layers, tmp_path):
+    path = save(same_shapes(keras.optimizers.AdamW(), layers), tmp_path, "weights.h5")
+    model = same_shapes(Lion(), layers)
+    before = state(model.optimizer.variables)
+    with pytest.warns(StateWarning, match="another optimizer's"):
         model.load_weights(path)
-    np.testing.assert_array_equal(value(model.optimizer._momentums[0]), np.ones((5, 2)))
+    assert_same(state(model.optimizer.variables), before)
+
+
+@pytest.mark.parametrize("options", [{"use_ema": True}, {"gradient_accumulation_steps": 2}])
+def test_a_lions_checkpoint_of_variables_of_one_shape_is_not_taken_for_another_optimizers(
+        options, tmp_path):
+    source = same_shapes(Lion(**options))
+    assert np.all(value(source.optimizer._momentums[0]) > 0)
+    path = save(source, tmp_path, "weights.h5")
+    # Into its own options: it loads, and not built yet, it says to build first.
+    model = same_shapes(Lion(**options))
+    load_quietly(model, path)
+    for loaded, saved in zip(model.optimizer.variables, source.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(value(loaded), value(saved))
+    model = same_shapes(Lion(**options), train=False)
+    with pytest.raises(ValueError, match="not built"):
+        model.load_weights(path)
+    if "use_ema" in options:
+        # Into other options, moving averages lying near the weights are a Lion's.
+        model = same_shapes(Lion())
+        with pytest.warns(StateWarning, match="dropped the moving averages or the gradient"):
+            model.load_weights(path)
+        assert_same(by_role(model.optimizer), by_role(source.optimizer))
 
 
 def saved_store(optimizer):

@@ -30,6 +30,10 @@ BAD_ARGUMENTS = [
     ({"gradient_accumulation_steps": 1}, "gradient_accumulation_steps"),
     ({"gradient_accumulation_steps": True}, "gradient_accumulation_steps"),
     ({"loss_scale_factor": 0.0}, "loss_scale_factor"),
+    # Keras divides by these: on JAX and TensorFlow the gradients became 0 or NaN.
+    ({"global_clipnorm": 3e38}, "global_clipnorm"),
+    ({"loss_scale_factor": 1e-40}, "loss_scale_factor"),
+    ({"loss_scale_factor": 1e38}, "loss_scale_factor"),
     ({"name": ""}, "name"),
     ({"name": 3}, "name"),
     ({"momentum_dtype": "int16"}, "momentum_dtype"),
@@ -61,6 +65,19 @@ def test_bad_argument_is_named_with_its_value(kwargs, argument):
 def test_two_clipping_arguments_are_refused():
     with pytest.raises(ValueError, match="Only one of"):
         Lion(clipnorm=1.0, clipvalue=1.0)
+
+
+@pytest.mark.parametrize("options", [{"global_clipnorm": 2.0**126},
+                                     {"loss_scale_factor": 2.0**-126}])
+def test_divisors_at_the_edges_of_their_range_step(options):
+    # (At the other edges, 2^-126 and 2^126, they are accepted too, but make
+    # gradients so small that the float32 step flushes them: no step on CPU.)
+    assert Lion(global_clipnorm=2.0**-126, loss_scale_factor=2.0**126).get_config()[
+        "loss_scale_factor"] == 2.0**126
+    optimizer = Lion(learning_rate=0.5, **options)
+    variable = keras.Variable(np.zeros(2, np.float32))
+    optimizer.apply([keras.ops.convert_to_tensor(np.array([1.0, -1.0], np.float32))], [variable])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), [-0.5, 0.5])
 
 
 def test_a_second_clipping_argument_set_later_is_refused():

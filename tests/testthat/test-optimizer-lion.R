@@ -104,6 +104,18 @@ test_that("zero and the betas' documented edge values stay accepted", {
   expect_error(optimizer_lion(beta_2 = 1e-50), "beta_2.*1.1754944e-38")
   config <- optimizer_lion(clipvalue = 3e38, global_clipnorm = NULL)$get_config()
   expect_identical(config$clipvalue, 3e38)
+  # Keras divides by these: a number or reciprocal that XLA would flush to 0 is refused.
+  config <- optimizer_lion(global_clipnorm = 2^126, loss_scale_factor = 2^-126)$get_config()
+  expect_identical(c(config$global_clipnorm, config$loss_scale_factor), c(2^126, 2^-126))
+  expect_error(
+    optimizer_lion(global_clipnorm = 3e38),
+    "global_clipnorm. must be `NULL` or a number in \\[2\\^-126, 2\\^126\\]",
+    class = "keraslion_error_argument"
+  )
+  expect_error(
+    optimizer_lion(loss_scale_factor = 1e-40), "flushed to 0",
+    class = "keraslion_error_argument"
+  )
 })
 
 test_that("exclude_from_weight_decay is checked by Python's re, which applies it", {

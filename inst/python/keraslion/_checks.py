@@ -320,10 +320,26 @@ def patterns(name: str, value: str | Iterable[str] | None) -> list[str]:
     return items
 
 
+def divisor(name: str, value: Any) -> float | None:
+    """`global_clipnorm` or `loss_scale_factor`, which Keras divides by: None
+    or a float32 that, as its reciprocal, is normal. XLA and TensorFlow flush
+    subnormals to 0 on CPU: the gradients became 0 (global_clipnorm = 3e38)
+    or NaN (loss_scale_factor = 1e-40) there, not on PyTorch."""
+    number = optional_number_in(name, value, 0.0, low_closed=False, float32=True)
+    tiny = float(np.finfo(np.float32).tiny)
+    if number is not None and not tiny <= number <= 1 / tiny:
+        raise ValueError(
+            f"Argument `{name}` must be between 2^-126 and 2^126 (about 1.2e-38 and 8.5e+37): "
+            "Keras divides by it, and on JAX and TensorFlow a smaller number or reciprocal "
+            f"is flushed to 0, which makes the gradients 0 or NaN. {_received(name, value)}")
+    return number
+
+
 def clipping(optimizer: Any, name: str, value: Any) -> float | None:
     """`clipnorm`, `clipvalue` or `global_clipnorm`: None or a float > 0, and
     refused while another of them is set (Keras would apply only one)."""
-    value = optional_number_in(name, value, 0.0, low_closed=False, float32=True)
+    value = (divisor(name, value) if name == "global_clipnorm" else
+             optional_number_in(name, value, 0.0, low_closed=False, float32=True))
     others = [f"`{other}` is {getattr(optimizer, '_' + other)}"
               for other in ("clipnorm", "clipvalue", "global_clipnorm")
               if other != name and getattr(optimizer, "_" + other, None) is not None]

@@ -377,8 +377,7 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
         return plan
     trainables = list(optimizer._trainable_variables) if optimizer.built else []
     readings = list(candidate_readings(entries, trainables))
-    per_variable = None if any(r.rank == 0 for r in readings) else (
-        values_per_variable_of_another_optimizer(entries, trainables))
+    per_variable = another_optimizers(optimizer, readings, entries, trainables)
     if per_variable:
         # Keras skips such a checkpoint too (another count of variables); read
         # as a Lion's, an average of squared gradients would become a momentum.
@@ -503,6 +502,30 @@ def candidate_readings(entries: list[Entry], trainables: list[Any]) -> Iterator[
             continue
         slots = [(role, j) for role in roles for j in mapping]
         yield Reading(options, tuple(head_slots + slots + tail_slots), 1, ambiguous=ways > 1)
+
+
+def another_optimizers(optimizer: Any, readings: list[Reading], entries: list[Entry],
+                       trainables: list[Any]) -> int | None:
+    """How many values per trainable variable the entries hold if they are
+    another optimizer's. Where all the variables have one shape, Adam's
+    pairs lie as a Lion's moving averages (or accumulators) and momentums
+    do: a reading as a Lion's checkpoint wins if it has this optimizer's
+    options (when not built, only with averages or accumulators: a lone
+    group of momentums fits anything), or averages that lie near the weights."""
+    own = own_options(optimizer)
+    built = optimizer.built
+
+    def vouched(reading: Reading) -> bool:
+        if reading.rank != (0 if built else 1):
+            return False
+        if reading.options == own and (built or own.ema or own.accumulation):
+            return True
+        return built and reading.options.ema and (
+            group_looks_like(reading, trainables, entries) == "average")
+
+    if any(vouched(reading) for reading in readings):
+        return None
+    return values_per_variable_of_another_optimizer(entries, trainables)
 
 
 def values_per_variable_of_another_optimizer(entries: list[Entry],

@@ -206,7 +206,9 @@ class Lion(keras.optimizers.Optimizer):
     optimizer that saves two values per weight, one never negative (AdamW,
     Adam, Nadam, Adamax, Lamb, Adadelta, Ftrl), loads none of its state into
     the Lion, with a `StateWarning` (switching from AdamW: the model's
-    weights load, the Lion's state is left as it is); one value per weight
+    weights load, the Lion's state is left as it is; where all the weights
+    have one shape, a Lion with `use_ema` or gradient accumulation reads it
+    as its own); one value per weight
     (SGD with momentum, RMSprop, Adagrad) cannot be told from a momentum and
     loads as one: load such weights before `compile()`. Under mixed
     precision, Keras's `LossScaleOptimizer` around a Lion loads its own
@@ -281,9 +283,10 @@ class Lion(keras.optimizers.Optimizer):
         clipnorm: `None` or a float > 0: clip each gradient to this norm.
         clipvalue: `None` or a float > 0: clip each gradient element to
             `[-clipvalue, clipvalue]`.
-        global_clipnorm: `None` or a float > 0: clip all gradients together
-            to this global norm. At most one of the three clipping arguments
-            may be set.
+        global_clipnorm: `None` or a float in [2^-126, 2^126] (about
+            1.2e-38 to 8.5e+37, where its reciprocal is a normal float32):
+            clip all gradients together to this global norm. At most one of
+            the three clipping arguments may be set.
         use_ema: Whether to keep an exponential moving average (EMA) of the
             model's weights. Defaults to `False`.
         ema_momentum: A float in [0, 1]: `average = ema_momentum * average +
@@ -292,8 +295,8 @@ class Lion(keras.optimizers.Optimizer):
             steps, the weights are overwritten by their average. With `None`,
             `finalize_variable_values()` (called by `fit()` at the end)
             does it once. Refused under a `tf.distribute` strategy.
-        loss_scale_factor: `None` or a float > 0: the loss is multiplied and
-            the gradients divided by this factor.
+        loss_scale_factor: `None` or a float in [2^-126, 2^126]: the loss is
+            multiplied and the gradients divided by this factor.
         gradient_accumulation_steps: `None` or an int >= 2: update the
             weights every this many steps with the mean of the gradients.
             Fixed once the optimizer is built. Refused under a
@@ -367,8 +370,7 @@ class Lion(keras.optimizers.Optimizer):
                                            high_closed=True),
             ema_overwrite_frequency=_checks.optional_whole_number(
                 "ema_overwrite_frequency", ema_overwrite_frequency, 1),
-            loss_scale_factor=_checks.optional_number_in(
-                "loss_scale_factor", loss_scale_factor, 0.0, low_closed=False, float32=True),
+            loss_scale_factor=_checks.divisor("loss_scale_factor", loss_scale_factor),
             gradient_accumulation_steps=_checks.optional_whole_number(
                 "gradient_accumulation_steps", gradient_accumulation_steps, 2),
             # None: Keras numbers the default name ("lion", "lion_1", ...), so that

@@ -80,6 +80,15 @@ def test_divisors_at_the_edges_of_their_range_step(options):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), [-0.5, 0.5])
 
 
+def test_numpy_booleans_are_taken_as_booleans():
+    optimizer = Lion(cautious=np.bool_(True), use_ema=np.bool_(False))
+    optimizer.skip_nonfinite = np.bool_(True)
+    values = (optimizer.cautious, optimizer.use_ema, optimizer.skip_nonfinite)
+    assert values == (True, False, True)
+    assert all(type(value) is bool for value in values)
+    assert type(optimizer.get_config()["cautious"]) is bool
+
+
 def test_a_second_clipping_argument_set_later_is_refused():
     # Keras would apply only the first; another can replace it once it is None.
     optimizer = Lion(clipnorm=1.0)

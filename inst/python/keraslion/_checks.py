@@ -223,6 +223,8 @@ def resolve_learning_rate(value: Any) -> Any:
 
 
 def boolean(name: str, value: Any) -> bool:
+    if isinstance(value, np.bool_):  # NumPy's, shown as True: taken as it reads
+        value = bool(value)
     if not isinstance(value, bool):
         raise TypeError(f"Argument `{name}` must be True or False. {_received(name, value)}")
     return value

@@ -378,17 +378,18 @@ lion_argument <- function(name, value, call = caller_env()) {
       allow_null = TRUE, allow_variable = TRUE, float32 = TRUE, call = call
     ),
     clipnorm = ,
-    clipvalue = as_number(value, name, 0,
-      lower_closed = FALSE, allow_null = TRUE, float32 = TRUE, call = call
-    ),
+    clipvalue = ,
     global_clipnorm = ,
-    loss_scale_factor = check_divisor(
-      as_number(value, name, 0,
+    loss_scale_factor = {
+      number <- as_number(value, name, 0,
         lower_closed = FALSE, allow_null = TRUE, float32 = TRUE, call = call
-      ),
-      name,
-      call = call
-    ),
+      )
+      # Keras divides by these two.
+      if (name %in% c("global_clipnorm", "loss_scale_factor")) {
+        check_divisor(number, name, call = call)
+      }
+      number
+    },
     ema_momentum = as_number(value, name, 0, 1, upper_closed = TRUE, call = call),
     ema_overwrite_frequency = as_whole_number(value, name, 1, call = call),
     gradient_accumulation_steps = as_whole_number(value, name, 2, call = call),

@@ -159,7 +159,7 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
 # TensorFlow flush smaller ones to 0 on CPU (the gradients became 0 or NaN).
 check_divisor <- function(x, arg, call = caller_env()) {
   if (is.null(x) || (x >= 2^-126 && x <= 2^126)) {
-    return(x)
+    return(invisible(x))
   }
   cli::cli_abort(
     c(

@@ -102,6 +102,10 @@
 #' memory.
 #'
 #' @section Saving and loading:
+#' Loading a saved or pickled model (`keras3::load_model()`,
+#' `reticulate::py_load_object()`) needs keraslion loaded, by
+#' `library(keraslion)` or a `keraslion::` call, which registers `Lion` with
+#' Keras: without it Keras says it "could not locate class 'Lion'".
 #' A checkpoint (`save_model()`, `save_model_weights()`) loads into a Lion
 #' whose options add or drop optimizer variables (`skip_nonfinite`,
 #' `use_ema`, `gradient_accumulation_steps`, a schedule for a number as
@@ -245,7 +249,8 @@
 #'   scaled by `size / max(kept, 1)`, the inverse of the kept fraction (the
 #'   `max` makes a step where nothing is kept a zero step). The momentum
 #'   update and the weight decay are unchanged.
-#' @param exclude_from_weight_decay `NULL` or a character vector of regular
+#' @param exclude_from_weight_decay `NULL` (or an empty vector or list, as
+#'   `get_config()` gives it back) or a character vector of regular
 #'   expressions: a weight whose path (such as `"dense/bias"`) or name
 #'   matches any of them gets no weight decay, e.g. `c("bias", "norm")`.
 #'   Each tail of the path after a `/` is tried too, so `"^head/kernel$"`

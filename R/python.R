@@ -143,13 +143,17 @@ found = _keraslion_probe()
 #' optimizer$cautious
 import_keraslion <- function() {
   if (!keraslion_available()) {
-    cli::cli_abort(c(
-      "keraslion's Python side is not available.",
-      "i" = probe_python()$reason,
-      "i" = "See {.fun keraslion::install_keraslion}."
-    ), class = "keraslion_error_python")
+    abort_python_unavailable()
   }
   python_core()
+}
+
+abort_python_unavailable <- function(parent = NULL, call = caller_env()) {
+  cli::cli_abort(c(
+    "keraslion's Python side is not available.",
+    "i" = probe_python()$reason,
+    "i" = "See {.fun keraslion::install_keraslion}."
+  ), parent = parent, call = call, class = "keraslion_error_python")
 }
 
 #' Install Keras and a backend for keraslion

@@ -288,10 +288,11 @@ check_choice <- function(x, arg, values, call = caller_env()) {
 # them, so it judges them too: R's own syntax, such as "[[:alpha:]]", means
 # something else there (and makes `re` warn).
 as_patterns <- function(x, arg, call = caller_env()) {
-  if (is.null(x)) {
+  # No patterns: also as `get_config()` gives them back, an empty list.
+  if (is.null(x) || (length(x) == 0 && (is.character(x) || identical(x, list())))) {
     return(NULL)
   }
-  if (!is.character(x) || length(x) == 0 || anyNA(x) || !all(nzchar(x))) {
+  if (!is.character(x) || anyNA(x) || !all(nzchar(x))) {
     abort_arg(arg, "`NULL` or a character vector of non-empty regular expressions", x, call)
   }
   for (pattern in x) {

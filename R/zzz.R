@@ -8,9 +8,17 @@
 # already started.)
 python_core <- function() {
   if (is.null(the$python_core)) {
-    core <- reticulate::import_from_path(
-      "keraslion",
-      path = system.file("python", package = "keraslion")
+    # Every function that needs Python comes here first (optimizer_lion()
+    # too): without Python or Keras, the error says what is missing.
+    core <- tryCatch(
+      reticulate::import_from_path(
+        "keraslion",
+        path = system.file("python", package = "keraslion")
+      ),
+      error = function(cnd) {
+        if (keraslion_available()) stop(cnd)
+        abort_python_unavailable(parent = cnd, call = NULL)
+      }
     )
     route_state_warnings(core)
     the$python_core <- core

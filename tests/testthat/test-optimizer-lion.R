@@ -118,6 +118,19 @@ test_that("zero and the betas' documented edge values stay accepted", {
   )
 })
 
+test_that("an optimizer's config makes the same optimizer again", {
+  skip_if_no_keras()
+  # A default config has no patterns, an empty list.
+  for (optimizer in list(optimizer_lion(), optimizer_lion(exclude_from_weight_decay = "bias"))) {
+    config <- optimizer$get_config()
+    config$name <- NULL
+    copy <- do.call(optimizer_lion, config)$get_config()
+    copy$name <- NULL
+    expect_identical(copy, config)
+  }
+  expect_null(keraslion:::as_patterns(character(), "p"))
+})
+
 test_that("exclude_from_weight_decay is checked by Python's re, which applies it", {
   skip_if_no_keras()
   expect_identical(

@@ -40,12 +40,15 @@ test_that("keraslion_available() is FALSE, not an error, without a usable Python
     "cat('available:', keraslion_available(), '\\n')",
     "cat('reason:', keraslion:::probe_python()$reason, '\\n')",
     "tryCatch(import_keraslion(), keraslion_error_python = function(e) cat('import: error\\n'))",
+    # The function users call first says what is missing, as import_keraslion() does.
+    "tryCatch(optimizer_lion(), keraslion_error_python = function(e) cat('optimizer: error\\n'))",
     sep = "; "
   )
   missing_python <- run_in_fresh_r(code, "RETICULATE_PYTHON=/nonexistent/bin/python")
   expect_identical(missing_python$status, 0L)
   expect_true(any(grepl("available: FALSE", missing_python$output, fixed = TRUE)))
   expect_true(any(grepl("import: error", missing_python$output, fixed = TRUE)))
+  expect_true(any(grepl("optimizer: error", missing_python$output, fixed = TRUE)))
 
   # A backend that is not installed.
   skip_if_no_keras()
@@ -56,6 +59,7 @@ test_that("keraslion_available() is FALSE, not an error, without a usable Python
   expect_identical(no_backend$status, 0L)
   expect_true(any(grepl("available: FALSE", no_backend$output, fixed = TRUE)))
   expect_true(any(grepl("no_such_backend", no_backend$output, fixed = TRUE)))
+  expect_true(any(grepl("optimizer: error", no_backend$output, fixed = TRUE)))
 })
 
 test_that("import_keraslion() returns the module that loading a saved model needs", {

@@ -65,7 +65,9 @@
 #' `gradient_accumulation_steps`, Keras sums the gradients before it divides
 #' by the number of steps, so gradients whose sum exceeds float32's range
 #' (3.4e+38) give an infinite momentum; clip them (`clipvalue`) if they can
-#' be that large.
+#' be that large. Keras keeps the learning rate in the default float type:
+#' after `keras3::config_set_floatx("bfloat16")`, in bfloat16 (0.01 becomes
+#' 0.0100098), as for its own optimizers; the step itself is unchanged.
 #'
 #' @section One-byte momentum:
 #' With `momentum_dtype = "int8"`, each momentum element is stored as an

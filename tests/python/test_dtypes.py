@@ -110,3 +110,50 @@ def test_narrow_dtypes_are_computed_in_float32_and_rounded_once(dtype, settings,
             assert np.all(np.abs(actual - expected) <= np.abs(expected) * eps)
         else:
             np.testing.assert_array_equal(actual, expected)
+
+
+def steps_under(floatx, options, fast):
+    keras.config.set_floatx(floatx)
+    try:
+        rng = np.random.default_rng(0)
+        variables = [keras.Variable(rng.normal(size=shape).astype(np.float32), dtype="float32")
+                     for shape in ((8, 512), (7,))]
+        # LR: exact in bfloat16 too, in which Keras keeps the learning rate under this floatx.
+        optimizer = Lion(learning_rate=LR, weight_decay=0.1, **options)
+        if not fast:
+            optimizer._fast_path = None
+        for _ in range(3):
+            optimizer.apply([keras.ops.convert_to_tensor(rng.normal(size=v.shape), "float32")
+                             for v in variables], variables)
+        return [to_numpy(v) for v in variables] + [
+            to_numpy(optimizer._momentum_value(v)) for v in variables]
+    finally:
+        keras.config.set_floatx("float32")
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+@pytest.mark.parametrize("options", [{}, {"momentum_dtype": "int8"},
+                                     {"momentum_dtype": "bfloat16"}, {"cautious": True},
+                                     {"skip_nonfinite": True}])
+def test_a_bfloat16_floatx_changes_no_float32_step(options, fast):
+    # On JAX, keras.ops made the Python ints of the int8 codes and of XLA's
+    # ordering float32 under it: the step failed.
+    for under_bfloat16, under_float32 in zip(steps_under("bfloat16", options, fast),
+                                             steps_under("float32", options, fast), strict=True):
+        np.testing.assert_array_equal(under_bfloat16, under_float32)
+
+
+def test_a_bfloat16_model_with_a_float32_head_trains_with_int8_momentum():
+    keras.config.set_floatx("bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(512),
+                                  keras.layers.Dense(1, dtype="float32")])
+        model.compile(optimizer=Lion(1e-3, momentum_dtype="int8"), loss="mse")
+        before = [to_numpy(v).astype(np.float32) for v in model.trainable_variables]
+        model.fit(np.ones((8, 16)), np.zeros((8, 1)), epochs=1, verbose=0)
+    finally:
+        keras.config.set_floatx("float32")
+    for start, variable in zip(before, model.trainable_variables, strict=True):
+        after = to_numpy(variable).astype(np.float32)
+        assert np.all(np.isfinite(after)) and not np.array_equal(after, start)

@@ -159,8 +159,15 @@ def decode(codes: Any, scales: Any) -> Any:
     bits = ops.left_shift(k + EXPONENT_OFFSET, 20)
     bits = _choose(ops.view(small, "int32"), bits, k < 8)
     bits = _choose(NAN_BITS, bits, k == NAN_CODE)
-    bits = ops.bitwise_or(bits, ops.bitwise_and(signed, SIGN_BIT))
+    bits = ops.bitwise_or(bits, ops.bitwise_and(signed, _int32(SIGN_BIT)))
     return ops.view(bits, "float32") * _per_element(scales, shape)
+
+
+def _int32(value: int) -> Any:
+    """An int32 constant for `keras.ops`, which on JAX converts a Python int
+    to float32 where floatx is bfloat16 (bitwise operations then refuse it,
+    and `minimum` returns float32)."""
+    return ops.convert_to_tensor(value, "int32")
 
 
 def _choose(if_true: Any, if_false: Any, condition: Any) -> Any:
@@ -181,9 +188,9 @@ def encode(m: Any, noise: Any) -> tuple[Any, Any]:
     """
     shape = tuple(m.shape)
     bits = ops.view(ops.cast(m, "float32"), "int32")
-    magnitude_bits = ops.bitwise_and(bits, 0x7FFFFFFF)
+    magnitude_bits = ops.bitwise_and(bits, _int32(0x7FFFFFFF))
     nan = magnitude_bits > INFINITY_BITS
-    magnitude_bits = ops.minimum(magnitude_bits, FLOAT32_MAX_BITS)
+    magnitude_bits = ops.minimum(magnitude_bits, _int32(FLOAT32_MAX_BITS))
     magnitude = ops.view(magnitude_bits, "float32")
     scales, inverse = power_of_two_scales(_block_max(magnitude_bits, shape))
     # Exact, a product by a power of two (unless r is subnormal: its code is 0 either way).
@@ -195,7 +202,7 @@ def encode(m: Any, noise: Any) -> tuple[Any, Any]:
     # step, read from the bits of r * 2**37 + 2**23 (rounded to the nearest unit).
     fixed_point = ops.view(r * 2.0**37 + 2.0**23, "int32") - MAGIC_BITS
     subnormal = ops.right_shift(fixed_point + noise, NOISE_BITS)
-    k = _choose(ops.minimum(normal, ONE_CODE), subnormal, r >= SMALLEST_NORMAL)
+    k = _choose(ops.minimum(normal, _int32(ONE_CODE)), subnormal, r >= SMALLEST_NORMAL)
     # Negated where m is negative: -1 there from an arithmetic shift of the sign.
     negative = ops.right_shift(bits, 31)
     k = _choose(NAN_CODE, ops.bitwise_xor(k, negative) - negative, nan)
@@ -207,8 +214,8 @@ def power_of_two_scales(largest_bits: Any) -> tuple[Any, Any]:
     largest bits of the block: the bits of non-negative floats order as
     their values), and their reciprocals, both from the bits: a mantissa
     that is not zero carries into the exponent, and is then cleared."""
-    rounded_up = ops.bitwise_and(largest_bits + MANTISSA_BITS, INFINITY_BITS)
-    scale_bits = ops.minimum(rounded_up, LARGEST_SCALE_BITS)
+    rounded_up = ops.bitwise_and(largest_bits + MANTISSA_BITS, _int32(INFINITY_BITS))
+    scale_bits = ops.minimum(rounded_up, _int32(LARGEST_SCALE_BITS))
     inverse_bits = RECIPROCAL_BITS - scale_bits
     return ops.view(scale_bits, "float32"), ops.view(inverse_bits, "float32")
 
@@ -220,7 +227,7 @@ HASH_MULTIPLIERS = (0x7FEB352D, -2073254261)  # 0x846CA68B
 
 def _shift_right(x: Any, bits: int) -> Any:
     """Logical right shift of int32 (right_shift is arithmetic for signed ints)."""
-    return ops.bitwise_and(ops.right_shift(x, bits), (1 << (32 - bits)) - 1)
+    return ops.bitwise_and(ops.right_shift(x, bits), _int32((1 << (32 - bits)) - 1))
 
 
 def _mix(x: Any) -> Any:

@@ -184,7 +184,9 @@ class Lion(keras.optimizers.Optimizer):
     and such a momentum is stored as 0 (PyTorch keeps them). With
     `gradient_accumulation_steps`, Keras sums the gradients before dividing,
     so a sum beyond float32's range (3.4e38) gives an infinite momentum:
-    clip gradients that can be that large.
+    clip gradients that can be that large. Keras keeps the learning rate in
+    floatx: after `keras.config.set_floatx("bfloat16")`, in bfloat16 (0.01
+    becomes 0.0100098), as for its own optimizers; the step is unchanged.
 
     Saving and loading: a checkpoint loads into a Lion whose options add or
     drop variables (`skip_nonfinite`, `use_ema`, gradient accumulation, a

@@ -87,6 +87,7 @@ def after(x: Any, first: Any) -> Any:
     x = ops.convert_to_tensor(x)
     bits = "int64" if keras.backend.standardize_dtype(first.dtype) == "float64" else "int32"
     head = ops.sum(ops.view(ops.reshape(first, (-1,))[:1], bits))
-    never = ops.equal(ops.bitwise_or(head, 1), 0)
+    # (The 1 as a tensor: on JAX, keras.ops makes a Python int float32 under a bfloat16 floatx.)
+    never = ops.equal(ops.bitwise_or(head, ops.convert_to_tensor(1, bits)), 0)
     return ops.where(never, ops.zeros_like(x), x)
 

@@ -65,7 +65,11 @@
 #' `gradient_accumulation_steps`, Keras sums the gradients before it divides
 #' by the number of steps, so gradients whose sum exceeds float32's range
 #' (3.4e+38) give an infinite momentum; clip them (`clipvalue`) if they can
-#' be that large. Keras keeps the learning rate in the default float type:
+#' be that large. XLA on TensorFlow may fuse a multiply and an add into one
+#' rounding: where `beta_1 * m + (1 - beta_1) * g` is exactly 0 in float32
+#' (a tie, likeliest with bfloat16 weights and gradients), its result can be
+#' a tiny number instead, and the element steps by the learning rate where
+#' the other paths leave it. Keras keeps the learning rate in the default float type:
 #' after `keras3::config_set_floatx("bfloat16")`, in bfloat16 (0.01 becomes
 #' 0.0100098), as for its own optimizers; the step itself is unchanged.
 #'
@@ -225,7 +229,8 @@
 #' @param loss_scale_factor `NULL` or a number in \[2^-126, 2^126], as for
 #'   `global_clipnorm`: the loss is multiplied and the gradients divided by
 #'   this factor, to keep small gradients from underflowing in mixed
-#'   precision.
+#'   precision. The scaled loss must stay within its float type's range
+#'   (65504 in float16).
 #' @param gradient_accumulation_steps `NULL` or a whole number >= 2: the
 #'   weights are updated every this many steps, with the mean of the
 #'   gradients since the last update. Learning-rate schedules count every

@@ -210,6 +210,7 @@ BAD_ASSIGNMENTS = [
     ("beta_1", 0.0), ("beta_1", 1.5), ("beta_2", 1.0), ("beta_2", "0.9"),
     ("beta_1", keras.optimizers.schedules.ExponentialDecay(0.9, 10, 0.9)),
     ("cautious", "yes"), ("cautious", None),
+    ("loss_scale_factor", 1e-40), ("loss_scale_factor", -1.0), ("loss_scale_factor", math.nan),
 ]
 
 
@@ -220,8 +221,8 @@ def test_bad_assignment_is_refused_and_changes_nothing(argument, value):
     with pytest.raises((ValueError, TypeError), match=f"`{argument}`") as error:
         setattr(optimizer, argument, value)
     assert f"{argument}=" in str(error.value)
-    assert (optimizer.weight_decay, optimizer.beta_1, optimizer.beta_2,
-            optimizer.cautious) == (0.1, 0.8, 0.95, False)
+    assert (optimizer.weight_decay, optimizer.beta_1, optimizer.beta_2, optimizer.cautious,
+            optimizer.loss_scale_factor) == (0.1, 0.8, 0.95, False, None)
 
 
 def test_schedule_as_a_beta_is_refused_at_construction():

@@ -184,7 +184,11 @@ class Lion(keras.optimizers.Optimizer):
     and such a momentum is stored as 0 (PyTorch keeps them). With
     `gradient_accumulation_steps`, Keras sums the gradients before dividing,
     so a sum beyond float32's range (3.4e38) gives an infinite momentum:
-    clip gradients that can be that large. Keras keeps the learning rate in
+    clip gradients that can be that large. XLA on TensorFlow may fuse a
+    multiply and an add into one rounding: where `beta_1 * m + (1 - beta_1)
+    * g` is exactly 0 in float32 (a tie, likeliest with bfloat16 weights and
+    gradients), it can give a tiny number instead, and the element steps by
+    the learning rate where other paths leave it. Keras keeps the learning rate in
     floatx: after `keras.config.set_floatx("bfloat16")`, in bfloat16 (0.01
     becomes 0.0100098), as for its own optimizers; the step is unchanged.
 
@@ -298,7 +302,8 @@ class Lion(keras.optimizers.Optimizer):
             `finalize_variable_values()` (called by `fit()` at the end)
             does it once. Refused under a `tf.distribute` strategy.
         loss_scale_factor: `None` or a float in [2^-126, 2^126]: the loss is
-            multiplied and the gradients divided by this factor.
+            multiplied and the gradients divided by this factor (the scaled
+            loss must stay within its dtype's range: 65504 in float16).
         gradient_accumulation_steps: `None` or an int >= 2: update the
             weights every this many steps with the mean of the gradients.
             Fixed once the optimizer is built. Refused under a
@@ -372,7 +377,7 @@ class Lion(keras.optimizers.Optimizer):
                                            high_closed=True),
             ema_overwrite_frequency=_checks.optional_whole_number(
                 "ema_overwrite_frequency", ema_overwrite_frequency, 1),
-            loss_scale_factor=_checks.divisor("loss_scale_factor", loss_scale_factor),
+            loss_scale_factor=loss_scale_factor,
             gradient_accumulation_steps=_checks.optional_whole_number(
                 "gradient_accumulation_steps", gradient_accumulation_steps, 2),
             # None: Keras numbers the default name ("lion", "lion_1", ...), so that
@@ -533,6 +538,15 @@ class Lion(keras.optimizers.Optimizer):
     @cautious.setter
     def cautious(self, value: bool) -> None:
         self._cautious = _checks.boolean("cautious", value)
+
+    @property
+    def loss_scale_factor(self) -> float | None:
+        return self._loss_scale_factor
+
+    @loss_scale_factor.setter
+    def loss_scale_factor(self, value: float | None) -> None:
+        # Keras sets it in its __init__ (and a LossScaleOptimizer sets it to None).
+        self._loss_scale_factor = _checks.divisor("loss_scale_factor", value)
 
     @property
     def use_ema(self) -> bool:

@@ -42,6 +42,16 @@ linear_probe <- function(optimizer) {
   model
 }
 
+# A small iris classifier, compiled with `optimizer`: 8 hidden units, 3 classes.
+iris_classifier <- function(optimizer, activation = "tanh", seed = 1) {
+  keras3::set_random_seed(seed)
+  model <- keras3::keras_model_sequential(input_shape = 4) |>
+    keras3::layer_dense(8, activation = activation) |>
+    keras3::layer_dense(3, activation = "softmax")
+  keras3::compile(model, optimizer = optimizer, loss = "sparse_categorical_crossentropy")
+  model
+}
+
 # Fits `model` (from linear_probe()) on iris for `epochs` steps, one batch of
 # all 150 rows each, and returns a matrix with a row per step and a column per
 # weight: how far each weight moved in that step. (Weights are read at the end

@@ -122,11 +122,7 @@ test_that("keras3's and keraslion's optimizer_lion() follow the same trajectory"
   skip_if_no_keras3()
   data <- iris_data()
   train <- function(optimizer) {
-    keras3::set_random_seed(7)
-    model <- keras3::keras_model_sequential(input_shape = 4) |>
-      keras3::layer_dense(8, activation = "tanh") |>
-      keras3::layer_dense(3, activation = "softmax")
-    keras3::compile(model, optimizer = optimizer, loss = "sparse_categorical_crossentropy")
+    model <- iris_classifier(optimizer, seed = 7)
     keras3::fit(model, data$x, data$y, epochs = 3, batch_size = 30, shuffle = FALSE, verbose = 0)
     weights_of(model)
   }

@@ -113,14 +113,7 @@ test_that("under mixed precision a checkpoint loads into a Lion with other optio
 test_that("an AdamW checkpoint loads its weights into a Lion's model and leaves the Lion fresh", {
   skip_if_no_keras3()
   data <- iris_data()
-  build <- function(optimizer) {
-    keras3::set_random_seed(1)
-    model <- keras3::keras_model_sequential(input_shape = 4) |>
-      keras3::layer_dense(8, activation = "relu") |>
-      keras3::layer_dense(3, activation = "softmax")
-    keras3::compile(model, optimizer = optimizer, loss = "sparse_categorical_crossentropy")
-    model
-  }
+  build <- function(optimizer) iris_classifier(optimizer, activation = "relu")
   adamw <- build(keras3::optimizer_adam_w(learning_rate = 1e-3, weight_decay = 0.01))
   keras3::fit(adamw, data$x, data$y, epochs = 1, batch_size = 50, verbose = 0)
   path <- withr::local_tempfile(fileext = ".weights.h5")

@@ -126,10 +126,13 @@
 #' with `model$optimizer$build(model$trainable_variables)`: it is built by
 #' its first step, and a checkpoint's state has no place in it before (an
 #' error that says so; Keras's own optimizers drop the state with a
-#' warning). `load_model()` builds it itself.
+#' warning). `load_model()` builds it itself. A checkpoint saved before
+#' training (its optimizer not yet built) holds a fresh optimizer's state:
+#' loaded into a trained Lion, it restarts it, with the warning.
 #' Moving averages and gradient accumulators lie alike in a checkpoint and
-#' are told apart by their values; where the values cannot tell, they load
-#' as this optimizer's options say. Keras's own Lion loads a keraslion
+#' are told apart by their values (what has no place here is then dropped,
+#' with the warning); where the values cannot tell, they load as this
+#' optimizer's options say. Keras's own Lion loads a keraslion
 #' checkpoint only when the variables are the same (its own loader skips
 #' them all otherwise). A checkpoint of another optimizer that saves two
 #' values per weight, one never negative (AdamW, Adam, Nadam, Adamax, Lamb,

@@ -458,6 +458,18 @@ def test_unbuilt_optimizer(tmp_path):
     assert_same(by_role(model.optimizer), by_role(source.optimizer))
 
 
+def test_a_checkpoint_saved_before_training_restarts_the_optimizer_and_says_so(tmp_path):
+    # Saved compiled but never trained: its optimizer is unbuilt, at step 0.
+    path = save(make_model(Lion(), build=False), tmp_path, "weights.h5")
+    built = make_model(Lion())
+    load_quietly(built, path)  # A fresh optimizer loses nothing.
+    model = trained(Lion())
+    with pytest.warns(StateWarning, match="had taken no step.*state after 3 steps"):
+        model.load_weights(path)
+    assert int(to_numpy(model.optimizer.iterations)) == 0
+    assert not any(value(m).any() for m in model.optimizer._momentums)
+
+
 def test_empty_checkpoint():
     fresh = make_model(Lion(), build=False)
     fresh.optimizer.load_own_variables({})  # Nothing on either side.
@@ -504,23 +516,28 @@ def test_state_warnings_can_be_routed(monkeypatch):
     assert [str(w) for w in shown] == ["other"]
 
 
-@pytest.mark.parametrize("saved, loaded", [
-    ({"gradient_accumulation_steps": 2}, {"use_ema": True}),
-    ({"use_ema": True}, {"gradient_accumulation_steps": 2}),
+@pytest.mark.parametrize("saved, loaded, dropped", [
+    ({"gradient_accumulation_steps": 2}, {"use_ema": True}, "gradient accumulators"),
+    ({"use_ema": True}, {"gradient_accumulation_steps": 2}, "moving averages"),
 ], ids=["accumulators_into_ema", "ema_into_accumulators"])
-def test_averages_and_accumulators_are_not_taken_for_each_other(saved, loaded, tmp_path):
+def test_averages_and_accumulators_load_as_their_values_say(saved, loaded, dropped, tmp_path):
     # Alike in the store; their values tell them apart (averages lie near
-    # the weights, accumulators far), and a store read the wrong way would
-    # load silently.
-    path = save(trained(Lion(**saved)), tmp_path, "weights.h5")
-    model = make_model(Lion(**loaded))
-    before = state(model.optimizer.variables)
-    with pytest.raises(ValueError, match="its values look like"):
-        model.load_weights(path)
-    assert_same(state(model.optimizer.variables), before)
-    # Resumed with its own options, each loads as it was saved.
+    # the weights, accumulators far). Read as this Lion's options say, the
+    # averages would be added in as gradients at the next update.
     source = trained(Lion(**saved))
-    path = save(source, tmp_path, "weights.h5", "same")
+    path = save(source, tmp_path, "weights.h5")
+    model = trained(Lion(**loaded))
+    with pytest.warns(StateWarning, match=f"dropped the {dropped} of .*is off here"):
+        model.load_weights(path)
+    lion = model.optimizer
+    assert_same(by_role(lion), by_role(source.optimizer))
+    # What this Lion's options add starts fresh: accumulators at zero, averages at the weights.
+    for accumulator in getattr(lion, "_accumulated_gradients", []):
+        assert not value(accumulator).any()
+    for average, weight in zip(getattr(lion, "_model_variables_moving_average", []),
+                               model.trainable_variables):
+        np.testing.assert_array_equal(value(average), value(weight))
+    # Resumed with its own options, each loads as it was saved.
     model = make_model(Lion(**saved))
     load_quietly(model, path)
     for ours, theirs in zip(model.optimizer.variables, source.optimizer.variables,
@@ -571,24 +588,18 @@ def test_a_loss_scale_optimizer_loads_its_own_state_whatever_the_lions_options(
     source.optimizer.dynamic_scale.assign(8.0)
     source.optimizer.step_counter.assign(5)
     path = save(source, tmp_path, "weights.h5")
-    model = make_model(wrapped(**loaded))
+    model = trained(wrapped(**loaded))
     lion = model.optimizer.inner_optimizer
-    before = state(lion.variables)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StateWarning)  # the Lion's own (dropped state)
-        try:
-            model.load_weights(path)
-            refused = False
-        except ValueError as error:  # the Lion's loader refuses the averages as accumulators
-            assert "look like the moving averages" in str(error)
-            refused = True
+        model.load_weights(path)
     assert value(model.optimizer.dynamic_scale) == 8.0
     assert value(model.optimizer.step_counter) == 5
-    if refused:
-        assert_same(state(lion.variables), before)  # nothing of the Lion's was put anywhere
-    else:
-        expected = by_role(source.optimizer.inner_optimizer)  # (no learning rate for a schedule)
-        assert_same({key: x for key, x in by_role(lion).items() if key in expected}, expected)
+    expected = by_role(source.optimizer.inner_optimizer)  # (no learning rate for a schedule)
+    assert_same({key: x for key, x in by_role(lion).items() if key in expected}, expected)
+    if loaded.get("gradient_accumulation_steps"):
+        # Fresh: neither this model's partial sums nor the saved moving averages.
+        assert not any(value(a).any() for a in lion._accumulated_gradients)
 
 
 def test_a_loss_scale_optimizer_around_another_optimizer_loads_as_keras_loads(tmp_path):

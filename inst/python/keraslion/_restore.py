@@ -76,6 +76,7 @@ NO_PLACE = {
 #: checkpoint saved without mixed precision into the Lion: the Lion's own
 #: (empty) part of the checkpoint, loaded next, is then skipped.
 LOADED_BY_WRAPPER = "_keraslion_loaded_by_wrapper"
+AMBIGUOUS_LAYOUT = "its layout can be read in more than one way, each loading different variables"
 HOW_TO_ALLOW = (
     "To load what matches and start the rest fresh, pass `skip_mismatch=True` to "
     "`model.load_weights()` (from R: `load_model_weights(model, filepath, "
@@ -444,8 +445,16 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
     unbuilt = all(role in SCALARS for role, _ in reading.slots)
     if unbuilt and int(entries[0].value) == 0:
         # Saved before its first step (a model compiled, never trained): its
-        # state was what a fresh optimizer's is, so nothing is lacking.
+        # state was what a fresh optimizer's is, so nothing is lacking; but
+        # this optimizer's own steps are replaced by it, which Keras's
+        # optimizers would not do (they skip such a checkpoint, with a warning).
         lacked = []
+        steps = int(keras.ops.convert_to_numpy(optimizer._iterations))
+        if steps and missing:
+            plan.dropped.append(
+                f"the checkpoint's optimizer had taken no step (it was saved before "
+                f"training), so this optimizer's state after {steps} steps (momentums and "
+                "the like) starts fresh, as the checkpoint's was")
     if lacked:
         plan.problems.append((
             f"the checkpoint lacks {summary([describe(s, trainables) for s in lacked], 6)} ("
@@ -650,21 +659,26 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
         return {(slot, e.key) for slot, e in zip(reading.slots, entries) if slot in own}
 
     if any(loaded(r) != loaded(best[0]) for r in best[1:]):
-        return [], ("its layout can be read in more than one way, each loading different "
-                    "variables")
+        return [], AMBIGUOUS_LAYOUT
     # Moving averages and gradient accumulators lie alike in the store. The
     # reading closest to this optimizer's options stands unless the values
-    # contradict it: averages lie near the weights they average, and
-    # accumulators just reset (at an update) are all zero.
+    # contradict it (averages lie near the weights they average, and
+    # accumulators just reset, at an update, are all zero): then the values'
+    # reading, closest to the options among those, loads what it can.
     rivals = [r for r in readings if r.rank == best[0].rank and loaded(r) != loaded(best[0])
               and saved_hyperparameters(r) == saved_hyperparameters(best[0])]
     as_averages = [r for r in [best[0], *rivals] if r.options.ema]
     if rivals and as_averages:
         seen = group_looks_like(as_averages[0], trainables, entries)
         if seen is not None and seen != ("average" if best[0].options.ema else "accumulator"):
-            return [], (f"its values look like {DESCRIPTIONS[seen]}s where this optimizer's "
-                        "options would load them as "
-                        f"{'moving averages' if best[0].options.ema else 'accumulators'}")
+            told = [r for r in rivals if r.options.ema == (seen == "average")]
+            if not told:
+                return [], (f"its values look like {DESCRIPTIONS[seen]}s where this "
+                            "optimizer's options would load them as moving averages")
+            closest = max(r.options.agreement(options) for r in told)
+            best = [r for r in told if r.options.agreement(options) == closest]
+            if any(loaded(r) != loaded(best[0]) for r in best[1:]):
+                return [], AMBIGUOUS_LAYOUT
     return best, None
 
 

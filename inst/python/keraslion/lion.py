@@ -206,9 +206,12 @@ class Lion(keras.optimizers.Optimizer):
     a `ValueError` and loads nothing into the optimizer (the model's
     weights, which Keras loads first, are loaded); with
     `model.load_weights(path, skip_mismatch=True)` it is a `StateWarning`
-    instead, and the rest loads. Moving averages and gradient accumulators
-    lie alike in a checkpoint: their values tell them apart, or, where they
-    cannot, they load as this optimizer's options say. A checkpoint of an
+    instead, and the rest loads. A checkpoint saved before training (its
+    optimizer not yet built) holds a fresh optimizer's state: loaded into a
+    trained Lion, it restarts it, with a `StateWarning`. Moving averages
+    and gradient accumulators lie alike in a checkpoint: their values tell
+    them apart (what has no place here is then dropped, with the warning),
+    or, where they cannot, they load as this optimizer's options say. A checkpoint of an
     optimizer that saves two values per weight, one never negative (AdamW,
     Adam, Nadam, Adamax, Lamb, Adadelta, Ftrl), loads none of its state into
     the Lion, with a `StateWarning` (switching from AdamW: the model's

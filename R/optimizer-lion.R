@@ -130,9 +130,14 @@
 #' training (its optimizer not yet built) holds a fresh optimizer's state:
 #' loaded into a trained Lion, it restarts it, with the warning.
 #' Moving averages and gradient accumulators lie alike in a checkpoint and
-#' are told apart by their values (what has no place here is then dropped,
-#' with the warning); where the values cannot tell, they load as this
-#' optimizer's options say. Keras's own Lion loads a keraslion
+#' are told apart by their values: averages that lie near the weights (as
+#' after `fit()`, which copies them into the weights), accumulators that
+#' are zero (reset at an update). What has no place here is then dropped,
+#' with the warning. Where the values cannot tell, they load as this
+#' optimizer's options say; where they only hint at the other role (values
+#' far from the weights: sums of gradients, or averages far behind
+#' fast-moving weights), a checkpoint this optimizer's options could have
+#' saved is an error. Keras's own Lion loads a keraslion
 #' checkpoint only when the variables are the same (its own loader skips
 #' them all otherwise). A checkpoint of another optimizer that saves two
 #' values per weight, one never negative (AdamW, Adam, Nadam, Adamax, Lamb,

@@ -237,8 +237,9 @@ def test_use_ema_turned_off_warns(tmp_path):
     source = trained(Lion(use_ema=True))
     path = save(source, tmp_path, "weights.h5")
     model = make_model(Lion())
-    with pytest.warns(StateWarning, match=r"dropped the moving averages or the gradient "
-                      r"accumulators of .*first/kernel.*use_ema is off"):
+    # fit() ends with the averages copied into the weights: surely averages.
+    with pytest.warns(StateWarning, match=r"dropped the moving averages of "
+                      r".*first/kernel.*use_ema is off here\."):
         model.load_weights(path)
     assert_same(by_role(model.optimizer), by_role(source.optimizer))
 
@@ -406,7 +407,7 @@ def test_a_lions_checkpoint_of_variables_of_one_shape_is_not_taken_for_another_o
     if "use_ema" in options:
         # Into other options, moving averages lying near the weights are a Lion's.
         model = same_shapes(Lion())
-        with pytest.warns(StateWarning, match="dropped the moving averages or the gradient"):
+        with pytest.warns(StateWarning, match="dropped the moving averages of"):
             model.load_weights(path)
         assert_same(by_role(model.optimizer), by_role(source.optimizer))
 
@@ -516,15 +517,23 @@ def test_state_warnings_can_be_routed(monkeypatch):
     assert [str(w) for w in shown] == ["other"]
 
 
-@pytest.mark.parametrize("saved, loaded, dropped", [
-    ({"gradient_accumulation_steps": 2}, {"use_ema": True}, "gradient accumulators"),
-    ({"use_ema": True}, {"gradient_accumulation_steps": 2}, "moving averages"),
-], ids=["accumulators_into_ema", "ema_into_accumulators"])
-def test_averages_and_accumulators_load_as_their_values_say(saved, loaded, dropped, tmp_path):
-    # Alike in the store; their values tell them apart (averages lie near
-    # the weights, accumulators far). Read as this Lion's options say, the
-    # averages would be added in as gradients at the next update.
-    source = trained(Lion(**saved))
+def fitted(optimizer, batches):
+    model = make_model(optimizer)
+    model.fit(X, Y, batch_size=len(X) // batches, epochs=1, shuffle=False, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("saved, loaded, batches, dropped", [
+    # fit() ends with the averages copied into the weights: surely averages.
+    ({"use_ema": True}, {"gradient_accumulation_steps": 2}, 3, "moving averages"),
+    # Reset at the update: surely accumulators.
+    ({"gradient_accumulation_steps": 2}, {"use_ema": True}, 4, "gradient accumulators"),
+], ids=["ema_into_accumulators", "accumulators_at_an_update_into_ema"])
+def test_averages_and_accumulators_load_as_their_values_say(saved, loaded, batches, dropped,
+                                                            tmp_path):
+    # Alike in the store; read as this Lion's options say, saved averages
+    # would be added in as gradients at the next update.
+    source = fitted(Lion(**saved), batches)
     path = save(source, tmp_path, "weights.h5")
     model = trained(Lion(**loaded))
     with pytest.warns(StateWarning, match=f"dropped the {dropped} of .*is off here"):
@@ -543,6 +552,30 @@ def test_averages_and_accumulators_load_as_their_values_say(saved, loaded, dropp
     for ours, theirs in zip(model.optimizer.variables, source.optimizer.variables,
                             strict=True):
         np.testing.assert_array_equal(value(ours), value(theirs))
+
+
+def test_averages_at_a_count_that_resets_accumulators_are_not_taken_for_them(tmp_path):
+    # Far from the weights, the values only hint; but this Lion's own
+    # accumulators would be zero after 4 steps of 2.
+    source = fitted(Lion(learning_rate=0.05, use_ema=True), 4)
+    source.optimizer._model_variables_moving_average[0].assign(
+        -10 * value(source.trainable_variables[0]))
+    path = save(source, tmp_path, "weights.h5")
+    model = trained(Lion(gradient_accumulation_steps=2))
+    with pytest.warns(StateWarning, match="dropped the moving averages"):
+        model.load_weights(path)
+    assert not any(value(a).any() for a in model.optimizer._accumulated_gradients)
+
+
+def test_partial_sums_into_a_lion_with_use_ema_are_refused(tmp_path):
+    # Saved mid-cycle and far from the weights, they may be sums of
+    # gradients or averages far behind this Lion's own weights: refused.
+    path = save(trained(Lion(gradient_accumulation_steps=2)), tmp_path, "weights.h5")
+    model = trained(Lion(use_ema=True))
+    before = state(model.optimizer.variables)
+    with pytest.raises(ValueError, match="its values look like"):
+        model.load_weights(path)
+    assert_same(state(model.optimizer.variables), before)
 
 
 @pytest.mark.parametrize("fmt", ["keras", "weights.h5"])
@@ -687,3 +720,21 @@ def test_between_mixed_precision_and_without_what_does_not_fit_is_said(tmp_path)
     unbuilt.compile(optimizer=keras.optimizers.LossScaleOptimizer(Lion()), loss="mse")
     with pytest.raises(ValueError, match="the optimizer is not built"):
         unbuilt.load_weights(plain_path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_mixed_precision_checkpoint_saved_before_training_loads_quietly(fmt, tmp_path):
+    # The wrapper saves its own four variables, and the Lion, not yet
+    # built, nothing more: they must not be read as a Lion's.
+    source = make_model(keras.optimizers.LossScaleOptimizer(Lion(learning_rate=3e-3)),
+                        build=False)
+    path = save(source, tmp_path, fmt)
+    if fmt == "keras":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StateWarning)
+            model = keras.saving.load_model(path)
+    else:
+        model = make_model(keras.optimizers.LossScaleOptimizer(Lion(learning_rate=3e-3)))
+        load_quietly(model, path)
+    assert value(model.optimizer.inner_optimizer._learning_rate) == np.float32(3e-3)
+    assert int(value(model.optimizer.inner_optimizer._iterations)) == 0

@@ -55,7 +55,7 @@ def install() -> None:
 def load_own(wrapper: Any, store: Any) -> None:
     lion = wrapper.inner_optimizer
     lion.__dict__.pop(LOADED_BY_WRAPPER, None)
-    if not saved_by_a_loss_scale_optimizer(store):
+    if not saved_by_a_loss_scale_optimizer(store, alone=True):
         # A checkpoint saved without mixed precision: the Lion's variables
         # here, and nothing where the wrapper keeps the Lion's own. They load
         # into the Lion (as they would unwrapped); the wrapper's, never

@@ -224,12 +224,15 @@ def into_dtype(value: np.ndarray, dtype: Any) -> np.ndarray:
 LOSS_SCALE_INTEGERS = (True, False, True, False)
 
 
-def saved_by_a_loss_scale_optimizer(store: Any) -> bool:
+def saved_by_a_loss_scale_optimizer(store: Any, alone: bool = False) -> bool:
     """Whether the store is a `LossScaleOptimizer`'s: four int or float scalars
-    as it begins (a Lion's has int scalars only first and last) and more."""
+    as it begins (a Lion's has int scalars only first and last) and more, or
+    (`alone`) maybe nothing more: the wrapper's own store, saved before its
+    Lion was built, when the Lion's own store comes after it."""
     size = len(LOSS_SCALE_INTEGERS)
     keys = len(store.keys())
-    if keys <= size or {str(key) for key in store.keys()} != {str(i) for i in range(keys)}:
+    fewest = size if alone else size + 1
+    if keys < fewest or {str(key) for key in store.keys()} != {str(i) for i in range(keys)}:
         return False
     prefix = [np.asarray(store[str(i)]) for i in range(size)]
     return all(value.shape == () and (value.dtype.kind in "iu") == integer
@@ -388,7 +391,8 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
             "squared gradients, such as Adam's and AdamW's velocity), where a Lion saves one "
             "momentum. None of it was loaded, and the optimizer's state was left as it is")
         return plan
-    best, ambiguity = choose(readings, own_options(optimizer), own, entries, trainables)
+    best, ambiguity = choose(readings, own_options(optimizer), own, entries, trainables,
+                             optimizer.gradient_accumulation_steps or 1)
     if not best:
         plan.problems.append((
             f"{ambiguity or 'its layout fits none this optimizer could have saved'} "
@@ -451,10 +455,11 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
         lacked = []
         steps = int(keras.ops.convert_to_numpy(optimizer._iterations))
         if steps and missing:
+            taken = f"{steps} step{'' if steps == 1 else 's'}"
             plan.dropped.append(
-                f"the checkpoint's optimizer had taken no step (it was saved before "
-                f"training), so this optimizer's state after {steps} steps (momentums and "
-                "the like) starts fresh, as the checkpoint's was")
+                "the checkpoint's optimizer had taken no step (it was saved before "
+                f"training), so this optimizer's state after {taken} (momentums and the "
+                "like) starts fresh, as the checkpoint's was")
     if lacked:
         plan.problems.append((
             f"the checkpoint lacks {summary([describe(s, trainables) for s in lacked], 6)} ("
@@ -530,7 +535,7 @@ def another_optimizers(optimizer: Any, readings: list[Reading], entries: list[En
         if reading.options == own and (built or own.ema or own.accumulation):
             return True
         return built and reading.options.ema and (
-            group_looks_like(reading, trainables, entries) == "average")
+            group_looks_like(reading, trainables, entries)[0] == "average")
 
     if any(vouched(reading) for reading in readings):
         return None
@@ -634,7 +639,8 @@ def align_units(saved: list[tuple[int, ...]], shapes: list[tuple[int, ...]],
 
 
 def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Variable],
-           entries: list[Entry], trainables: list[Any]) -> tuple[list[Reading], str | None]:
+           entries: list[Entry], trainables: list[Any],
+           steps_per_update: int) -> tuple[list[Reading], str | None]:
     """The readings with the fewest problems, then closest to this optimizer's options.
 
     Several only where they load the same (they may drop different roles:
@@ -658,51 +664,58 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
     def loaded(reading: Reading) -> set[tuple[Slot, str]]:
         return {(slot, e.key) for slot, e in zip(reading.slots, entries) if slot in own}
 
+    # Moving averages and gradient accumulators lie alike in the store: where
+    # readings as one and as the other load differently, the values decide
+    # (`group_looks_like`), and where they do not say, the reading closest
+    # to this optimizer's options stands. A checkpoint that may be this
+    # optimizer's own is refused where the values only hint otherwise.
+    rivals = [r for r in readings if r.rank == best[0].rank and not r.ambiguous
+              and loaded(r) != loaded(best[0])
+              and saved_hyperparameters(r) == saved_hyperparameters(best[0])]
+    contenders = best + rivals
+    as_averages = [r for r in contenders if r.options.ema]
+    if as_averages and len(as_averages) < len(contenders):
+        seen, sure = group_looks_like(as_averages[0], trainables, entries)
+        if (not sure and best[0].options == options and options.accumulation
+                and not options.ema and int(entries[0].value) % steps_per_update == 0):
+            # This optimizer's own accumulators, saved at that count, were reset to zero.
+            seen, sure = "average", True
+        if seen is not None and seen != ("average" if best[0].options.ema else "accumulator"):
+            if not sure and best[0].options == options:
+                return [], (f"its values look like {DESCRIPTIONS[seen]}s where this "
+                            "optimizer's options would load them as "
+                            f"{'moving averages' if best[0].options.ema else 'accumulators'}")
+        # (Where all load the same, only a sure verdict narrows what the warning names.)
+        if seen is not None and (sure or len({frozenset(loaded(r)) for r in contenders}) > 1):
+            told = [r for r in contenders if r.options.ema == (seen == "average")]
+            best = [r for r in told if key(r) == min(key(t) for t in told)]
     if any(loaded(r) != loaded(best[0]) for r in best[1:]):
         return [], AMBIGUOUS_LAYOUT
-    # Moving averages and gradient accumulators lie alike in the store. The
-    # reading closest to this optimizer's options stands unless the values
-    # contradict it (averages lie near the weights they average, and
-    # accumulators just reset, at an update, are all zero): then the values'
-    # reading, closest to the options among those, loads what it can.
-    rivals = [r for r in readings if r.rank == best[0].rank and loaded(r) != loaded(best[0])
-              and saved_hyperparameters(r) == saved_hyperparameters(best[0])]
-    as_averages = [r for r in [best[0], *rivals] if r.options.ema]
-    if rivals and as_averages:
-        seen = group_looks_like(as_averages[0], trainables, entries)
-        if seen is not None and seen != ("average" if best[0].options.ema else "accumulator"):
-            told = [r for r in rivals if r.options.ema == (seen == "average")]
-            if not told:
-                return [], (f"its values look like {DESCRIPTIONS[seen]}s where this "
-                            "optimizer's options would load them as moving averages")
-            closest = max(r.options.agreement(options) for r in told)
-            best = [r for r in told if r.options.agreement(options) == closest]
-            if any(loaded(r) != loaded(best[0]) for r in best[1:]):
-                return [], AMBIGUOUS_LAYOUT
     return best, None
 
 
 def group_looks_like(reading: Reading, trainables: list[Any],
-                     entries: list[Entry]) -> str | None:
-    """What the entries this reading takes for moving averages look like:
-    "average" if they lie near the current weights (all together: a bias
-    starting at 0 moves far from its average relative to itself),
-    "accumulator" if they are all zero or far from them, else None (the
-    values do not say)."""
+                     entries: list[Entry]) -> tuple[str | None, bool]:
+    """What the entries this reading takes for moving averages look like, and
+    whether surely: "average" if they lie near the current weights (all
+    together: a bias starting at 0 moves far from its average relative to
+    itself), "accumulator" if they are all zero (reset at an update), both
+    sure; "accumulator", not sure, if they lie farther from the weights than
+    the weights from 0 (averages far behind fast-moving weights do too);
+    else None (the values do not say)."""
     pairs = [(np.asarray(entry.value, np.float64),
               np.asarray(keras.ops.convert_to_numpy(trainables[index]), np.float64))
              for (role, index), entry in zip(reading.slots, entries)
              if role == "average" and index is not None]
     if not pairs:
-        return None
+        return None, False
     if all(not value.any() for value, _ in pairs):
-        return "accumulator"
+        return "accumulator", True
     distance = sum(float(np.abs(value - weight).sum()) for value, weight in pairs)
     size = sum(float(np.abs(weight).sum()) for _, weight in pairs)
     if distance <= 0.5 * size:
-        return "average"
-    # Farther from the weights than the weights are from 0: sums of gradients.
-    return "accumulator" if distance > size else None
+        return "average", True
+    return ("accumulator", False) if distance > size else (None, False)
 
 
 def describe(slot: Slot, trainables: list[Any]) -> str:

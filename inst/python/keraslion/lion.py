@@ -210,8 +210,13 @@ class Lion(keras.optimizers.Optimizer):
     optimizer not yet built) holds a fresh optimizer's state: loaded into a
     trained Lion, it restarts it, with a `StateWarning`. Moving averages
     and gradient accumulators lie alike in a checkpoint: their values tell
-    them apart (what has no place here is then dropped, with the warning),
-    or, where they cannot, they load as this optimizer's options say. A checkpoint of an
+    them apart (averages near the weights, as after `fit()`, which copies
+    them into the weights; accumulators at zero, reset at an update), and
+    what has no place here is dropped, with the warning. Where the values
+    cannot tell, they load as this optimizer's options say; where they only
+    hint at the other role (far from the weights: sums of gradients, or
+    averages far behind fast-moving weights), a checkpoint this optimizer's
+    options could have saved raises the `ValueError`. A checkpoint of an
     optimizer that saves two values per weight, one never negative (AdamW,
     Adam, Nadam, Adamax, Lamb, Adadelta, Ftrl), loads none of its state into
     the Lion, with a `StateWarning` (switching from AdamW: the model's

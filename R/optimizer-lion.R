@@ -122,6 +122,10 @@
 #' cannot be matched, is an error that loads nothing into the optimizer
 #' (the model's own weights, which Keras loads first, are loaded); with
 #' `load_model_weights(..., skip_mismatch = TRUE)` it is a warning instead.
+#' A checkpoint names no variable: its entries are matched to the trainable
+#' weights by order and shape, so one saved with other weights of the same
+#' shapes trainable (one of two alike layers frozen, the other not) loads
+#' their momentums into these.
 #' So build the optimizer before `load_model_weights()` in a new session,
 #' with `model$optimizer$build(model$trainable_variables)`: it is built by
 #' its first step, and a checkpoint's state has no place in it before (an
@@ -271,8 +275,9 @@
 #'   Each tail of the path after a `/` is tried too, so `"^head/kernel$"`
 #'   matches whether or not Keras puts the model's name in front (it does for
 #'   a `keras_model_sequential()` built in code, `"sequential/head/kernel"`,
-#'   not once it is loaded from a file). Saved with the optimizer. Python's `re` module applies them, so they
-#'   are written in its syntax and checked by it: R's classes such as
+#'   not once it is loaded from a file). Saved with the optimizer. Python's
+#'   `re` module applies them, so they are written in its syntax and checked
+#'   by it: R's classes such as
 #'   `"[[:alpha:]]"` are an error, use `"[a-zA-Z]"` instead.
 #' @param skip_nonfinite `TRUE` or `FALSE`: when `TRUE`, a step whose
 #'   gradients hold `NaN` or `Inf` leaves the weights, the momentum, the EMA

@@ -203,6 +203,53 @@ def test_a_gradient_of_another_shape_is_refused_and_changes_nothing(shape, momen
     for value, after in zip(before, (*variables, *optimizer.variables)):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), value)
 
+@pytest.mark.parametrize("count", [1, 3])
+def test_another_count_of_gradients_than_of_variables_is_refused(count):
+    optimizer = Lion(learning_rate=0.1)
+    variables = [keras.Variable(np.ones(4, np.float32)), keras.Variable(np.ones(2, np.float32))]
+    optimizer.build(variables)
+    grads = [keras.ops.ones((4,)), keras.ops.ones((2,)), keras.ops.ones((2,))][:count]
+    before = [keras.ops.convert_to_numpy(v).copy() for v in (*variables, *optimizer.variables)]
+    with pytest.raises(ValueError, match=f"{count} gradients for 2 variables.*Nothing was"):
+        optimizer.apply(grads, variables)
+    with pytest.raises(ValueError, match=f"{count} gradients for 2 variables"):
+        optimizer.apply(grads)
+    for value, after in zip(before, (*variables, *optimizer.variables)):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), value)
+
+
+ONE_STEP_OPTIONS = {
+    "default": ({}, "float32"),
+    "cautious": ({"cautious": True}, "float32"),
+    "float16_momentum": ({"momentum_dtype": "float16"}, "float32"),
+    "int8_momentum": ({"momentum_dtype": "int8"}, "float32"),
+    "int8_bfloat16_weights": ({"momentum_dtype": "int8"}, "bfloat16"),
+    "bfloat16_weights": ({}, "bfloat16"),
+}
+
+
+@pytest.mark.parametrize("options, dtype", ONE_STEP_OPTIONS.values(), ids=ONE_STEP_OPTIONS.keys())
+def test_callable_betas_are_read_once_per_step_before_any_variable_steps(options, dtype):
+    calls = []
+
+    def beta_2():
+        calls.append(1)  # Valid at the first step only.
+        return 0.99 if len(calls) == 1 else 1.0
+
+    variables = [keras.Variable(np.ones((4, 64), dtype), dtype=dtype) for _ in range(4)]
+    optimizer = Lion(learning_rate=0.1, beta_2=beta_2, **options)
+    grads = [keras.ops.ones((4, 64), dtype) for _ in variables]
+    optimizer.apply(grads, variables)
+    assert len(calls) == 1
+    before = [keras.ops.convert_to_numpy(keras.ops.cast(v, "float32")).copy()
+              for v in (*variables, *optimizer.variables)]
+    with pytest.raises(ValueError, match="beta_2"):
+        optimizer.apply(grads, variables)
+    for value, after in zip(before, (*variables, *optimizer.variables)):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(keras.ops.cast(after, "float32")),
+                                      value)
+
+
 # Hyperparameters a user may set between steps ------------------------------------
 
 BAD_ASSIGNMENTS = [

@@ -388,7 +388,13 @@ def not_distributed(optimizer: Any, name: str, value: Any) -> None:
 def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
     """Refuses a gradient whose shape is not its variable's (dimensions not
     known while tracing pass), before anything is updated: broadcast, or
-    reshaped by a fast path, it would give a wrong step without an error."""
+    reshaped by a fast path, it would give a wrong step without an error.
+    Refuses as well another count of gradients than of variables (with
+    none, Keras's apply gives its own error): zipped, some would not step."""
+    if variables and len(grads) != len(variables):
+        raise ValueError(
+            f"Argument `grads` holds {len(grads)} gradients for {len(variables)} variables: "
+            "give one gradient (or None) per variable, in their order. Nothing was updated.")
     for gradient, variable in zip(grads, variables):
         if gradient is None:
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -206,9 +207,13 @@ class Lion(keras.optimizers.Optimizer):
     a `ValueError` and loads nothing into the optimizer (the model's
     weights, which Keras loads first, are loaded); with
     `model.load_weights(path, skip_mismatch=True)` it is a `StateWarning`
-    instead, and the rest loads. A checkpoint saved before training (its
-    optimizer not yet built) holds a fresh optimizer's state: loaded into a
-    trained Lion, it restarts it, with a `StateWarning`. Moving averages
+    instead, and the rest loads. A checkpoint names no variable: its
+    entries are matched to the trainable weights by order and shape, so one
+    saved with other weights of the same shapes trainable (one of two alike
+    layers frozen, the other not) loads their momentums into these. A
+    checkpoint saved before training (its optimizer not yet built) holds a
+    fresh optimizer's state: loaded into a trained Lion, it restarts it,
+    with a `StateWarning`. Moving averages
     and gradient accumulators lie alike in a checkpoint: their values tell
     them apart (averages near the weights, as after `fit()`, which copies
     them into the weights; accumulators at zero, reset at an update), and
@@ -660,7 +665,11 @@ class Lion(keras.optimizers.Optimizer):
         return [v for v in self.variables if id(v) not in followed]
 
     def _hyperparameters(self) -> Hyperparameters:
-        """Their values for this step: callables called and checked, no decay as None."""
+        """Their values for this step: callables called and checked, no decay as None.
+        Within a step, those read as it began (`_backend_update_step`)."""
+        during_step = getattr(_step, "hyperparameters", {}).get(id(self))
+        if during_step is not None:
+            return during_step
         return Hyperparameters(
             beta_1=_checks.resolve_beta("beta_1", self.beta_1),
             beta_2=_checks.resolve_beta("beta_2", self.beta_2),
@@ -747,10 +756,17 @@ class Lion(keras.optimizers.Optimizer):
 
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
                              learning_rate: Any) -> None:
-        if self._fast_path is not None and self._fast_path.supports(self, trainable_variables):
-            self._fast_path.update(self, grads, trainable_variables, learning_rate)
-        else:
-            super()._backend_update_step(grads, trainable_variables, learning_rate)
+        # Callables given as betas are called once per step, and checked
+        # before any variable steps: each variable's step would call them again.
+        during_step = _step.__dict__.setdefault("hyperparameters", {})
+        during_step[id(self)] = self._hyperparameters()
+        try:
+            if self._fast_path is not None and self._fast_path.supports(self, trainable_variables):
+                self._fast_path.update(self, grads, trainable_variables, learning_rate)
+            else:
+                super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            del during_step[id(self)]
 
     # Weight decay is part of the step (as in the paper), not a separate pass.
 
@@ -932,6 +948,11 @@ class Lion(keras.optimizers.Optimizer):
                 config[key] = keras.saving.deserialize_keras_object(
                     config[key], custom_objects=custom_objects)
         return super().from_config(config, custom_objects=custom_objects)
+
+
+#: The hyperparameters of each optimizer's step under way, as read when it
+#: began, by thread (a `tf.distribute` strategy steps each replica in its own).
+_step = threading.local()
 
 
 def _float_momentum(momentum_dtype: str) -> str:

@@ -138,10 +138,9 @@
 #' after `fit()`, which copies them into the weights), accumulators that
 #' are zero (reset at an update). What has no place here is then dropped,
 #' with the warning. Where the values cannot tell, they load as this
-#' optimizer's options say; where they only hint at the other role (values
-#' far from the weights: sums of gradients, or averages far behind
-#' fast-moving weights), a checkpoint this optimizer's options could have
-#' saved is an error. Keras's own Lion loads a keraslion
+#' optimizer's options say, and so where they only hint at the other role
+#' (values far from the weights: sums of gradients, or averages far behind
+#' fast-moving weights), with the warning. Keras's own Lion loads a keraslion
 #' checkpoint only when the variables are the same (its own loader skips
 #' them all otherwise). A checkpoint of another optimizer that saves two
 #' values per weight, one never negative (AdamW, Adam, Nadam, Adamax, Lamb,

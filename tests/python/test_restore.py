@@ -567,15 +567,29 @@ def test_averages_at_a_count_that_resets_accumulators_are_not_taken_for_them(tmp
     assert not any(value(a).any() for a in model.optimizer._accumulated_gradients)
 
 
-def test_partial_sums_into_a_lion_with_use_ema_are_refused(tmp_path):
+def test_values_far_from_the_weights_load_as_the_options_say_with_a_warning(tmp_path):
     # Saved mid-cycle and far from the weights, they may be sums of
-    # gradients or averages far behind this Lion's own weights: refused.
-    path = save(trained(Lion(gradient_accumulation_steps=2)), tmp_path, "weights.h5")
+    # gradients, or this Lion's own averages far behind fast-moving weights
+    # (ema_momentum 0.999, a large learning rate): loaded as its own, said.
+    source = trained(Lion(gradient_accumulation_steps=2))
+    path = save(source, tmp_path, "weights.h5")
     model = trained(Lion(use_ema=True))
-    before = state(model.optimizer.variables)
-    with pytest.raises(ValueError, match="its values look like"):
+    with pytest.warns(StateWarning, match="loaded the saved moving averages.*lie far from"):
         model.load_weights(path)
-    assert_same(state(model.optimizer.variables), before)
+    for average, saved in zip(model.optimizer._model_variables_moving_average,
+                              source.optimizer._accumulated_gradients, strict=True):
+        np.testing.assert_array_equal(value(average), value(saved))
+    # Its own averages, far behind: loaded as they were saved.
+    source = make_model(Lion(learning_rate=0.05, use_ema=True, ema_momentum=0.999))
+    source.fit(X, Y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    averages = source.optimizer._model_variables_moving_average
+    averages[0].assign(value(averages[0]) + 100.0)  # (mid-training: far from the weights)
+    path = save(source, tmp_path, "weights.h5", "own")
+    model = make_model(Lion(learning_rate=0.05, use_ema=True, ema_momentum=0.999))
+    with pytest.warns(StateWarning, match="lie far from"):
+        model.load_weights(path)
+    for ours, theirs in zip(model.optimizer.variables, source.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(value(ours), value(theirs))
 
 
 @pytest.mark.parametrize("fmt", ["keras", "weights.h5"])

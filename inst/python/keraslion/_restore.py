@@ -391,8 +391,8 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
             "squared gradients, such as Adam's and AdamW's velocity), where a Lion saves one "
             "momentum. None of it was loaded, and the optimizer's state was left as it is")
         return plan
-    best, ambiguity = choose(readings, own_options(optimizer), own, entries, trainables,
-                             optimizer.gradient_accumulation_steps or 1)
+    best, ambiguity, doubt = choose(readings, own_options(optimizer), own, entries, trainables,
+                                    optimizer.gradient_accumulation_steps or 1)
     if not best:
         plan.problems.append((
             f"{ambiguity or 'its layout fits none this optimizer could have saved'} "
@@ -437,6 +437,8 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
             plan.loads.append((variable, entry))
     plan.dropped = [f"dropped {what}{f' of {summary(of, 4)}' if of else ''}: {reason}"
                     for (what, reason), of in dropped.items()]
+    if doubt:
+        plan.dropped.append(doubt)
     if skipped:
         # Said, as the reading may be wrong: a scalar weight's momentum looks alike.
         plan.dropped.append(
@@ -640,14 +642,15 @@ def align_units(saved: list[tuple[int, ...]], shapes: list[tuple[int, ...]],
 
 def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Variable],
            entries: list[Entry], trainables: list[Any],
-           steps_per_update: int) -> tuple[list[Reading], str | None]:
+           steps_per_update: int) -> tuple[list[Reading], str | None, str | None]:
     """The readings with the fewest problems, then closest to this optimizer's options.
 
     Several only where they load the same (they may drop different roles:
     a moving average or a gradient accumulator); none, with why, otherwise.
+    And a doubt to warn of, where the values hint at another reading.
     """
     if not readings:
-        return [], None
+        return [], None, None
     def saved_hyperparameters(reading: Reading) -> int:
         return reading.slots.count(("hyperparameter", None))
 
@@ -659,7 +662,7 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
     best_key = min(key(r) for r in readings)
     best = [r for r in readings if key(r) == best_key]
     if any(r.ambiguous for r in best):
-        return [], "which of this model's variables its entries belong to is ambiguous"
+        return [], "which of this model's variables its entries belong to is ambiguous", None
 
     def loaded(reading: Reading) -> set[tuple[Slot, str]]:
         return {(slot, e.key) for slot, e in zip(reading.slots, entries) if slot in own}
@@ -668,7 +671,10 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
     # readings as one and as the other load differently, the values decide
     # (`group_looks_like`), and where they do not say, the reading closest
     # to this optimizer's options stands. A checkpoint that may be this
-    # optimizer's own is refused where the values only hint otherwise.
+    # optimizer's own loads as its own where the values only hint otherwise
+    # (averages far behind fast-moving weights lie as far as sums of
+    # gradients), with a warning.
+    doubt = None
     rivals = [r for r in readings if r.rank == best[0].rank and not r.ambiguous
               and loaded(r) != loaded(best[0])
               and saved_hyperparameters(r) == saved_hyperparameters(best[0])]
@@ -682,16 +688,18 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
             seen, sure = "average", True
         if seen is not None and seen != ("average" if best[0].options.ema else "accumulator"):
             if not sure and best[0].options == options:
-                return [], (f"its values look like {DESCRIPTIONS[seen]}s where this "
-                            "optimizer's options would load them as "
-                            f"{'moving averages' if best[0].options.ema else 'accumulators'}")
+                doubt = ("loaded the saved moving averages as this optimizer's options say, "
+                         "though they lie far from the weights, as gradient accumulators "
+                         "would (a checkpoint saved with `gradient_accumulation_steps` loads "
+                         "into a Lion with it)")
         # (Where all load the same, only a sure verdict narrows what the warning names.)
-        if seen is not None and (sure or len({frozenset(loaded(r)) for r in contenders}) > 1):
+        if doubt is None and seen is not None and (
+                sure or len({frozenset(loaded(r)) for r in contenders}) > 1):
             told = [r for r in contenders if r.options.ema == (seen == "average")]
             best = [r for r in told if key(r) == min(key(t) for t in told)]
     if any(loaded(r) != loaded(best[0]) for r in best[1:]):
-        return [], AMBIGUOUS_LAYOUT
-    return best, None
+        return [], AMBIGUOUS_LAYOUT, None
+    return best, None, doubt
 
 
 def group_looks_like(reading: Reading, trainables: list[Any],

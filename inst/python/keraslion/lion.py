@@ -218,10 +218,10 @@ class Lion(keras.optimizers.Optimizer):
     them apart (averages near the weights, as after `fit()`, which copies
     them into the weights; accumulators at zero, reset at an update), and
     what has no place here is dropped, with the warning. Where the values
-    cannot tell, they load as this optimizer's options say; where they only
-    hint at the other role (far from the weights: sums of gradients, or
-    averages far behind fast-moving weights), a checkpoint this optimizer's
-    options could have saved raises the `ValueError`. A checkpoint of an
+    cannot tell, they load as this optimizer's options say, and so where
+    they only hint at the other role (far from the weights: sums of
+    gradients, or averages far behind fast-moving weights), with the
+    warning. A checkpoint of an
     optimizer that saves two values per weight, one never negative (AdamW,
     Adam, Nadam, Adamax, Lamb, Adadelta, Ftrl), loads none of its state into
     the Lion, with a `StateWarning` (switching from AdamW: the model's

@@ -102,6 +102,12 @@ def main(out):
            *train(bad_x, bad_y, no_merge_call, **skip), no_merge_call)
     record(results, "loss_scale_skip",
            *train(bad_x, bad_y, strategy, epochs=1, loss_scale=True, **skip), strategy)
+    # A callable beta: called once per traced step, though the replicas'
+    # threads and the merged update (in another) each read it.
+    calls = []
+    callable_beta = {"lion": {"beta_2": lambda: calls.append(1) or 0.99}}
+    record(results, "mirrored_callable_beta", *train(x, y, strategy, **callable_beta), strategy)
+    results["mirrored_callable_beta/calls"] = len(calls)
     # A hidden layer of 256: its kernel and bias have int8 momentums.
     int8 = {"lion": {"momentum_dtype": "int8"}, "width": 256}
     record(results, "single_int8", *train(x, y, **int8))

@@ -150,6 +150,13 @@ def test_mirrored_strategy_matches_single_device(tf_results):
 
 
 @tensorflow_only
+def test_mirrored_strategy_reads_a_callable_beta_once_per_step(tf_results):
+    # fit() traces its step once: one call, where each variable's update called it.
+    assert tf_results["mirrored_callable_beta/calls"] == 1
+    assert_same_training(tf_results, "mirrored_callable_beta")
+
+
+@tensorflow_only
 def test_mirrored_strategy_with_int8_momentum_matches_single_device(tf_results):
     assert tf_results["mirrored_int8/replicas"] == 2
     assert [str(tf_results[f"mirrored_int8/momentum_dtype/{i}"]) for i in range(4)] == [

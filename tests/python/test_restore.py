@@ -554,17 +554,30 @@ def test_averages_and_accumulators_load_as_their_values_say(saved, loaded, batch
         np.testing.assert_array_equal(value(ours), value(theirs))
 
 
-def test_averages_at_a_count_that_resets_accumulators_are_not_taken_for_them(tmp_path):
+def test_nonzero_accumulators_at_a_count_that_resets_them_are_said(tmp_path):
     # Far from the weights, the values only hint; but this Lion's own
-    # accumulators would be zero after 4 steps of 2.
+    # accumulators would be zero after 4 steps of 2: moving averages, or
+    # another accumulation's sums. Loaded as the options say, with a warning.
     source = fitted(Lion(learning_rate=0.05, use_ema=True), 4)
-    source.optimizer._model_variables_moving_average[0].assign(
-        -10 * value(source.trainable_variables[0]))
+    averages = source.optimizer._model_variables_moving_average
+    averages[0].assign(-10 * value(source.trainable_variables[0]))
     path = save(source, tmp_path, "weights.h5")
     model = trained(Lion(gradient_accumulation_steps=2))
-    with pytest.warns(StateWarning, match="dropped the moving averages"):
+    with pytest.warns(StateWarning, match="after 4 steps its own would have been reset"):
         model.load_weights(path)
-    assert not any(value(a).any() for a in model.optimizer._accumulated_gradients)
+    for accumulator, average in zip(model.optimizer._accumulated_gradients, averages,
+                                    strict=True):
+        np.testing.assert_array_equal(value(accumulator), value(average))
+
+
+def test_a_use_ema_lions_checkpoint_before_its_first_step_loads_quietly(tmp_path):
+    # Its averages are still zero, as accumulators reset at an update are.
+    source = make_model(Lion(use_ema=True))
+    path = save(source, tmp_path, "weights.h5")
+    model = make_model(Lion(use_ema=True))
+    load_quietly(model, path)
+    for ours, theirs in zip(model.optimizer.variables, source.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(value(ours), value(theirs))
 
 
 def test_values_far_from_the_weights_load_as_the_options_say_with_a_warning(tmp_path):
@@ -738,8 +751,9 @@ def test_between_mixed_precision_and_without_what_does_not_fit_is_said(tmp_path)
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_mixed_precision_checkpoint_saved_before_training_loads_quietly(fmt, tmp_path):
-    # The wrapper saves its own four variables, and the Lion, not yet
-    # built, nothing more: they must not be read as a Lion's.
+    # Not built, the wrapper saves its iteration count and learning rate,
+    # then the Lion's: read as a Lion's store, or as the wrapper's step
+    # counter and loss scale, they gave false warnings or a loss scale of 3e-3.
     source = make_model(keras.optimizers.LossScaleOptimizer(Lion(learning_rate=3e-3)),
                         build=False)
     path = save(source, tmp_path, fmt)
@@ -752,3 +766,10 @@ def test_a_mixed_precision_checkpoint_saved_before_training_loads_quietly(fmt, t
         load_quietly(model, path)
     assert value(model.optimizer.inner_optimizer._learning_rate) == np.float32(3e-3)
     assert int(value(model.optimizer.inner_optimizer._iterations)) == 0
+    # Into a trained model: the Lion restarts (said), the loss scale stays its own.
+    model = trained(keras.optimizers.LossScaleOptimizer(Lion(learning_rate=3e-3),
+                                                        initial_scale=64.0))
+    model.optimizer.dynamic_scale.assign(16.0)
+    with pytest.warns(StateWarning, match="had taken no step"):
+        model.load_weights(save(source, tmp_path, "weights.h5", "again"))
+    assert value(model.optimizer.dynamic_scale) == 16.0

@@ -28,6 +28,7 @@ from ._restore import (
     StateWarning,
     load_own_variables,
     saved_by_a_loss_scale_optimizer,
+    saved_by_an_unbuilt_loss_scale_optimizer,
     unpickling,
 )
 from .lion import Lion
@@ -55,7 +56,9 @@ def install() -> None:
 def load_own(wrapper: Any, store: Any) -> None:
     lion = wrapper.inner_optimizer
     lion.__dict__.pop(LOADED_BY_WRAPPER, None)
-    if not saved_by_a_loss_scale_optimizer(store, alone=True):
+    if saved_by_an_unbuilt_loss_scale_optimizer(store):
+        return  # Saved before training: the Lion's own store, next, says so if need be.
+    if not saved_by_a_loss_scale_optimizer(store):
         # A checkpoint saved without mixed precision: the Lion's variables
         # here, and nothing where the wrapper keeps the Lion's own. They load
         # into the Lion (as they would unwrapped); the wrapper's, never

@@ -224,19 +224,32 @@ def into_dtype(value: np.ndarray, dtype: Any) -> np.ndarray:
 LOSS_SCALE_INTEGERS = (True, False, True, False)
 
 
-def saved_by_a_loss_scale_optimizer(store: Any, alone: bool = False) -> bool:
+def saved_by_a_loss_scale_optimizer(store: Any) -> bool:
     """Whether the store is a `LossScaleOptimizer`'s: four int or float scalars
-    as it begins (a Lion's has int scalars only first and last) and more, or
-    (`alone`) maybe nothing more: the wrapper's own store, saved before its
-    Lion was built, when the Lion's own store comes after it."""
+    as it begins (a Lion's has int scalars only first and last) and more."""
     size = len(LOSS_SCALE_INTEGERS)
     keys = len(store.keys())
-    fewest = size if alone else size + 1
-    if keys < fewest or {str(key) for key in store.keys()} != {str(i) for i in range(keys)}:
+    return keys > size and begins_as_a_loss_scale_optimizers(store)
+
+
+def begins_as_a_loss_scale_optimizers(store: Any) -> bool:
+    """Whether the store's first four entries are int, float, int and float scalars."""
+    size = len(LOSS_SCALE_INTEGERS)
+    keys = len(store.keys())
+    if keys < size or {str(key) for key in store.keys()} != {str(i) for i in range(keys)}:
         return False
     prefix = [np.asarray(store[str(i)]) for i in range(size)]
     return all(value.shape == () and (value.dtype.kind in "iu") == integer
                for value, integer in zip(prefix, LOSS_SCALE_INTEGERS))
+
+
+def saved_by_an_unbuilt_loss_scale_optimizer(store: Any) -> bool:
+    """Whether the store is that of a `LossScaleOptimizer` saved before
+    training: its iteration count and learning rate, then its unbuilt Lion's
+    (no step counter or loss scale yet; nothing to load)."""
+    return (len(store.keys()) == len(LOSS_SCALE_INTEGERS)
+            and begins_as_a_loss_scale_optimizers(store)
+            and int(np.asarray(store["0"])) == 0 and int(np.asarray(store["2"])) == 0)
 
 
 def saved_under_mixed_precision(optimizer: Any, own: dict[Slot, keras.Variable],
@@ -682,16 +695,21 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
     as_averages = [r for r in contenders if r.options.ema]
     if as_averages and len(as_averages) < len(contenders):
         seen, sure = group_looks_like(as_averages[0], trainables, entries)
-        if (not sure and best[0].options == options and options.accumulation
-                and not options.ema and int(entries[0].value) % steps_per_update == 0):
-            # This optimizer's own accumulators, saved at that count, were reset to zero.
-            seen, sure = "average", True
+        may_be_own = best[0].options == options
         if seen is not None and seen != ("average" if best[0].options.ema else "accumulator"):
-            if not sure and best[0].options == options:
+            if may_be_own and not sure:
                 doubt = ("loaded the saved moving averages as this optimizer's options say, "
                          "though they lie far from the weights, as gradient accumulators "
                          "would (a checkpoint saved with `gradient_accumulation_steps` loads "
                          "into a Lion with it)")
+        elif (may_be_own and not sure and not options.ema and options.accumulation
+              and int(entries[0].value) % steps_per_update == 0):
+            # This optimizer's own, saved at that count, would be zero.
+            doubt = ("loaded the saved gradient accumulators as this optimizer's options say, "
+                     f"though after {int(entries[0].value)} steps its own would have been "
+                     "reset to zero: they may be moving averages (a checkpoint saved with "
+                     "`use_ema` loads into a Lion with it) or another "
+                     "`gradient_accumulation_steps`' sums")
         # (Where all load the same, only a sure verdict narrows what the warning names.)
         if doubt is None and seen is not None and (
                 sure or len({frozenset(loaded(r)) for r in contenders}) > 1):
@@ -707,10 +725,10 @@ def group_looks_like(reading: Reading, trainables: list[Any],
     """What the entries this reading takes for moving averages look like, and
     whether surely: "average" if they lie near the current weights (all
     together: a bias starting at 0 moves far from its average relative to
-    itself), "accumulator" if they are all zero (reset at an update), both
-    sure; "accumulator", not sure, if they lie farther from the weights than
-    the weights from 0 (averages far behind fast-moving weights do too);
-    else None (the values do not say)."""
+    itself), "accumulator" if they are all zero after a step (reset at an
+    update), both sure; "accumulator", not sure, if they lie farther from
+    the weights than the weights from 0 (averages far behind fast-moving
+    weights do too); else None (the values do not say)."""
     pairs = [(np.asarray(entry.value, np.float64),
               np.asarray(keras.ops.convert_to_numpy(trainables[index]), np.float64))
              for (role, index), entry in zip(reading.slots, entries)
@@ -718,7 +736,8 @@ def group_looks_like(reading: Reading, trainables: list[Any],
     if not pairs:
         return None, False
     if all(not value.any() for value, _ in pairs):
-        return "accumulator", True
+        # (Before the first step, averages are zero too, and either loads alike.)
+        return ("accumulator", True) if int(entries[0].value) else (None, False)
     distance = sum(float(np.abs(value - weight).sum()) for value, weight in pairs)
     size = sum(float(np.abs(weight).sum()) for _, weight in pairs)
     if distance <= 0.5 * size:

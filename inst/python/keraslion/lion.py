@@ -667,9 +667,9 @@ class Lion(keras.optimizers.Optimizer):
     def _hyperparameters(self) -> Hyperparameters:
         """Their values for this step: callables called and checked, no decay as None.
         Within a step, those read as it began (`_backend_update_step`)."""
-        during_step = getattr(_step, "hyperparameters", {}).get(id(self))
+        during_step = _STEPS.get(id(self))
         if during_step is not None:
-            return during_step
+            return during_step[0]
         return Hyperparameters(
             beta_1=_checks.resolve_beta("beta_1", self.beta_1),
             beta_2=_checks.resolve_beta("beta_2", self.beta_2),
@@ -757,16 +757,23 @@ class Lion(keras.optimizers.Optimizer):
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
                              learning_rate: Any) -> None:
         # Callables given as betas are called once per step, and checked
-        # before any variable steps: each variable's step would call them again.
-        during_step = _step.__dict__.setdefault("hyperparameters", {})
-        during_step[id(self)] = self._hyperparameters()
+        # before any variable steps: each variable's step would call them
+        # again. (Under a tf.distribute strategy, the replicas' threads enter
+        # here together, and the variables step in another thread.)
+        with _STEPS_LOCK:
+            if id(self) not in _STEPS:
+                _STEPS[id(self)] = [self._hyperparameters(), 0]
+            _STEPS[id(self)][1] += 1
         try:
             if self._fast_path is not None and self._fast_path.supports(self, trainable_variables):
                 self._fast_path.update(self, grads, trainable_variables, learning_rate)
             else:
                 super()._backend_update_step(grads, trainable_variables, learning_rate)
         finally:
-            del during_step[id(self)]
+            with _STEPS_LOCK:
+                _STEPS[id(self)][1] -= 1
+                if not _STEPS[id(self)][1]:
+                    del _STEPS[id(self)]
 
     # Weight decay is part of the step (as in the paper), not a separate pass.
 
@@ -950,9 +957,10 @@ class Lion(keras.optimizers.Optimizer):
         return super().from_config(config, custom_objects=custom_objects)
 
 
-#: The hyperparameters of each optimizer's step under way, as read when it
-#: began, by thread (a `tf.distribute` strategy steps each replica in its own).
-_step = threading.local()
+#: For each optimizer's step under way: the hyperparameters read as it
+#: began, and how many threads are in it.
+_STEPS: dict[int, list[Any]] = {}
+_STEPS_LOCK = threading.Lock()
 
 
 def _float_momentum(momentum_dtype: str) -> str:

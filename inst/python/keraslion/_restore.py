@@ -259,6 +259,9 @@ def saved_under_mixed_precision(optimizer: Any, own: dict[Slot, keras.Variable],
     own variables first, then the Lion's, which load as the Lion's (the
     wrapper's, with no place here, dropped with a warning). None for another
     store."""
+    if saved_by_an_unbuilt_loss_scale_optimizer(store):
+        # Before training: the wrapper's iteration count and learning rate, then the Lion's.
+        return make_plan(optimizer, own, {"0": store["2"], "1": store["3"]})
     if not saved_by_a_loss_scale_optimizer(store):
         return None
     size = len(LOSS_SCALE_INTEGERS)
@@ -696,6 +699,8 @@ def choose(readings: list[Reading], options: Options, own: dict[Slot, keras.Vari
     if as_averages and len(as_averages) < len(contenders):
         seen, sure = group_looks_like(as_averages[0], trainables, entries)
         may_be_own = best[0].options == options
+        if seen == "accumulator" and sure and may_be_own and not int(entries[0].value):
+            seen = None  # Before the first step, averages not yet set are zero too.
         if seen is not None and seen != ("average" if best[0].options.ema else "accumulator"):
             if may_be_own and not sure:
                 doubt = ("loaded the saved moving averages as this optimizer's options say, "
@@ -725,8 +730,8 @@ def group_looks_like(reading: Reading, trainables: list[Any],
     """What the entries this reading takes for moving averages look like, and
     whether surely: "average" if they lie near the current weights (all
     together: a bias starting at 0 moves far from its average relative to
-    itself), "accumulator" if they are all zero after a step (reset at an
-    update), both sure; "accumulator", not sure, if they lie farther from
+    itself), "accumulator" if they are all zero (reset at an update), both
+    sure; "accumulator", not sure, if they lie farther from
     the weights than the weights from 0 (averages far behind fast-moving
     weights do too); else None (the values do not say)."""
     pairs = [(np.asarray(entry.value, np.float64),
@@ -736,8 +741,7 @@ def group_looks_like(reading: Reading, trainables: list[Any],
     if not pairs:
         return None, False
     if all(not value.any() for value, _ in pairs):
-        # (Before the first step, averages are zero too, and either loads alike.)
-        return ("accumulator", True) if int(entries[0].value) else (None, False)
+        return "accumulator", True
     distance = sum(float(np.abs(value - weight).sum()) for value, weight in pairs)
     size = sum(float(np.abs(weight).sum()) for _, weight in pairs)
     if distance <= 0.5 * size:

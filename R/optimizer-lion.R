@@ -122,10 +122,6 @@
 #' cannot be matched, is an error that loads nothing into the optimizer
 #' (the model's own weights, which Keras loads first, are loaded); with
 #' `load_model_weights(..., skip_mismatch = TRUE)` it is a warning instead.
-#' A checkpoint names no variable: its entries are matched to the trainable
-#' weights by order and shape, so one saved with other weights of the same
-#' shapes trainable (one of two alike layers frozen, the other not) loads
-#' their momentums into these.
 #' So build the optimizer before `load_model_weights()` in a new session,
 #' with `model$optimizer$build(model$trainable_variables)`: it is built by
 #' its first step, and a checkpoint's state has no place in it before (an
@@ -133,6 +129,10 @@
 #' warning). `load_model()` builds it itself. A checkpoint saved before
 #' training (its optimizer not yet built) holds a fresh optimizer's state:
 #' loaded into a trained Lion, it restarts it, with the warning.
+#' A checkpoint names no variable: its entries are matched to the trainable
+#' weights by order and shape, so one saved with other weights of the same
+#' shapes trainable (one of two alike layers frozen, the other not) loads
+#' their momentums into these.
 #' Moving averages and gradient accumulators lie alike in a checkpoint and
 #' are told apart by their values: averages that lie near the weights (as
 #' after `fit()`, which copies them into the weights), accumulators that

@@ -227,9 +227,7 @@ LOSS_SCALE_INTEGERS = (True, False, True, False)
 def saved_by_a_loss_scale_optimizer(store: Any) -> bool:
     """Whether the store is a `LossScaleOptimizer`'s: four int or float scalars
     as it begins (a Lion's has int scalars only first and last) and more."""
-    size = len(LOSS_SCALE_INTEGERS)
-    keys = len(store.keys())
-    return keys > size and begins_as_a_loss_scale_optimizers(store)
+    return len(store.keys()) > len(LOSS_SCALE_INTEGERS) and begins_as_a_loss_scale_optimizers(store)
 
 
 def begins_as_a_loss_scale_optimizers(store: Any) -> bool:

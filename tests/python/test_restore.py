@@ -752,36 +752,57 @@ def test_between_mixed_precision_and_without_what_does_not_fit_is_said(tmp_path)
         unbuilt.load_weights(plain_path)
 
 
+def decaying():
+    return keras.optimizers.schedules.ExponentialDecay(3e-3, decay_steps=10, decay_rate=0.5)
+
+
+def assert_learning_rate(optimizer, schedule):
+    if schedule:
+        assert isinstance(optimizer._learning_rate, keras.optimizers.schedules.ExponentialDecay)
+    else:
+        assert value(optimizer._learning_rate) == np.float32(3e-3)
+
+
+@pytest.mark.parametrize("schedule", [False, True], ids=["number", "schedule"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_a_mixed_precision_checkpoint_saved_before_training_loads_quietly(fmt, tmp_path):
+def test_a_mixed_precision_checkpoint_saved_before_training_loads_quietly(fmt, schedule,
+                                                                          tmp_path):
     # Not built, the wrapper saves its iteration count and learning rate,
-    # then the Lion's: read as a Lion's store, or as the wrapper's step
-    # counter and loss scale, they gave false warnings or a loss scale of 3e-3.
-    source = make_model(keras.optimizers.LossScaleOptimizer(Lion(learning_rate=3e-3)),
-                        build=False)
+    # then the Lion's (with a schedule, its iteration count alone): read as
+    # a Lion's store, or as the wrapper's step counter and loss scale, they
+    # gave false warnings, an error, or a loss scale of 3e-3.
+    def lion():
+        return Lion(learning_rate=decaying() if schedule else 3e-3)
+
+    source = make_model(keras.optimizers.LossScaleOptimizer(lion()), build=False)
     path = save(source, tmp_path, fmt)
     if fmt == "keras":
         with warnings.catch_warnings():
             warnings.simplefilter("error", StateWarning)
             model = keras.saving.load_model(path)
     else:
-        model = make_model(keras.optimizers.LossScaleOptimizer(Lion(learning_rate=3e-3)))
+        model = make_model(keras.optimizers.LossScaleOptimizer(lion()))
         load_quietly(model, path)
-    assert value(model.optimizer.inner_optimizer._learning_rate) == np.float32(3e-3)
+        unbuilt = make_model(keras.optimizers.LossScaleOptimizer(lion()), build=False)
+        load_quietly(unbuilt, path)
+        assert int(value(unbuilt.optimizer.inner_optimizer._iterations)) == 0
+    assert_learning_rate(model.optimizer.inner_optimizer, schedule)
     assert int(value(model.optimizer.inner_optimizer._iterations)) == 0
     if fmt != "keras":
         # Into a model without mixed precision: the Lion's part, as its own.
-        plain = make_model(Lion(learning_rate=3e-3))
-        load_quietly(plain, path)
-        assert value(plain.optimizer._learning_rate) == np.float32(3e-3)
-        plain = trained(Lion(learning_rate=3e-3))
-        with pytest.warns(StateWarning, match="had taken no step"):
+        for build in (True, False):
+            plain = make_model(lion(), build=build)
+            load_quietly(plain, path)
+            assert_learning_rate(plain.optimizer, schedule)
+        plain = trained(lion())
+        with pytest.warns(StateWarning, match="had taken no step") as caught:
             plain.load_weights(path)
-        assert value(plain.optimizer._learning_rate) == np.float32(3e-3)
+        assert len(caught) == 1
+        assert_learning_rate(plain.optimizer, schedule)
     # Into a trained model: the Lion restarts (said), the loss scale stays its own.
-    model = trained(keras.optimizers.LossScaleOptimizer(Lion(learning_rate=3e-3),
-                                                        initial_scale=64.0))
+    model = trained(keras.optimizers.LossScaleOptimizer(lion(), initial_scale=64.0))
     model.optimizer.dynamic_scale.assign(16.0)
-    with pytest.warns(StateWarning, match="had taken no step"):
+    with pytest.warns(StateWarning, match="had taken no step") as caught:
         model.load_weights(save(source, tmp_path, "weights.h5", "again"))
+    assert len(caught) == 1
     assert value(model.optimizer.dynamic_scale) == 16.0

@@ -243,11 +243,18 @@ def begins_as_a_loss_scale_optimizers(store: Any) -> bool:
 
 def saved_by_an_unbuilt_loss_scale_optimizer(store: Any) -> bool:
     """Whether the store is that of a `LossScaleOptimizer` saved before
-    training: its iteration count and learning rate, then its unbuilt Lion's
-    (no step counter or loss scale yet; nothing to load)."""
-    return (len(store.keys()) == len(LOSS_SCALE_INTEGERS)
-            and begins_as_a_loss_scale_optimizers(store)
-            and int(np.asarray(store["0"])) == 0 and int(np.asarray(store["2"])) == 0)
+    training: its iteration count (0) and learning rate (always 0), then
+    its unbuilt Lion's iteration count (0) and, unless a schedule or a
+    callable, learning rate. No step counter or loss scale yet: the wrapper
+    has nothing to load."""
+    keys = len(store.keys())
+    if keys not in (3, 4) or {str(key) for key in store.keys()} != {str(i) for i in range(keys)}:
+        return False
+    values = [np.asarray(store[str(i)]) for i in range(keys)]
+    kinds = ["int", "float", "int", "float"][:keys]
+    return (all(value.shape == () and (value.dtype.kind in "iu") == (kind == "int")
+                for value, kind in zip(values, kinds))
+            and int(values[0]) == 0 and float(values[1]) == 0.0 and int(values[2]) == 0)
 
 
 def saved_under_mixed_precision(optimizer: Any, own: dict[Slot, keras.Variable],
@@ -259,7 +266,8 @@ def saved_under_mixed_precision(optimizer: Any, own: dict[Slot, keras.Variable],
     store."""
     if saved_by_an_unbuilt_loss_scale_optimizer(store):
         # Before training: the wrapper's iteration count and learning rate, then the Lion's.
-        return make_plan(optimizer, own, {"0": store["2"], "1": store["3"]})
+        return make_plan(optimizer, own,
+                         {str(i - 2): store[str(i)] for i in range(2, len(store.keys()))})
     if not saved_by_a_loss_scale_optimizer(store):
         return None
     size = len(LOSS_SCALE_INTEGERS)

@@ -186,7 +186,9 @@
 #'   `function() 1e-3` or `function(...) 1e-3`) and returns the learning
 #'   rate. What the function returns is checked each time it is called: `NA`,
 #'   a negative, infinite or non-numeric result is an error naming
-#'   `learning_rate`. A variable (`keras3::keras_variable(1e-3)`) is
+#'   `learning_rate`. An R function cannot be saved: `save_model()` (and
+#'   `callback_model_checkpoint()`) is then an error, raised after Keras
+#'   has opened the file, so save to a new path, not over a good model. A variable (`keras3::keras_variable(1e-3)`) is
 #'   followed: the optimizer reads its value at every step, and saves it.
 #' @param beta_1 A number in (0, 1], or a function that can be called with no
 #'   arguments and returns one: the weight of the momentum in the
@@ -229,8 +231,8 @@
 #'   `optimizer$finalize_variable_values()` is called, which `fit()` does at
 #'   the end of training. Not supported under a `tf.distribute` strategy
 #'   (an error).
-#' @param name A single string: the optimizer's name, used in the paths of
-#'   its variables. Not given (or `NULL`), Keras numbers the default name
+#' @param name A single string without `"/"`: the optimizer's name, used in
+#'   the paths of its variables. Not given (or `NULL`), Keras numbers the default name
 #'   as it does for its own optimizers: `"lion"`, then `"lion_1"`, ..., so
 #'   that two optimizers in one session (e.g. in one `MultiOptimizer`) never
 #'   share variable paths. A name given explicitly is kept as it is.
@@ -266,7 +268,9 @@
 #'   gradient are not moved; in each weight tensor the other elements are
 #'   scaled by `size / max(kept, 1)`, the inverse of the kept fraction (the
 #'   `max` makes a step where nothing is kept a zero step). The momentum
-#'   update and the weight decay are unchanged.
+#'   update and the weight decay are unchanged. On PyTorch a cautious step
+#'   takes the plain path, a few Keras operations per variable, which is
+#'   slower than the fast path, most on many small variables.
 #' @param exclude_from_weight_decay `NULL` (or an empty vector or list, as
 #'   `get_config()` gives it back) or a character vector of regular
 #'   expressions: a weight whose path (such as `"dense/bias"`) or name
@@ -385,19 +389,19 @@ optimizer_lion <- function(learning_rate = 0.001,
 # One argument of optimizer_lion(), checked and converted for Python; any
 # other name is passed on as it is. Keras keeps the numbers marked
 # `float32 = TRUE` in float32: one that float32 rounds to 0 or to infinity
-# is refused; the betas are not, as Python takes them as they are.
+# is refused; a beta below float32's smallest normal number too.
 lion_argument <- function(name, value, call = caller_env()) {
   switch(name,
     learning_rate = as_number(value, name, 0,
       allow_callable = TRUE, allow_variable = TRUE, float32 = TRUE, call = call
     ),
-    beta_1 = as_number(value, name, 0, 1,
+    beta_1 = check_normal_float32(as_number(value, name, 0, 1,
       lower_closed = FALSE, upper_closed = TRUE, allow_callable = TRUE,
       allow_variable = TRUE, call = call
-    ),
-    beta_2 = as_number(value, name, 0, 1,
+    ), name, call = call),
+    beta_2 = check_normal_float32(as_number(value, name, 0, 1,
       allow_callable = TRUE, allow_variable = TRUE, call = call
-    ),
+    ), name, call = call),
     weight_decay = as_number(value, name, 0,
       allow_null = TRUE, allow_variable = TRUE, float32 = TRUE, call = call
     ),
@@ -420,7 +424,7 @@ lion_argument <- function(name, value, call = caller_env()) {
     use_ema = ,
     cautious = ,
     skip_nonfinite = check_flag(value, name, call = call),
-    name = check_string(value, name, allow_null = TRUE, call = call),
+    name = check_name(value, allow_null = TRUE, call = call),
     momentum_dtype = check_choice(value, name,
       c("float32", "bfloat16", "float16", "float64", "int8"),
       call = call
@@ -480,7 +484,7 @@ set_lion_argument <- function(name, value, call = caller_env()) {
     )
   }
   if (identical(name, "name")) {
-    return(check_string(value, name, call = call))
+    return(check_name(value, call = call))
   }
   lion_argument(name, value, call = call)
 }

@@ -16,11 +16,13 @@ describe <- function(x) {
   if (is.primitive(x)) {
     return(paste0("the primitive function `", primitive_name(x), "()`"))
   }
-  if (is.function(x)) {
-    return("a function")
-  }
+  # A Python object first: reticulate makes a callable one (a schedule) an R
+  # function too.
   if (is_py_object(x)) {
     return(paste0("a Python object of class <", class(x)[[1]], ">"))
+  }
+  if (is.function(x)) {
+    return("a function")
   }
   if (is.factor(x)) {
     return("a factor")
@@ -128,6 +130,7 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
     return(NULL)
   }
   if (allow_variable && is_py_variable(x)) {
+    check_variable_value(x, arg, lower, upper, lower_closed, upper_closed, float32, call)
     return(x)
   }
   x <- from_py_number(x)
@@ -152,6 +155,45 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
     check_float32(x, arg, rule, call)
   }
   as.double(x)
+}
+
+# A variable's value now, checked as a number given for `arg` would be
+# (Python checks it again at every step).
+check_variable_value <- function(x, arg, lower, upper, lower_closed, upper_closed, float32,
+                                 call) {
+  value <- from_py_number(reticulate::r_to_py(x)$numpy())
+  if (is_py_object(value)) value <- reticulate::py_to_r(value)
+  rlang::try_fetch(
+    as_number(value, arg, lower, upper, lower_closed, upper_closed, float32 = float32,
+      call = call
+    ),
+    keraslion_error_argument = function(cnd) {
+      cli::cli_abort(
+        "{.arg {arg}} is a variable holding {describe(value)}: its value must be
+         {describe_range(lower, upper, lower_closed, upper_closed)}.",
+        call = call, class = "keraslion_error_argument"
+      )
+    }
+  )
+  invisible(x)
+}
+
+# A beta (or a variable or function) that is 0 or at least float32's
+# smallest normal number, 2^-126: a smaller one rounds to 0 in the float32
+# step, or is flushed to 0 by XLA.
+check_normal_float32 <- function(x, arg, call = caller_env()) {
+  if (!is.numeric(x) || x == 0 || x >= 2^-126) {
+    return(x)
+  }
+  cli::cli_abort(
+    c(
+      "{.arg {arg}} must be at least 2^-126 (about 1.1754944e-38), float32's smallest normal
+       number{if (arg == 'beta_2') ' (or 0)' else ''}, not {describe(x)}.",
+      i = "A smaller one rounds to 0 in the float32 step, or is flushed to 0 by XLA."
+    ),
+    call = call,
+    class = "keraslion_error_argument"
+  )
 }
 
 # A number Keras divides by (`global_clipnorm`, `loss_scale_factor`), or
@@ -267,6 +309,17 @@ check_string <- function(x, arg, allow_null = FALSE, call = caller_env()) {
   if (!is.character(x) || length(x) != 1 || is.na(x) || !nzchar(x)) {
     rule <- if (allow_null) "`NULL` or a single non-empty string" else "a single non-empty string"
     abort_arg(arg, rule, x, call)
+  }
+  x
+}
+
+# An optimizer's name: Keras puts it in its variables' paths, so it must not
+# hold a "/".
+check_name <- function(x, allow_null = FALSE, call = caller_env()) {
+  x <- check_string(x, "name", allow_null = allow_null, call = call)
+  if (!is.null(x) && grepl("/", x, fixed = TRUE)) {
+    rule <- if (allow_null) "`NULL` or a single non-empty string" else "a single non-empty string"
+    abort_arg("name", paste(rule, 'without "/"'), x, call)
   }
   x
 }

@@ -102,22 +102,30 @@ def study(code: str, stochastic: bool, ratio: float, steps: int,
     small = ~large
     flipped = (beta_1 * coded + (1 - beta_1) * reversed_g)[small] < 0
     float32_flipped = (beta_1 * exact + (1 - beta_1) * reversed_g)[small] < 0
+    ratios = coded[small] / exact[small]
     return {"flipped": flipped.mean(), "float32_flipped": float32_flipped.mean(),
-            "ratio": float(np.median(coded[small] / exact[small]))}
+            "ratio": float(np.median(ratios)), "lowest": float(ratios.min()),
+            "highest": float(ratios.max())}
+
+
+TABLES_AND_OTHERS = ("linear", "sqrt", "dynamic", "e4m3", "e4m3 pow2")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--beta-2", type=float, default=0.99)
+    parser.add_argument("--codes", nargs="+", default=list(TABLES_AND_OTHERS))
     args = parser.parse_args()
     print("| code | rounding | large/small | small flipped | float32 flipped | "
-          "median m / m_float32 |\n|---|---|---|---|---|---|")
+          "m / m_float32 of small: median (lowest-highest) |\n|---|---|---|---|---|---|")
     for ratio in (1e3, 1e4, 1e5):
-        for code in ("linear", "sqrt", "dynamic", "e4m3", "e4m3 pow2"):
+        for code in args.codes:
             for stochastic in (False, True):
-                r = study(code, stochastic, ratio, args.steps)
+                r = study(code, stochastic, ratio, args.steps, beta_2=args.beta_2)
                 print(f"| {code} | {'stochastic' if stochastic else 'nearest'} | {ratio:.0e} | "
-                      f"{r['flipped']:.1%} | {r['float32_flipped']:.1%} | {r['ratio']:.3f} |")
+                      f"{r['flipped']:.1%} | {r['float32_flipped']:.1%} | {r['ratio']:.3f} "
+                      f"({r['lowest']:.2f}-{r['highest']:.2f}) |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import to_numpy
 
-from keraslion import Lion
+from keraslion import Lion, int8
 
 BAD_ARGUMENTS = [
     ({"learning_rate": -0.1}, "learning_rate"),
@@ -218,6 +218,16 @@ def test_another_count_of_gradients_than_of_variables_is_refused(count):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), value)
 
 
+def test_a_variable_listed_twice_is_refused():
+    # PyTorch's int8 step stepped it once (the last write won), others twice.
+    optimizer = Lion(learning_rate=0.1, momentum_dtype="int8")
+    variable = keras.Variable(np.ones((40, 64), np.float32), name="twice")
+    with pytest.raises(ValueError, match="'twice' more than once.*Nothing was updated"):
+        optimizer.apply([keras.ops.ones((40, 64))] * 2, [variable, variable])
+    assert not optimizer.built
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), 1.0)
+
+
 ONE_STEP_OPTIONS = {
     "default": ({}, "float32"),
     "cautious": ({"cautious": True}, "float32"),
@@ -308,3 +318,27 @@ def test_bad_learning_rate_assignment_is_refused_and_changes_nothing(value):
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.01)
     optimizer.learning_rate = np.float64(0.5)  # as ReduceLROnPlateau sets it
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == 0.5
+
+
+@pytest.mark.parametrize("options, dtype", ONE_STEP_OPTIONS.values(), ids=ONE_STEP_OPTIONS.keys())
+@pytest.mark.parametrize("given", ["weights", "variables", "views"])
+def test_gradients_that_are_variables_weights_are_read_as_they_were(options, dtype, given):
+    # PyTorch steps weights in place: a gradient that was another variable's
+    # weights was read again after that variable stepped (as Keras's Lion
+    # does), on some paths and not others; then the result hung on the order.
+    lion = Lion(learning_rate=0.5, beta_2=0.5, **options)
+    a = keras.Variable(np.full((40, 64), 1.0, dtype), dtype=dtype, name="a")
+    b = keras.Variable(np.full((40, 64), 5.0, dtype), dtype=dtype, name="b")
+    c = keras.Variable(np.full((40, 64), 3.0, dtype), dtype=dtype, name="c")
+    grads = {"weights": [b.value, a.value, c.value], "variables": [b, a, c],
+             "views": [b.value[:], a.value[:], c.value[:]]}[given]
+    lion.apply(grads, [a, b, c])
+    # m = (1 - beta_2) * g, from zero; each weight steps by -lr * sign(g).
+    for variable, before, gradient in ((a, 1.0, 5.0), (b, 5.0, 1.0), (c, 3.0, 3.0)):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(keras.ops.cast(variable, "float32")), before - 0.5)
+        momentum = lion._momentum(variable)
+        scales = lion._momentum_scales[lion._get_variable_index(variable)]
+        value = momentum if scales is None else int8.decode(momentum.value, scales.value)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(keras.ops.cast(value, "float32")), 0.5 * gradient)

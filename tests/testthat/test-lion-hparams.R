@@ -21,6 +21,17 @@ test_that("lion_hparams_from_adamw() checks its arguments", {
   expect_error(lion_hparams_from_adamw(1e-3, 1e308, factor = 10), "weight_decay. would be Inf")
 })
 
+test_that("a schedule given as AdamW's learning rate is named as one", {
+  skip_if_no_keras()
+  schedule <- keras_module()$optimizers$schedules$ExponentialDecay(1e-3, 10L, 0.9)
+  # reticulate makes it an R function too; it was called "a function".
+  expect_error(
+    lion_hparams_from_adamw(schedule, 0.01),
+    "not a Python object of class <.*ExponentialDecay>",
+    class = "keraslion_error_argument"
+  )
+})
+
 test_that("R and Python agree, and the result feeds optimizer_lion()", {
   skip_if_no_keras()
   from_python <- keraslion:::python_core()$lion_hparams_from_adamw(1e-3, 0.01, factor = 5)

@@ -100,8 +100,14 @@ test_that("zero and the betas' documented edge values stay accepted", {
   expect_identical(config$beta_2, 2^-126)
   expect_identical(optimizer_lion(beta_2 = 0)$get_config()$beta_2, 0)
   # Betas that the float32 step would round or flush to 0 are refused.
-  expect_error(optimizer_lion(beta_1 = 1e-40), "beta_1.*1.1754944e-38")
-  expect_error(optimizer_lion(beta_2 = 1e-50), "beta_2.*1.1754944e-38")
+  for (tiny in c(1e-40, 1e-300)) {
+    expect_error(optimizer_lion(beta_1 = tiny), "beta_1.*1.1754944e-38",
+      class = "keraslion_error_argument"
+    )
+    expect_error(optimizer_lion(beta_2 = tiny), "beta_2.*1.1754944e-38.*or 0",
+      class = "keraslion_error_argument"
+    )
+  }
   config <- optimizer_lion(clipvalue = 3e38, global_clipnorm = NULL)$get_config()
   expect_identical(config$clipvalue, 3e38)
   # Keras divides by these: a number or reciprocal that XLA would flush to 0 is refused.
@@ -329,6 +335,37 @@ test_that("a variable given as learning rate or beta is followed, not copied", {
   opt$apply(list(gradient), list(variable))
   expect_equal(as.vector(as_r_array(variable)), c(0.25, 1.75))
   expect_error(optimizer_lion(learning_rate = keras$Variable(-0.5)), "learning_rate")
+})
+
+test_that("a variable's value is checked in R as a number would be", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  expect_error(
+    optimizer_lion(learning_rate = keras$Variable(-1)),
+    "`learning_rate` is a variable holding `-1`: its value must be a finite number >= 0",
+    class = "keraslion_error_argument"
+  )
+  expect_error(optimizer_lion(beta_1 = keras$Variable(2)), "`beta_1` is a variable holding `2`",
+    class = "keraslion_error_argument"
+  )
+  expect_error(optimizer_lion(weight_decay = keras$Variable(NaN)), "`weight_decay`.*`NaN`",
+    class = "keraslion_error_argument"
+  )
+  opt <- optimizer_lion(beta_2 = 0.9)
+  expect_error(opt$beta_2 <- keras$Variable(1), "`beta_2` is a variable holding `1`",
+    class = "keraslion_error_argument"
+  )
+  expect_equal(opt$beta_2, 0.9)
+})
+
+test_that("a name with a slash is refused in R, given or set", {
+  expect_error(optimizer_lion(name = "a/b"), 'name.*without "/".*"a/b"',
+    class = "keraslion_error_argument"
+  )
+  skip_if_no_keras()
+  opt <- optimizer_lion(name = "head")
+  expect_error(opt$name <- "a/b", 'name.*without "/"', class = "keraslion_error_argument")
+  expect_identical(opt$name, "head")
 })
 
 test_that("a beta given as an R function fails at save time, naming it", {

@@ -390,11 +390,21 @@ def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
     known while tracing pass), before anything is updated: broadcast, or
     reshaped by a fast path, it would give a wrong step without an error.
     Refuses as well another count of gradients than of variables (with
-    none, Keras's apply gives its own error): zipped, some would not step."""
+    none, Keras's apply gives its own error): zipped, some would not step;
+    and a variable listed twice."""
     if variables and len(grads) != len(variables):
         raise ValueError(
             f"Argument `grads` holds {len(grads)} gradients for {len(variables)} variables: "
             "give one gradient (or None) per variable, in their order. Nothing was updated.")
+    seen: set[int] = set()
+    for variable in variables:
+        if id(variable) in seen:
+            # Stepped twice with one momentum on some paths, once on others.
+            name = getattr(variable, "path", None) or getattr(variable, "name", "?")
+            raise ValueError(
+                f"Argument `trainable_variables` lists the variable '{name}' more than once: "
+                "give each variable once, with its gradient. Nothing was updated.")
+        seen.add(id(variable))
     for gradient, variable in zip(grads, variables):
         if gradient is None:
             continue

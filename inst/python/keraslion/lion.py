@@ -322,8 +322,8 @@ class Lion(keras.optimizers.Optimizer):
             Fixed once the optimizer is built. Refused under a
             `tf.distribute` strategy, where Keras cannot synchronize the
             replicas inside its conditional.
-        name: The name of the optimizer, used for its variables.
-            Defaults to `"lion"`.
+        name: The name of the optimizer, used in its variables' paths (so
+            without a `/`). Defaults to `"lion"`.
         momentum_dtype: `None` (the variable's dtype), `"float32"`,
             `"bfloat16"`, `"float16"`, `"float64"` or `"int8"`: the dtype
             to store the momentum in (not float8: use `"int8"`). The
@@ -336,7 +336,10 @@ class Lion(keras.optimizers.Optimizer):
             elements whose step direction disagrees in sign with the current
             gradient are not moved, and the others are scaled by the inverse
             of the kept fraction of their tensor. The momentum update and the
-            weight decay are unchanged. Defaults to `False`.
+            weight decay are unchanged. On PyTorch a cautious step takes the
+            plain path, a few Keras operations per variable, which is slower
+            than the fast path, most on many small variables. Defaults to
+            `False`.
         exclude_from_weight_decay: `None`, a string or a list of strings:
             Python regular expressions (module `re`); a variable whose path
             (e.g. `"dense/bias"`), or name, matches any of them gets no weight
@@ -764,6 +767,8 @@ class Lion(keras.optimizers.Optimizer):
             if id(self) not in _STEPS:
                 _STEPS[id(self)] = [self._hyperparameters(), 0]
             _STEPS[id(self)][1] += 1
+        if keras.backend.backend() == "torch":
+            grads = _fastpaths.for_backend("torch").unaliased(grads)
         try:
             if self._fast_path is not None and self._fast_path.supports(self, trainable_variables):
                 self._fast_path.update(self, grads, trainable_variables, learning_rate)
@@ -1018,5 +1023,6 @@ def _check_loadable(name: str, function: Any) -> Any:
             f"Argument `{name}` is a function that Keras cannot save so that it loads again"
             f"{problem}: {fix}, or give a Python function registered with "
             f"`@keras.saving.register_keras_serializable()`. An R function cannot be saved. "
-            f"Received: {name}={function!r}")
+            "(Keras opens a model's file before it saves the optimizer: a file that was at "
+            f"that path is now empty.) Received: {name}={function!r}")
     return config

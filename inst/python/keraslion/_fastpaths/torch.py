@@ -78,14 +78,10 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     routes: dict[str, list[tuple[Any, Any]]] = {"int8": [], "blocked": [], "plain": []}
     for gradient, variable in zip(grads, variables):
-        if isinstance(gradient, keras.Variable):
-            gradient = gradient.value
-        elif not isinstance(gradient, torch.Tensor):
+        if not isinstance(gradient, torch.Tensor):
             # Keras's conversion, on Keras's device, also reads NumPy bfloat16
             # (ml_dtypes), which torch.as_tensor refuses.
             gradient = ops.convert_to_tensor(gradient)
-        if _shares_memory(gradient, variable._value):
-            gradient = gradient.clone()  # The weights change in place before it is read again.
         routes[_route(optimizer, variable, gradient)].append((gradient, variable))
     if routes["int8"]:
         torch_int8.update(optimizer, *map(list, zip(*routes["int8"])), learning_rate)
@@ -110,9 +106,20 @@ def _route(optimizer: Any, variable: Any, gradient: Any) -> str:
     return "plain"
 
 
-def _shares_memory(gradient: Any, weights: Any) -> bool:
-    return (isinstance(gradient, torch.Tensor) and gradient.layout == torch.strided
-            and gradient.untyped_storage().data_ptr() == weights.untyped_storage().data_ptr())
+def unaliased(grads: list[Any]) -> list[Any]:
+    """The gradients, where one is a variable or its weights (a
+    `torch.nn.Parameter`, as a Keras variable holds them) or a view of them,
+    copied: every path steps the weights in place, and reads a gradient
+    again after some weights changed (the momentum's update, another
+    variable's step). Autograd's gradients are never such tensors."""
+    return [_copied_if_weights(g.value if isinstance(g, keras.Variable) else g) for g in grads]
+
+
+def _copied_if_weights(gradient: Any) -> Any:
+    weights = isinstance(gradient, torch.nn.Parameter) or (
+        isinstance(gradient, torch.Tensor) and gradient._is_view()
+        and isinstance(gradient._base, torch.nn.Parameter))
+    return gradient.clone() if weights else gradient
 
 
 def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],

@@ -65,11 +65,14 @@
 #' `gradient_accumulation_steps`, Keras sums the gradients before it divides
 #' by the number of steps, so gradients whose sum exceeds float32's range
 #' (3.4e+38) give an infinite momentum; clip them (`clipvalue`) if they can
-#' be that large. XLA on TensorFlow may fuse a multiply and an add into one
-#' rounding: where `beta_1 * m + (1 - beta_1) * g` is exactly 0 in float32
-#' (a tie, likeliest with bfloat16 weights and gradients), its result can be
-#' a tiny number instead, and the element steps by the learning rate where
-#' the other paths leave it. Keras keeps the learning rate in the default float type:
+#' be that large. XLA (TensorFlow's `jit_compile`, JAX's compiled step) may
+#' fuse a multiply and an add into one rounding: where
+#' `beta_1 * m + (1 - beta_1) * g` is exactly 0 in float32 (a tie, likeliest
+#' with bfloat16 weights and gradients), its result can be a tiny number
+#' instead, and the element steps by the learning rate where the other paths
+#' leave it; and a bfloat16 weight whose new value lies a hair from halfway
+#' between two bfloat16 numbers may round the other way (about one element in
+#' a few thousand). Keras keeps the learning rate in the default float type:
 #' after `keras3::config_set_floatx("bfloat16")`, in bfloat16 (0.01 becomes
 #' 0.0100098), as for its own optimizers; the step itself is unchanged.
 #'

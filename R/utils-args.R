@@ -133,7 +133,7 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
     check_variable_value(x, arg, lower, upper, lower_closed, upper_closed, float32, call)
     return(x)
   }
-  x <- from_py_number(x)
+  x <- from_py_number(from_keras_config(x))
   rule <- describe_range(lower, upper, lower_closed, upper_closed)
   if (allow_null) rule <- paste("`NULL` or", rule)
   if (allow_callable) rule <- paste0(rule, ", or a function that can be called with no arguments")
@@ -194,6 +194,17 @@ check_normal_float32 <- function(x, arg, call = caller_env()) {
     call = call,
     class = "keraslion_error_argument"
   )
+}
+
+# A Keras object as a config gives it back (a named list with `class_name`
+# and `config`: a learning-rate schedule, a registered function), made
+# again, so that `do.call(optimizer_lion, opt$get_config())` makes the same
+# optimizer.
+from_keras_config <- function(x) {
+  if (!is.list(x) || is.object(x) || !all(c("class_name", "config") %in% names(x))) {
+    return(x)
+  }
+  reticulate::import("keras")$saving$deserialize_keras_object(x)
 }
 
 # A number Keras divides by (`global_clipnorm`, `loss_scale_factor`), or

@@ -126,8 +126,13 @@ test_that("zero and the betas' documented edge values stay accepted", {
 
 test_that("an optimizer's config makes the same optimizer again", {
   skip_if_no_keras()
-  # A default config has no patterns, an empty list.
-  for (optimizer in list(optimizer_lion(), optimizer_lion(exclude_from_weight_decay = "bias"))) {
+  # A default config has no patterns, an empty list; a schedule's is a list
+  # (its class and config), which was refused.
+  schedule <- keras_module()$optimizers$schedules$CosineDecay(1e-3, 100L, warmup_steps = 10L)
+  for (optimizer in list(
+    optimizer_lion(), optimizer_lion(exclude_from_weight_decay = "bias"),
+    optimizer_lion(learning_rate = schedule)
+  )) {
     config <- optimizer$get_config()
     config$name <- NULL
     copy <- do.call(optimizer_lion, config)$get_config()

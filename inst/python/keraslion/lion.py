@@ -170,7 +170,8 @@ class Lion(keras.optimizers.Optimizer):
     compiled `fit()`, as with Keras's own optimizers, a number or flag
     traced into the step keeps its traced value until the step is rebuilt
     (`model.make_train_function(force=True)`), while the learning rate (a
-    variable) follows. A `keras.Variable` given as a hyperparameter is
+    variable) follows; so in a `tf.function` or `jax.jit` of your own, until
+    it is traced again, and a callable is then called only when traced. A `keras.Variable` given as a hyperparameter is
     read inside the step, where it cannot be checked: it is checked when
     given, not when `assign()`ed later (Keras's own optimizers check
     neither), so keep what you assign in range. On JAX, `fit()` holds the
@@ -185,11 +186,14 @@ class Lion(keras.optimizers.Optimizer):
     and such a momentum is stored as 0 (PyTorch keeps them). With
     `gradient_accumulation_steps`, Keras sums the gradients before dividing,
     so a sum beyond float32's range (3.4e38) gives an infinite momentum:
-    clip gradients that can be that large. XLA on TensorFlow may fuse a
-    multiply and an add into one rounding: where `beta_1 * m + (1 - beta_1)
-    * g` is exactly 0 in float32 (a tie, likeliest with bfloat16 weights and
-    gradients), it can give a tiny number instead, and the element steps by
-    the learning rate where other paths leave it. Keras keeps the learning rate in
+    clip gradients that can be that large. XLA (TensorFlow's `jit_compile`,
+    JAX's `jit`) may fuse a multiply and an add into one rounding: where
+    `beta_1 * m + (1 - beta_1) * g` is exactly 0 in float32 (a tie,
+    likeliest with bfloat16 weights and gradients), it can give a tiny
+    number instead, and the element steps by the learning rate where other
+    paths leave it; and a bfloat16 weight whose new value lies a hair from
+    halfway between two bfloat16 numbers may round the other way (about one
+    element in a few thousand). Keras keeps the learning rate in
     floatx: after `keras.config.set_floatx("bfloat16")`, in bfloat16 (0.01
     becomes 0.0100098), as for its own optimizers; the step is unchanged.
 

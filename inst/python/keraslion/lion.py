@@ -171,14 +171,15 @@ class Lion(keras.optimizers.Optimizer):
     traced into the step keeps its traced value until the step is rebuilt
     (`model.make_train_function(force=True)`), while the learning rate (a
     variable) follows; so in a `tf.function` or `jax.jit` of your own, until
-    it is traced again, and a callable is then called only when traced. A `keras.Variable` given as a hyperparameter is
-    read inside the step, where it cannot be checked: it is checked when
-    given, not when `assign()`ed later (Keras's own optimizers check
-    neither), so keep what you assign in range. On JAX, `fit()` holds the
-    optimizer's variables, these included, as its own state during an
-    epoch: a value assigned when an epoch begins is used, but one assigned
-    between batches only if the callback first reads `self.model` (which
-    syncs that state), as for Keras's own optimizers.
+    it is traced again, and a callable is then called only when traced. A
+    `keras.Variable` given as a hyperparameter is read inside the step,
+    where it cannot be checked: it is checked when given, not when
+    `assign()`ed later (Keras's own optimizers check neither), so keep what
+    you assign in range. On JAX, `fit()` holds the optimizer's variables,
+    these included, as its own state during an epoch: a value assigned when
+    an epoch begins is used, but one assigned between batches only if the
+    callback first reads `self.model` (which syncs that state), as for
+    Keras's own optimizers.
 
     Numerical limits: on JAX and TensorFlow the CPU kernels flush float32
     subnormals (below about 1.2e-38) to 0, so an element whose

@@ -73,8 +73,9 @@
 #' leave it; and a bfloat16 weight whose new value lies a hair from halfway
 #' between two bfloat16 numbers may round the other way (about one element in
 #' a few thousand). PyTorch's `torch.compile` (`jit_compile = TRUE`) fuses
-#' alike: with weight decay, a compiled step's weights and momentum may differ
-#' from an eager one's by one unit in the last place in a few elements. Keras keeps the learning rate in the default float type:
+#' alike: a compiled step's momentum, and with weight decay its weights, may
+#' differ from an eager step's by one unit in the last place in some elements
+#' (so does Keras's own Lion's momentum). Keras keeps the learning rate in the default float type:
 #' after `keras3::config_set_floatx("bfloat16")`, in bfloat16 (0.01 becomes
 #' 0.0100098), as for its own optimizers; the step itself is unchanged.
 #'

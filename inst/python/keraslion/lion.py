@@ -194,9 +194,10 @@ class Lion(keras.optimizers.Optimizer):
     number instead, and the element steps by the learning rate where other
     paths leave it; and a bfloat16 weight whose new value lies a hair from
     halfway between two bfloat16 numbers may round the other way (about one
-    element in a few thousand). PyTorch's `torch.compile` fuses alike: with
-    weight decay, a compiled step's weights and momentum may differ from an
-    eager one's by one unit in the last place in a few elements. Keras keeps the learning rate in
+    element in a few thousand). PyTorch's `torch.compile` fuses alike: a
+    compiled step's momentum, and with weight decay its weights, may differ
+    from an eager step's by one unit in the last place in some elements (so
+    does Keras's own Lion's momentum). Keras keeps the learning rate in
     floatx: after `keras.config.set_floatx("bfloat16")`, in bfloat16 (0.01
     becomes 0.0100098), as for its own optimizers; the step is unchanged.
 

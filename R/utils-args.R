@@ -158,11 +158,19 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
 }
 
 # A variable's value now, checked as a number given for `arg` would be
-# (Python checks it again at every step).
+# (Python checks it again at every step): a float scalar variable.
 check_variable_value <- function(x, arg, lower, upper, lower_closed, upper_closed, float32,
                                  call) {
-  value <- from_py_number(reticulate::r_to_py(x)$numpy())
-  if (is_py_object(value)) value <- reticulate::py_to_r(value)
+  dtype <- as.character(reticulate::r_to_py(x)$dtype)
+  shape <- unlist(reticulate::py_to_r(reticulate::r_to_py(x)$shape))
+  if (length(shape) != 0 || !grepl("float", dtype, fixed = TRUE)) {
+    cli::cli_abort(
+      "{.arg {arg}} must be a variable of one float number, not one of dtype {dtype} and
+       shape ({paste(shape, collapse = ', ')}).",
+      call = call, class = "keraslion_error_argument"
+    )
+  }
+  value <- variable_value(x)
   rlang::try_fetch(
     as_number(value, arg, lower, upper, lower_closed, upper_closed, float32 = float32,
       call = call
@@ -178,17 +186,25 @@ check_variable_value <- function(x, arg, lower, upper, lower_closed, upper_close
   invisible(x)
 }
 
-# A beta (or a variable or function) that is 0 or at least float32's
-# smallest normal number, 2^-126: a smaller one rounds to 0 in the float32
-# step, or is flushed to 0 by XLA.
+variable_value <- function(x) {
+  value <- from_py_number(reticulate::r_to_py(x)$numpy())
+  if (is_py_object(value)) reticulate::py_to_r(value) else value
+}
+
+# A beta (a number, or a variable's value; a function is checked in Python
+# when called) that is 0 or at least float32's smallest normal number,
+# 2^-126: a smaller one rounds to 0 in the float32 step, or is flushed to 0
+# by XLA.
 check_normal_float32 <- function(x, arg, call = caller_env()) {
-  if (!is.numeric(x) || x == 0 || x >= 2^-126) {
+  number <- if (is_py_variable(x)) variable_value(x) else x
+  if (!is.numeric(number) || number == 0 || number >= 2^-126) {
     return(x)
   }
+  received <- paste0(if (is_py_variable(x)) "a variable holding " else "", describe(number))
   cli::cli_abort(
     c(
       "{.arg {arg}} must be at least 2^-126 (about 1.1754944e-38), float32's smallest normal
-       number{if (arg == 'beta_2') ' (or 0)' else ''}, not {describe(x)}.",
+       number{if (arg == 'beta_2') ' (or 0)' else ''}, not {received}.",
       i = "A smaller one rounds to 0 in the float32 step, or is flushed to 0 by XLA."
     ),
     call = call,

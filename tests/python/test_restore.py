@@ -763,6 +763,26 @@ def assert_learning_rate(optimizer, schedule):
         assert value(optimizer._learning_rate) == np.float32(3e-3)
 
 
+def test_keras_lions_mixed_precision_checkpoint_before_training_is_not_read_as_trained(tmp_path):
+    # Its unbuilt wrapper saves 5 scalars: its iteration count and learning
+    # rate, then the Lion's iteration count, learning rate and a variable
+    # given as beta_1. Read as a trained wrapper's, the learning rate became
+    # the loss scale, or the load failed.
+    source = make_model(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.Lion(learning_rate=3e-3, beta_1=keras.Variable(0.8))), build=False)
+    path = save(source, tmp_path, "weights.h5")
+    model = trained(keras.optimizers.LossScaleOptimizer(Lion(learning_rate=5e-3),
+                                                        initial_scale=64.0))
+    with pytest.warns(StateWarning, match="skipped the saved scalars 0.8.*had taken no step"):
+        model.load_weights(path)
+    assert value(model.optimizer.dynamic_scale) == 64.0
+    assert value(model.optimizer.inner_optimizer._learning_rate) == np.float32(3e-3)
+    plain = make_model(Lion(learning_rate=5e-3))
+    with pytest.warns(StateWarning, match="skipped the saved scalars 0.8"):
+        plain.load_weights(path)
+    assert value(plain.optimizer._learning_rate) == np.float32(3e-3)
+
+
 @pytest.mark.parametrize("schedule", [False, True], ids=["number", "schedule"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_mixed_precision_checkpoint_saved_before_training_loads_quietly(fmt, schedule,

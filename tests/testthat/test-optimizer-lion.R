@@ -356,11 +356,26 @@ test_that("a variable's value is checked in R as a number would be", {
   expect_error(optimizer_lion(weight_decay = keras$Variable(NaN)), "`weight_decay`.*`NaN`",
     class = "keraslion_error_argument"
   )
+  expect_error(optimizer_lion(beta_1 = keras$Variable(2^-127)), "beta_1.*variable holding",
+    class = "keraslion_error_argument"
+  )
+  expect_error(
+    optimizer_lion(learning_rate = keras$Variable(1L, dtype = "int32")), "dtype int32",
+    class = "keraslion_error_argument"
+  )
+  expect_error(
+    optimizer_lion(learning_rate = keras$Variable(matrix(1e-3))), "shape \\(1, 1\\)",
+    class = "keraslion_error_argument"
+  )
   opt <- optimizer_lion(beta_2 = 0.9)
   expect_error(opt$beta_2 <- keras$Variable(1), "`beta_2` is a variable holding `1`",
     class = "keraslion_error_argument"
   )
   expect_equal(opt$beta_2, 0.9)
+  # The edges of the ranges stay accepted.
+  expect_s3_class(optimizer_lion(beta_2 = keras$Variable(0), beta_1 = keras$Variable(1)),
+    "keraslion.lion.Lion"
+  )
 })
 
 test_that("a name with a slash is refused in R, given or set", {

@@ -225,9 +225,12 @@ LOSS_SCALE_INTEGERS = (True, False, True, False)
 
 
 def saved_by_a_loss_scale_optimizer(store: Any) -> bool:
-    """Whether the store is a `LossScaleOptimizer`'s: four int or float scalars
-    as it begins (a Lion's has int scalars only first and last) and more."""
-    return len(store.keys()) > len(LOSS_SCALE_INTEGERS) and begins_as_a_loss_scale_optimizers(store)
+    """Whether the store is a built `LossScaleOptimizer`'s: four int or float
+    scalars as it begins (a Lion's has int scalars only first and last),
+    then its Lion's, which begins with its iteration count, an int scalar."""
+    size = len(LOSS_SCALE_INTEGERS)
+    return (len(store.keys()) > size and begins_as_a_loss_scale_optimizers(store)
+            and _scalar_kinds(store, range(size, size + 1)) == ["int"])
 
 
 def begins_as_a_loss_scale_optimizers(store: Any) -> bool:
@@ -236,25 +239,30 @@ def begins_as_a_loss_scale_optimizers(store: Any) -> bool:
     keys = len(store.keys())
     if keys < size or {str(key) for key in store.keys()} != {str(i) for i in range(keys)}:
         return False
-    prefix = [np.asarray(store[str(i)]) for i in range(size)]
-    return all(value.shape == () and (value.dtype.kind in "iu") == integer
-               for value, integer in zip(prefix, LOSS_SCALE_INTEGERS))
+    return _scalar_kinds(store, range(size)) == [
+        "int" if integer else "float" for integer in LOSS_SCALE_INTEGERS]
+
+
+def _scalar_kinds(store: Any, keys: range) -> list[str | None]:
+    """Of each entry, "int" or "float" for a scalar of that kind, else None."""
+    values = [np.asarray(store[str(i)]) for i in keys]
+    return [None if value.shape != () else "int" if value.dtype.kind in "iu"
+            else "float" if value.dtype.kind == "f" else None for value in values]
 
 
 def saved_by_an_unbuilt_loss_scale_optimizer(store: Any) -> bool:
     """Whether the store is that of a `LossScaleOptimizer` saved before
     training: its iteration count (0) and learning rate (always 0), then
-    its unbuilt Lion's iteration count (0) and, unless a schedule or a
-    callable, learning rate. No step counter or loss scale yet: the wrapper
-    has nothing to load."""
+    its unbuilt Lion's: iteration count (0), then float scalars alone (the
+    learning rate unless a schedule or a callable; Keras's Lion's variables
+    given as hyperparameters). No step counter or loss scale yet: the
+    wrapper has nothing to load."""
     keys = len(store.keys())
-    if keys not in (3, 4) or {str(key) for key in store.keys()} != {str(i) for i in range(keys)}:
+    if keys < 3 or {str(key) for key in store.keys()} != {str(i) for i in range(keys)}:
         return False
-    values = [np.asarray(store[str(i)]) for i in range(keys)]
-    kinds = ["int", "float", "int", "float"][:keys]
-    return (all(value.shape == () and (value.dtype.kind in "iu") == (kind == "int")
-                for value, kind in zip(values, kinds))
-            and int(values[0]) == 0 and float(values[1]) == 0.0 and int(values[2]) == 0)
+    return (_scalar_kinds(store, range(keys)) == ["int", "float", "int"] + ["float"] * (keys - 3)
+            and int(np.asarray(store["0"])) == 0 and float(np.asarray(store["1"])) == 0.0
+            and int(np.asarray(store["2"])) == 0)
 
 
 def saved_under_mixed_precision(optimizer: Any, own: dict[Slot, keras.Variable],

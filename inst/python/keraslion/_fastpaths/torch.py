@@ -106,20 +106,21 @@ def _route(optimizer: Any, variable: Any, gradient: Any) -> str:
     return "plain"
 
 
-def unaliased(grads: list[Any]) -> list[Any]:
-    """The gradients, where one is a variable or its weights (a
-    `torch.nn.Parameter`, as a Keras variable holds them) or a view of them,
-    copied: every path steps the weights in place, and reads a gradient
-    again after some weights changed (the momentum's update, another
-    variable's step). Autograd's gradients are never such tensors."""
-    return [_copied_if_weights(g.value if isinstance(g, keras.Variable) else g) for g in grads]
+def unaliased(grads: list[Any], variables: list[Any]) -> list[Any]:
+    """The gradients, where one shares memory with the weights of a variable
+    of the step (the variable itself, `v.value`, a view or `detach()` of it,
+    the tensor the variable was made from), copied: every path steps the
+    weights in place, and reads a gradient again after some weights changed
+    (the momentum's update, another variable's step)."""
+    weights = {variable._value.untyped_storage().data_ptr() for variable in variables}
+    return [_copied_if_shared(g.value if isinstance(g, keras.Variable) else g, weights)
+            for g in grads]
 
 
-def _copied_if_weights(gradient: Any) -> Any:
-    weights = isinstance(gradient, torch.nn.Parameter) or (
-        isinstance(gradient, torch.Tensor) and gradient._is_view()
-        and isinstance(gradient._base, torch.nn.Parameter))
-    return gradient.clone() if weights else gradient
+def _copied_if_shared(gradient: Any, weights: set[int]) -> Any:
+    shared = (isinstance(gradient, torch.Tensor) and gradient.layout == torch.strided
+              and gradient.untyped_storage().data_ptr() in weights)
+    return gradient.clone() if shared else gradient
 
 
 def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],

@@ -90,6 +90,16 @@ def real_number(x):
     if not isinstance(x, numbers.Real) and getattr(x, "shape", None) != ():
         return None
     return float(x)
+
+
+def variable_kind(x):
+    """Whether x is a keras.Variable, and then its dtype (as Keras names it)
+    and shape (a list of ints)."""
+    import keras
+
+    if not isinstance(x, keras.Variable):
+        return False, None, None
+    return True, keras.backend.standardize_dtype(x.dtype), [int(d) for d in x.shape]
 '
 
 py_checks <- function() {
@@ -161,8 +171,14 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
 # (Python checks it again at every step): a float scalar variable.
 check_variable_value <- function(x, arg, lower, upper, lower_closed, upper_closed, float32,
                                  call) {
-  dtype <- as.character(reticulate::r_to_py(x)$dtype)
-  shape <- unlist(reticulate::py_to_r(reticulate::r_to_py(x)$shape))
+  kind <- py_checks()$variable_kind(x)
+  if (!kind[[1]]) {
+    # Another backend's variable: Python copies its value once, or refuses it
+    # as a learning rate (which it would not follow).
+    return(invisible(x))
+  }
+  dtype <- kind[[2]]
+  shape <- unlist(kind[[3]])
   if (length(shape) != 0 || !grepl("float", dtype, fixed = TRUE)) {
     cli::cli_abort(
       "{.arg {arg}} must be a variable of one float number, not one of dtype {dtype} and
@@ -179,7 +195,7 @@ check_variable_value <- function(x, arg, lower, upper, lower_closed, upper_close
       cli::cli_abort(
         "{.arg {arg}} is a variable holding {describe(value)}: its value must be
          {describe_range(lower, upper, lower_closed, upper_closed)}.",
-        call = call, class = "keraslion_error_argument"
+        parent = cnd, call = call, class = "keraslion_error_argument"
       )
     }
   )

@@ -776,7 +776,8 @@ class Lion(keras.optimizers.Optimizer):
                 _STEPS[id(self)] = [self._hyperparameters(), 0]
             _STEPS[id(self)][1] += 1
         if keras.backend.backend() == "torch":
-            grads = _fastpaths.for_backend("torch").unaliased(grads, trainable_variables)
+            torch_path = _fastpaths.for_backend("torch")
+            grads = torch_path.unaliased(torch_path.dense(grads), trainable_variables)
         try:
             if self._fast_path is not None and self._fast_path.supports(self, trainable_variables):
                 self._fast_path.update(self, grads, trainable_variables, learning_rate)
@@ -838,6 +839,8 @@ class Lion(keras.optimizers.Optimizer):
             # gradient accumulation cannot take a BCOO gradient.
             grads = [None if g is None else ops.convert_to_tensor(g, sparse=False)
                      for g in grads]
+        elif keras.backend.backend() == "torch":
+            grads = _fastpaths.for_backend("torch").dense(grads)
         if not self.skip_nonfinite:
             return super().apply(grads, trainable_variables)
         if trainable_variables is not None:

@@ -25,7 +25,7 @@ dtype: float32 or float64 weights, with a momentum in that dtype, or a
 narrower one (bfloat16, or float32 in float64 weights: widened once into a
 second scratch buffer, updated there and rounded back once). Other
 variables (a float64 momentum of float32 weights, a float16 momentum, which
-saturates, weights that are not contiguous, a sparse gradient) take the
+saturates, weights that are not contiguous) take the
 plain `update_step`, each on its own; caution and `stateless_apply` take
 the plain path for all. The cut into blocks is planned once per set of
 variables, from what is fixed once the optimizer is built (shapes, dtypes,
@@ -94,9 +94,9 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
 def _route(optimizer: Any, variable: Any, gradient: Any) -> str:
     """Which step a variable takes: `torch_int8`'s (an int8 momentum, whose
     step is computed in float32), the blocked one (the scratch buffer's dtype,
-    see above), or the plain `update_step` (also for a sparse gradient)."""
+    see above), or the plain `update_step`."""
     p, m = variable._value, optimizer._momentum(variable)._value
-    if not p.is_contiguous() or getattr(gradient, "layout", torch.strided) != torch.strided:
+    if not p.is_contiguous():
         return "plain"
     if optimizer._momentum_scales[optimizer._get_variable_index(variable)] is not None:
         return "int8" if p.dtype != torch.float64 else "plain"
@@ -106,19 +106,27 @@ def _route(optimizer: Any, variable: Any, gradient: Any) -> str:
     return "plain"
 
 
+def dense(grads: list[Any]) -> list[Any]:
+    """The gradients, a sparse one made dense: Lion's step is dense (every
+    momentum decays), and PyTorch has no sparse kernels for the comparisons
+    of caution, `skip_nonfinite` and Keras's gradient accumulation."""
+    return [g.to_dense() if isinstance(g, torch.Tensor) and g.layout != torch.strided else g
+            for g in grads]
+
+
 def unaliased(grads: list[Any], variables: list[Any]) -> list[Any]:
-    """The gradients, where one shares memory with the weights of a variable
-    of the step (the variable itself, `v.value`, a view or `detach()` of it,
-    the tensor the variable was made from), copied: every path steps the
-    weights in place, and reads a gradient again after some weights changed
-    (the momentum's update, another variable's step)."""
+    """The (dense) gradients, where one shares memory with the weights of a
+    variable of the step (the variable itself, `v.value`, a view or
+    `detach()` of it, the tensor the variable was made from), copied: every
+    path steps the weights in place, and reads a gradient again after some
+    weights changed (the momentum's update, another variable's step)."""
     weights = {variable._value.untyped_storage().data_ptr() for variable in variables}
     return [_copied_if_shared(g.value if isinstance(g, keras.Variable) else g, weights)
             for g in grads]
 
 
 def _copied_if_shared(gradient: Any, weights: set[int]) -> Any:
-    shared = (isinstance(gradient, torch.Tensor) and gradient.layout == torch.strided
+    shared = (isinstance(gradient, torch.Tensor)
               and gradient.untyped_storage().data_ptr() in weights)
     return gradient.clone() if shared else gradient
 

@@ -466,7 +466,7 @@ lion_argument <- function(name, value, call = caller_env()) {
 #' @export
 `$<-.keraslion.lion.Lion` <- function(x, name, value) {
   if (is.character(name) && length(name) == 1) {
-    value <- set_lion_argument(name, value)
+    value <- set_lion_argument(name, value, x)
   }
   NextMethod()
 }
@@ -478,7 +478,18 @@ lion_argument <- function(name, value, call = caller_env()) {
 # `lion_argument()` for a value set on the optimizer, where two arguments
 # differ: `exclude_from_weight_decay` is a method there (set, the value would
 # replace it), and a `NULL` name would not be numbered.
-set_lion_argument <- function(name, value, call = caller_env()) {
+set_lion_argument <- function(name, value, optimizer, call = caller_env()) {
+  if (identical(name, "learning_rate") && is_py_variable(value) &&
+    !py_checks()$is_same(value, reticulate::py_get_attr(optimizer, "_learning_rate"))) {
+    cli::cli_abort(
+      c(
+        "{.arg learning_rate} can be a variable (followed at every step) only when given to
+         {.fn optimizer_lion}, not set later.",
+        i = "Set a number instead, or {.code $assign()} a new value to the variable given."
+      ),
+      call = call, class = "keraslion_error_argument"
+    )
+  }
   if (identical(name, "exclude_from_weight_decay")) {
     cli::cli_abort(
       c(

@@ -92,14 +92,25 @@ def real_number(x):
     return float(x)
 
 
-def variable_kind(x):
-    """Whether x is a keras.Variable, and then its dtype (as Keras names it)
-    and shape (a list of ints)."""
-    import keras
+def is_same(a, b):
+    return a is b
 
-    if not isinstance(x, keras.Variable):
-        return False, None, None
-    return True, keras.backend.standardize_dtype(x.dtype), [int(d) for d in x.shape]
+
+def variable_kind(x):
+    """A variable (a keras.Variable, or a backend variable such as a
+    tf.Variable): its dtype as Keras names it, its shape as a list of ints,
+    and, for a float scalar, its value; None for anything else."""
+    import keras
+    import numpy as np
+
+    try:
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        shape = [int(d) for d in x.shape]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if shape or "float" not in dtype:
+        return dtype, shape, None
+    return dtype, shape, float(np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64))
 '
 
 py_checks <- function() {
@@ -172,21 +183,19 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
 check_variable_value <- function(x, arg, lower, upper, lower_closed, upper_closed, float32,
                                  call) {
   kind <- py_checks()$variable_kind(x)
-  if (!kind[[1]]) {
-    # Another backend's variable: Python copies its value once, or refuses it
-    # as a learning rate (which it would not follow).
-    return(invisible(x))
+  if (is.null(kind)) {
+    abort_arg(arg, "a variable of one float number", x, call)
   }
-  dtype <- kind[[2]]
-  shape <- unlist(kind[[3]])
-  if (length(shape) != 0 || !grepl("float", dtype, fixed = TRUE)) {
+  dtype <- kind[[1]]
+  shape <- unlist(kind[[2]])
+  value <- kind[[3]]
+  if (is.null(value)) {
     cli::cli_abort(
       "{.arg {arg}} must be a variable of one float number, not one of dtype {dtype} and
        shape ({paste(shape, collapse = ', ')}).",
       call = call, class = "keraslion_error_argument"
     )
   }
-  value <- variable_value(x)
   rlang::try_fetch(
     as_number(value, arg, lower, upper, lower_closed, upper_closed, float32 = float32,
       call = call
@@ -202,18 +211,14 @@ check_variable_value <- function(x, arg, lower, upper, lower_closed, upper_close
   invisible(x)
 }
 
-variable_value <- function(x) {
-  value <- from_py_number(reticulate::r_to_py(x)$numpy())
-  if (is_py_object(value)) reticulate::py_to_r(value) else value
-}
-
 # A beta (a number, or a variable's value; a function is checked in Python
 # when called) that is 0 or at least float32's smallest normal number,
 # 2^-126: a smaller one rounds to 0 in the float32 step, or is flushed to 0
 # by XLA.
 check_normal_float32 <- function(x, arg, call = caller_env()) {
-  number <- if (is_py_variable(x)) variable_value(x) else x
-  if (!is.numeric(number) || number == 0 || number >= 2^-126) {
+  # A variable's value has passed `check_variable_value()`: a float scalar.
+  number <- if (is_py_variable(x)) py_checks()$variable_kind(x)[[3]] else x
+  if (!is_number(number) || number == 0 || number >= 2^-126) {
     return(x)
   }
   received <- paste0(if (is_py_variable(x)) "a variable holding " else "", describe(number))

@@ -372,9 +372,33 @@ test_that("a variable's value is checked in R as a number would be", {
     class = "keraslion_error_argument"
   )
   expect_equal(opt$beta_2, 0.9)
+  # A variable as learning rate is followed only when given at construction.
+  rate <- keras$Variable(0.01)
+  opt <- optimizer_lion(learning_rate = rate)
+  opt$learning_rate <- rate
+  expect_error(opt$learning_rate <- keras$Variable(0.02), "only when given",
+    class = "keraslion_error_argument"
+  )
+  expect_equal(as.vector(keras$ops$convert_to_numpy(opt$learning_rate)), 0.01, tolerance = 1e-7)
   # The edges of the ranges stay accepted.
   expect_s3_class(optimizer_lion(beta_2 = keras$Variable(0), beta_1 = keras$Variable(1)),
     "keraslion.lion.Lion"
+  )
+})
+
+test_that("another backend's variable is checked in R too", {
+  skip_if_no_keras()
+  skip_if_not(reticulate::py_module_available("tensorflow"))
+  tf <- reticulate::import("tensorflow")
+  # A NaN failed in R's own comparison, without naming the argument.
+  expect_error(optimizer_lion(beta_1 = tf$Variable(NaN)), "`beta_1` is a variable holding `NaN`",
+    class = "keraslion_error_argument"
+  )
+  expect_error(optimizer_lion(weight_decay = tf$Variable(-1)), "`weight_decay`.*`-1`",
+    class = "keraslion_error_argument"
+  )
+  expect_error(optimizer_lion(beta_2 = tf$Variable(c(0.5, 0.5))), "shape \\(2\\)",
+    class = "keraslion_error_argument"
   )
 })
 

@@ -400,6 +400,12 @@ test_that("another backend's variable is checked in R too", {
   expect_error(optimizer_lion(beta_2 = tf$Variable(c(0.5, 0.5))), "shape \\(2\\)",
     class = "keraslion_error_argument"
   )
+  # The reason a number would get is kept.
+  expect_error(
+    optimizer_lion(weight_decay = tf$Variable(1e-300, dtype = "float64")),
+    "In float32.*rounds to 0",
+    class = "keraslion_error_argument"
+  )
 })
 
 test_that("a name with a slash is refused in R, given or set", {

@@ -75,9 +75,10 @@
 #' a few thousand). PyTorch's `torch.compile` (`jit_compile = TRUE`) fuses
 #' alike: a compiled step's momentum, and with weight decay its weights, may
 #' differ from an eager step's by one unit in the last place in some elements
-#' (so does Keras's own Lion's momentum). Keras keeps the learning rate in the default float type:
-#' after `keras3::config_set_floatx("bfloat16")`, in bfloat16 (0.01 becomes
-#' 0.0100098), as for its own optimizers; the step itself is unchanged.
+#' (so does Keras's own Lion's momentum). Keras keeps the learning rate in
+#' the default float type: after `keras3::config_set_floatx("bfloat16")`, in
+#' bfloat16 (0.01 becomes 0.0100098), as for its own optimizers; the step
+#' itself is unchanged.
 #'
 #' @section One-byte momentum:
 #' With `momentum_dtype = "int8"`, each momentum element is stored as an
@@ -194,8 +195,9 @@
 #'   a negative, infinite or non-numeric result is an error naming
 #'   `learning_rate`. An R function cannot be saved: `save_model()` (and
 #'   `callback_model_checkpoint()`) is then an error, raised after Keras
-#'   has opened the file, so save to a new path, not over a good model. A variable (`keras3::keras_variable(1e-3)`) is
-#'   followed: the optimizer reads its value at every step, and saves it.
+#'   has opened the file, so save to a new path, not over a good model. A
+#'   variable (`keras3::keras_variable(1e-3)`) is followed: the optimizer
+#'   reads its value at every step, and saves it.
 #' @param beta_1 A number in (0, 1], or a function that can be called with no
 #'   arguments and returns one: the weight of the momentum in the
 #'   interpolation whose sign is the step. A value below float32's smallest
@@ -238,8 +240,8 @@
 #'   the end of training. Not supported under a `tf.distribute` strategy
 #'   (an error).
 #' @param name A single string without `"/"`: the optimizer's name, used in
-#'   the paths of its variables. Not given (or `NULL`), Keras numbers the default name
-#'   as it does for its own optimizers: `"lion"`, then `"lion_1"`, ..., so
+#'   the paths of its variables. Not given (or `NULL`), Keras numbers the
+#'   default name as it does for its own optimizers: `"lion"`, then `"lion_1"`, ..., so
 #'   that two optimizers in one session (e.g. in one `MultiOptimizer`) never
 #'   share variable paths. A name given explicitly is kept as it is.
 #' @param ... Further named arguments passed to the Python optimizer, for

@@ -776,8 +776,8 @@ class Lion(keras.optimizers.Optimizer):
                 _STEPS[id(self)] = [self._hyperparameters(), 0]
             _STEPS[id(self)][1] += 1
         if keras.backend.backend() == "torch":
-            torch_path = _fastpaths.for_backend("torch")
-            grads = torch_path.unaliased(torch_path.dense(grads), trainable_variables)
+            # (`apply()`, which `stateless_apply()` calls too, made them dense.)
+            grads = _fastpaths.for_backend("torch").unaliased(grads, trainable_variables)
         try:
             if self._fast_path is not None and self._fast_path.supports(self, trainable_variables):
                 self._fast_path.update(self, grads, trainable_variables, learning_rate)

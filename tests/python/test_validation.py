@@ -321,12 +321,12 @@ def test_bad_learning_rate_assignment_is_refused_and_changes_nothing(value):
 
 
 @pytest.mark.parametrize("options, dtype", ONE_STEP_OPTIONS.values(), ids=ONE_STEP_OPTIONS.keys())
-@pytest.mark.parametrize("given", ["weights", "variables", "views", "detached"])
+@pytest.mark.parametrize("given", ["weights", "variables", "views", "detached", "numpy"])
 def test_gradients_that_are_variables_weights_are_read_as_they_were(options, dtype, given):
     # PyTorch steps weights in place: a gradient that was another variable's
     # weights was read again after that variable stepped (as Keras's Lion
     # does), on some paths and not others; then the result hung on the order.
-    if given == "detached" and keras.backend.backend() != "torch":
+    if given in ("detached", "numpy") and keras.backend.backend() != "torch":
         pytest.skip("PyTorch's tensors that share the weights' memory")
     lion = Lion(learning_rate=0.5, beta_2=0.5, **options)
     a = keras.Variable(np.full((40, 64), 1.0, dtype), dtype=dtype, name="a")
@@ -338,6 +338,20 @@ def test_gradients_that_are_variables_weights_are_read_as_they_were(options, dty
         source = torch.full((40, 64), 3.0, dtype=getattr(torch, dtype))
         c = keras.Variable(source, dtype=dtype, name="c")
         grads = [b.value.detach(), a.value.data, source[:]]
+    elif given == "numpy":
+        import torch
+
+        # A slice of one tensor, through NumPy: a storage of its own that
+        # starts in the middle of the variable's.
+        def through_numpy(tensor, first_row=0):
+            # NumPy has no bfloat16: its bits go through as int16.
+            bits = tensor.detach().view(torch.int16).numpy()[first_row:]
+            return torch.from_numpy(bits).view(tensor.dtype)
+
+        source = torch.full((41, 64), 3.0, dtype=getattr(torch, dtype))
+        source[0] = 7.0
+        c = keras.Variable(source[1:], dtype=dtype, name="c")
+        grads = [through_numpy(b.value), a.value.detach(), through_numpy(source, first_row=1)]
     else:
         c = keras.Variable(np.full((40, 64), 3.0, dtype), dtype=dtype, name="c")
         grads = {"weights": [b.value, a.value, c.value], "variables": [b, a, c],

@@ -35,6 +35,8 @@ at every step.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from typing import Any, NamedTuple
 
 import keras
@@ -117,17 +119,33 @@ def dense(grads: list[Any]) -> list[Any]:
 def unaliased(grads: list[Any], variables: list[Any]) -> list[Any]:
     """The (dense) gradients, where one shares memory with the weights of a
     variable of the step (the variable itself, `v.value`, a view or
-    `detach()` of it, the tensor the variable was made from), copied: every
-    path steps the weights in place, and reads a gradient again after some
-    weights changed (the momentum's update, another variable's step)."""
-    weights = {variable._value.untyped_storage().data_ptr() for variable in variables}
-    return [_copied_if_shared(g.value if isinstance(g, keras.Variable) else g, weights)
+    `detach()` of it, the tensor the variable was made from, a NumPy view
+    of it), copied: every path steps the weights in place, and reads a
+    gradient again after some weights changed (the momentum's update,
+    another variable's step)."""
+    weights = sorted(_memory(variable._value) for variable in variables)
+    starts = [start for start, _ in weights]
+    # The furthest end among the weights starting at or before each one
+    # (variables made from views of one tensor overlap each other).
+    ends = list(itertools.accumulate((end for _, end in weights), max))
+    return [_copied_if_shared(g.value if isinstance(g, keras.Variable) else g, starts, ends)
             for g in grads]
 
 
-def _copied_if_shared(gradient: Any, weights: set[int]) -> Any:
-    shared = (isinstance(gradient, torch.Tensor)
-              and gradient.untyped_storage().data_ptr() in weights)
+def _memory(tensor: Any) -> tuple[int, int]:
+    """The addresses of the memory that holds `tensor`'s storage: [start, end)."""
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+
+
+def _copied_if_shared(gradient: Any, starts: list[int], ends: list[int]) -> Any:
+    if not isinstance(gradient, torch.Tensor):
+        return gradient
+    start, end = _memory(gradient)
+    # Compared by address, not storage: `torch.from_numpy()` of a slice of
+    # the weights' array makes a new storage in the middle of theirs.
+    before_end = bisect.bisect_left(starts, end)
+    shared = start < end and before_end > 0 and ends[before_end - 1] > start
     return gradient.clone() if shared else gradient
 
 

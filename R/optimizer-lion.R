@@ -24,7 +24,8 @@
 #' or of a model built through `reticulate::import("keras")`.
 #' Wherever a number is expected, a NumPy scalar or a 0-d tensor (such as
 #' the `op_*()` functions of 'keras3' return) works too, as in
-#' `keras3::optimizer_lion()`. Keras keeps `learning_rate`, `weight_decay`,
+#' `keras3::optimizer_lion()`, and wherever `TRUE` or `FALSE` is, a NumPy
+#' bool or a 0-d bool tensor. Keras keeps `learning_rate`, `weight_decay`,
 #' the clipping thresholds and `loss_scale_factor` in float32, so a number
 #' that float32 would round to 0 or to infinity (magnitudes below about
 #' 1.4e-45 or above 3.4e+38) is an error; 0 itself is allowed where the
@@ -35,7 +36,8 @@
 #' `optimizer$beta_2`, `optimizer$cautious` and the clipping arguments can
 #' be set between steps, e.g. by a callback; a new value is checked when it
 #' is set. A learning rate given as a number is held in a variable, so a new
-#' number is used at the next step, also in a compiled `fit()`.
+#' number is used at the next step, also in a compiled `fit()` (on JAX, set
+#' between batches, only as the next paragraph says).
 #' `weight_decay` and betas given as numbers, `cautious`, `clipnorm`,
 #' `clipvalue` and `global_clipnorm` are, as in Keras's own optimizers,
 #' constants of the compiled train step: in `fit()`'s
@@ -51,11 +53,14 @@
 #' the step, where its value cannot be checked: it is checked when it is
 #' given, not when it is `assign()`ed later, so keep what you assign in the
 #' argument's range (Keras's own optimizers check neither). On JAX, `fit()`
-#' holds the optimizer's variables, these included, as its own state
-#' during an epoch, and writes it back at the end: a value assigned when an
-#' epoch begins is used, but one assigned between batches only if the
-#' callback first reaches the model (`self$model` in a `keras3::Callback()`),
-#' which syncs that state, as for Keras's own optimizers.
+#' holds the optimizer's variables, these and the learning rate's own
+#' variable included, as its own state during an epoch, and writes it back
+#' at the end: a value set or assigned when an epoch begins is used, but one
+#' set between batches (e.g. `optimizer$learning_rate <- 0` in
+#' `callback_lambda(on_train_batch_end = ...)`) only if the callback first
+#' reaches the model (`self$model` in a `keras3::Callback()`), which syncs
+#' that state; otherwise it is ignored, and overwritten at the epoch's end,
+#' as for Keras's own optimizers.
 #'
 #' @section Numerical limits:
 #' On JAX and TensorFlow, the CPU kernels (XLA, TensorFlow's) flush float32
@@ -233,7 +238,8 @@
 #'   average (EMA) of the model's weights.
 #' @param ema_momentum A number in \[0, 1], used when `use_ema = TRUE`:
 #'   `average = ema_momentum * average + (1 - ema_momentum) * weight`.
-#' @param ema_overwrite_frequency `NULL` or a whole number >= 1, used when
+#' @param ema_overwrite_frequency `NULL` or a whole number from 1 to
+#'   2147483647 (R's largest integer), used when
 #'   `use_ema = TRUE`: every this many steps the weights are overwritten by
 #'   their average. With `NULL` this happens once, when
 #'   `optimizer$finalize_variable_values()` is called, which `fit()` does at
@@ -252,7 +258,8 @@
 #'   this factor, to keep small gradients from underflowing in mixed
 #'   precision. The scaled loss must stay within its float type's range
 #'   (65504 in float16).
-#' @param gradient_accumulation_steps `NULL` or a whole number >= 2: the
+#' @param gradient_accumulation_steps `NULL` or a whole number from 2 to
+#'   2147483647: the
 #'   weights are updated every this many steps, with the mean of the
 #'   gradients since the last update. Learning-rate schedules count every
 #'   step; `ema_overwrite_frequency` counts updates. Fixed once the
@@ -280,8 +287,8 @@
 #'   takes the plain path, a few Keras operations per variable, which is
 #'   slower than the fast path, most on many small variables.
 #' @param exclude_from_weight_decay `NULL` (or an empty vector or list, as
-#'   `get_config()` gives it back) or a character vector of regular
-#'   expressions: a weight whose path (such as `"dense/bias"`) or name
+#'   `get_config()` gives it back) or a character vector (or a list of
+#'   strings) of regular expressions: a weight whose path (such as `"dense/bias"`) or name
 #'   matches any of them gets no weight decay, e.g. `c("bias", "norm")`.
 #'   Each tail of the path after a `/` is tried too, so `"^head/kernel$"`
 #'   matches whether or not Keras puts the model's name in front (it does for
@@ -456,8 +463,9 @@ lion_argument <- function(name, value, call = caller_env()) {
 #' set (it is a method: `optimizer$exclude_from_weight_decay(var_names =
 #' ...)` before the first step). Other attributes are set as reticulate
 #' sets them. The object returned by `optimizer_lion()` is checked so; a
-#' `LossScaleOptimizer` that wraps it (mixed precision) passes values on
-#' unchecked: set them on its `inner_optimizer`.
+#' `LossScaleOptimizer` that wraps it (mixed precision) passes only
+#' `learning_rate` on, unchecked, and keeps any other value as its own
+#' attribute, which the Lion never sees: set them on its `inner_optimizer`.
 #'
 #' @param x An optimizer made by [optimizer_lion()].
 #' @param name The attribute's name.

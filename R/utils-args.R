@@ -40,13 +40,20 @@ describe <- function(x) {
     if (is.character(x)) {
       return(paste0("the string ", encodeString(x, quote = "\"")))
     }
-    return(paste0("`", format(x, digits = 15), "`"))
+    return(paste0("`", format_exactly(x), "`"))
   }
   if (is.environment(x)) {
     return("an environment")
   }
   type <- if (is.atomic(x)) paste(typeof(x), "vector") else class(x)[[1]]
   paste0("a ", type, " of length ", length(x))
+}
+
+# A number with the fewest digits (15, else 17) that read back as it: with
+# fewer, `1 + 2^-52` would show as `1`, as if `1` were refused.
+format_exactly <- function(x) {
+  short <- format(x, digits = 15)
+  if (!is.numeric(x) || identical(as.numeric(short), as.numeric(x))) short else format(x, digits = 17)
 }
 
 # "sum" for `sum`: deparse() gives `.Primitive("sum")`.
@@ -90,6 +97,13 @@ def real_number(x):
     if not isinstance(x, numbers.Real) and getattr(x, "shape", None) != ():
         return None
     return float(x)
+
+
+def flag(x):
+    """A Python or NumPy bool, or a 0-d bool array or tensor, as a bool; else None."""
+    if isinstance(x, bool) or (getattr(x, "shape", None) == () and "bool" in str(x.dtype)):
+        return bool(x)
+    return None
 
 
 def is_same(a, b):
@@ -329,8 +343,8 @@ check_float32 <- function(x, arg, rule, call) {
   )
 }
 
-# `NULL` or a whole number (integer or double) at least `lower`, as an
-# integer, which reticulate passes to Python as an `int`.
+# `NULL` or a whole number (integer or double) from `lower` to R's largest
+# integer, as an integer, which reticulate passes to Python as an `int`.
 as_whole_number <- function(x, arg, lower, call = caller_env()) {
   if (is.null(x)) {
     return(NULL)
@@ -338,16 +352,24 @@ as_whole_number <- function(x, arg, lower, call = caller_env()) {
   x <- from_py_number(x)
   if (!is_number(x) || !is.finite(x) || x != round(x) || x < lower ||
     x > .Machine$integer.max) {
-    abort_arg(arg, paste("`NULL` or a whole number >=", lower), x, call)
+    rule <- paste("`NULL` or a whole number from", lower, "to", .Machine$integer.max)
+    abort_arg(arg, rule, x, call)
   }
   as.integer(x)
 }
 
 check_flag <- function(x, arg, call = caller_env()) {
+  if (is_py_object(x)) {
+    x <- py_checks()$flag(x) %||% x
+  }
   if (!is.logical(x) || length(x) != 1 || is.na(x)) {
     abort_arg(arg, "`TRUE` or `FALSE`", x, call)
   }
   x
+}
+
+is_string <- function(x) {
+  is.character(x) && length(x) == 1
 }
 
 check_string <- function(x, arg, allow_null = FALSE, call = caller_env()) {
@@ -384,13 +406,15 @@ check_choice <- function(x, arg, values, call = caller_env()) {
   x
 }
 
-# `NULL` or a character vector of regular expressions, as a list so that a
-# single pattern reaches Python as a list of one string. Python's `re` applies
-# them, so it judges them too: R's own syntax, such as "[[:alpha:]]", means
-# something else there (and makes `re` warn).
+# `NULL` or a character vector (or a list of strings) of regular expressions,
+# as a list so that a single pattern reaches Python as a list of one string. Python's `re` applies them, so it
+# judges them too: R's own syntax, such as "[[:alpha:]]", means something else
+# there (and makes `re` warn).
 as_patterns <- function(x, arg, call = caller_env()) {
-  # No patterns: also as `get_config()` gives them back, an empty list.
-  if (is.null(x) || (length(x) == 0 && (is.character(x) || identical(x, list())))) {
+  if (is.list(x) && !is.object(x) && all(vapply(x, is_string, logical(1)))) {
+    x <- as.character(x)
+  }
+  if (is.null(x) || (is.character(x) && length(x) == 0)) {
     return(NULL)
   }
   if (!is.character(x) || anyNA(x) || !all(nzchar(x))) {

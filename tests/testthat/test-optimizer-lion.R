@@ -131,6 +131,7 @@ test_that("an optimizer's config makes the same optimizer again", {
   schedule <- keras_module()$optimizers$schedules$CosineDecay(1e-3, 100L, warmup_steps = 10L)
   for (optimizer in list(
     optimizer_lion(), optimizer_lion(exclude_from_weight_decay = "bias"),
+    optimizer_lion(exclude_from_weight_decay = c("bias", "norm")),
     optimizer_lion(learning_rate = schedule)
   )) {
     config <- optimizer$get_config()
@@ -140,6 +141,18 @@ test_that("an optimizer's config makes the same optimizer again", {
     expect_identical(copy, config)
   }
   expect_null(keraslion:::as_patterns(character(), "p"))
+})
+
+test_that("a NumPy bool is a flag, given or set", {
+  skip_if_no_keras()
+  np <- reticulate::import("numpy", convert = FALSE)
+  optimizer <- optimizer_lion(cautious = np$bool_(TRUE), use_ema = np$array(FALSE))
+  expect_true(optimizer$cautious)
+  expect_false(optimizer$use_ema)
+  optimizer$cautious <- np$bool_(FALSE)
+  expect_false(optimizer$cautious)
+  expect_error(optimizer$cautious <- np$float32(1), "<numpy.float32>", class = "keraslion_error_argument")
+  expect_false(optimizer$cautious)
 })
 
 test_that("exclude_from_weight_decay is checked by Python's re, which applies it", {

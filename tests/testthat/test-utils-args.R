@@ -8,6 +8,14 @@ test_that("describe() shows values briefly", {
   expect_identical(describe(mean), "a function")
 })
 
+test_that("describe() shows a number with the digits that tell it from its neighbours", {
+  # With 15 digits, 1 + 2^-52 showed as `1`, which the range allows.
+  expect_identical(describe(1 + 2^-52), "`1.0000000000000002`")
+  expect_identical(describe(0.1), "`0.1`")
+  expect_identical(describe(2^53 + 2), "`9007199254740994`")
+  expect_error(as_number(1 + 2^-52, "beta_1", 0, 1, upper_closed = TRUE), "not `1.0000000000000002`")
+})
+
 test_that("describe() names a classed value by its class, not its contents", {
   expect_identical(describe(factor("a")), "a factor")
   expect_identical(describe(factor(c("a", "b"))), "a factor")
@@ -83,7 +91,30 @@ test_that("as_whole_number() accepts whole doubles and integers only", {
   expect_null(as_whole_number(NULL, "n", 1))
   expect_error(as_whole_number(2.5, "n", 1), "`2.5`")
   expect_error(as_whole_number(1e10, "n", 1), class = "keraslion_error_argument")
-  expect_error(as_whole_number(0, "n", 1), ">= 1")
+  expect_error(as_whole_number(0, "n", 1), "from 1 to 2147483647, not `0`")
+  # The rule names the upper limit too, so a larger whole number is not
+  # refused as though it were not one.
+  expect_identical(as_whole_number(2147483647, "n", 1), .Machine$integer.max)
+  expect_error(as_whole_number(2^31, "n", 1), "from 1 to 2147483647, not `2147483648`")
+})
+
+test_that("patterns may come as a list of strings", {
+  skip_if_no_python()
+  expect_identical(as_patterns(list("bias", "norm"), "p"), list("bias", "norm"))
+  expect_identical(as_patterns(c("bias", "norm"), "p"), list("bias", "norm"))
+  expect_null(as_patterns(list(), "p"))
+  expect_error(as_patterns(list("bias", 1), "p"), "a list of length 2", class = "keraslion_error_argument")
+  expect_error(as_patterns(list(c("a", "b")), "p"), class = "keraslion_error_argument")
+  expect_error(as_patterns(list("bias", NA_character_), "p"), class = "keraslion_error_argument")
+})
+
+test_that("a flag may be a NumPy bool or a 0-d bool array, not a number", {
+  skip_if_no_python()
+  np <- reticulate::import("numpy", convert = FALSE)
+  expect_true(check_flag(np$bool_(TRUE), "f"))
+  expect_false(check_flag(np$array(FALSE), "f"))
+  expect_error(check_flag(np$int64(1L), "f"), "<numpy.int64>", class = "keraslion_error_argument")
+  expect_error(check_flag(np$array(c(TRUE, FALSE)), "f"), class = "keraslion_error_argument")
 })
 
 test_that("check helpers pass good values through", {

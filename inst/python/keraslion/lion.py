@@ -1034,6 +1034,7 @@ def _check_loadable(name: str, function: Any) -> Any:
             f"Argument `{name}` is a function that Keras cannot save so that it loads again"
             f"{problem}: {fix}, or give a Python function registered with "
             f"`@keras.saving.register_keras_serializable()`. An R function cannot be saved. "
-            "(Keras opens a model's file before it saves the optimizer: a file that was at "
-            f"that path is now empty.) Received: {name}={function!r}")
+            "(If this came from saving a model: Keras opens the model's file before it "
+            "saves the optimizer, so a file that was at that path is now empty.) "
+            f"Received: {name}={function!r}")
     return config

@@ -21,7 +21,9 @@ setup: $(VENV)/.installed
 	@tools/setup-apt.sh
 	@tools/setup-keras3.sh
 
+# Debian's packages first: on a fresh machine they bring python3 and its venv.
 $(VENV)/.installed: tools/requirements.txt
+	@tools/setup-apt.sh
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --no-cache-dir -r tools/requirements.txt
 	@touch $@

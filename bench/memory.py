@@ -1,8 +1,9 @@
 """`make bench`, memory: optimizer state and peak RSS of a step on one 100M-parameter variable.
 
-    python bench/memory.py [--quick] [--backends jax,tensorflow,torch]
+    python bench/memory.py [--backends jax,tensorflow,torch]
 
-Each (backend, optimizer) runs in a fresh process (`--case BACKEND OPTIMIZER`),
+Each (backend, optimizer) runs in a fresh process (`KERAS_BACKEND=jax python
+bench/memory.py --case "Lion int8"` runs one case and prints its record),
 which makes a (10000, 10000) float32 weight and gradient, builds the
 optimizer, and takes two steps on the path users take (JAX: a jitted
 `stateless_apply` that donates the state, as `fit()` does; TensorFlow and

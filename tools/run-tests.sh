@@ -35,6 +35,15 @@ for backend in jax tensorflow torch; do
   section "pytest, KERAS_BACKEND=$backend"
   KERAS_BACKEND=$backend "$python" -m pytest tests/python -q -p no:cacheprovider \
     --junitxml="$results/pytest-$backend.xml"
+  status=$?
+  # pytest writes its XML when the session ends: a run that crashed (a
+  # segfault, an abort, the OOM killer) or was refused left none, or one
+  # without its failure. Its exit status counts then.
+  if [ "$status" -ne 0 ] &&
+    ! grep -Eq '(failures|errors)="[1-9]' "$results/pytest-$backend.xml" 2>/dev/null; then
+    echo "pytest on $backend exited with status $status and recorded no failure."
+    record "pytest-$backend-exit" 0 1 0
+  fi
 done
 
 # R CMD check --as-cran, offline. The CRAN incoming feasibility check needs
@@ -191,9 +200,16 @@ else
   tail -n 40 "$results/site-build.log"
   record site-build 0 1 0
 fi
-# Records site-test in counts.txt itself; a crash before that counts as a failure.
-"$python" tools/site-test.py --site docs --out "$results" --record "$results/counts.txt" ||
-  grep -q '^site-test ' "$results/counts.txt" || record site-test 0 1 0
+# Records site-test in counts.txt itself; a crash before that, or a failing
+# exit after recording no failure, counts as one.
+"$python" tools/site-test.py --site docs --out "$results" --record "$results/counts.txt"
+status=$?
+site_failed=$(awk '$1 == "site-test" { print $3 }' "$results/counts.txt")
+if [ -z "$site_failed" ]; then
+  record site-test 0 1 0
+elif [ "$status" -ne 0 ] && [ "$site_failed" -eq 0 ]; then
+  record site-test-exit 0 1 0
+fi
 
 section "summary"
 "$python" tools/summarize.py "$results"

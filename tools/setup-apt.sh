@@ -7,6 +7,8 @@ packages=(
   r-base-core r-cran-reticulate r-cran-testthat r-cran-cli r-cran-rlang
   r-cran-withr r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown r-cran-pkgdown
   r-cran-callr pandoc qpdf tidy chromium fonts-dejavu-core
+  # Python, for the project's virtual environment (Makefile):
+  python3 python3-venv
   # keras3 and the newer reticulate it needs:
   r-base-dev r-cran-rcpp r-cran-rcpptoml r-cran-here r-cran-png r-cran-matrix
   r-cran-jsonlite r-cran-rappdirs r-cran-base64enc r-cran-whisker r-cran-generics

@@ -7,9 +7,9 @@
 #' same. This function divides the learning rate and multiplies the weight
 #' decay by `factor`.
 #'
-#' The default `factor = 3` is the low end of the authors' range, which
-#' independent replications found the better place to start; move towards 10
-#' if training is unstable. The authors' further advice: keep AdamW's
+#' The default `factor = 3` is the low end of the authors' range, the
+#' smallest change from AdamW settings that worked; move towards 10 if
+#' training is unstable. The authors' further advice: keep AdamW's
 #' learning-rate schedule, warm-up and gradient clipping; for large models or
 #' unstable runs use `beta_1 = 0.95, beta_2 = 0.98`; expect Lion's advantage
 #' to grow with the batch size (at small batches AdamW is often as good).

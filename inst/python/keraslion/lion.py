@@ -196,10 +196,11 @@ class Lion(keras.optimizers.Optimizer):
     halfway between two bfloat16 numbers may round the other way (rarely:
     the fused result must fall on the other side of halfway). PyTorch's
     `torch.compile` fuses alike: a compiled step's momentum, and with weight
-    decay its weights, may differ from an eager step's by one unit in the last place in some elements (so
-    does Keras's own Lion's momentum). Keras keeps the learning rate in
-    floatx: after `keras.config.set_floatx("bfloat16")`, in bfloat16 (0.01
-    becomes 0.0100098), as for its own optimizers; the step is unchanged.
+    decay its weights, may differ from an eager step's by one unit in the
+    last place in some elements (so does Keras's own Lion's momentum). Keras
+    keeps the learning rate in floatx: after
+    `keras.config.set_floatx("bfloat16")`, in bfloat16 (0.01 becomes
+    0.0100098), as for its own optimizers; the step is unchanged.
 
     Saving and loading: a checkpoint loads into a Lion whose options add or
     drop variables (`skip_nonfinite`, `use_ema`, gradient accumulation, a

@@ -77,13 +77,13 @@
 #' instead, and the element steps by the learning rate where the other paths
 #' leave it; and a bfloat16 weight whose new value lies a hair from halfway
 #' between two bfloat16 numbers may round the other way (rarely: the fused
-#' result must fall on the other side of halfway). PyTorch's
-#' `torch.compile` (`jit_compile = TRUE`) fuses alike: a compiled step's momentum, and with weight decay its weights, may
-#' differ from an eager step's by one unit in the last place in some elements
-#' (so does Keras's own Lion's momentum). Keras keeps the learning rate in
-#' the default float type: after `keras3::config_set_floatx("bfloat16")`, in
-#' bfloat16 (0.01 becomes 0.0100098), as for its own optimizers; the step
-#' itself is unchanged.
+#' result must fall on the other side of halfway). PyTorch's `torch.compile`
+#' (`jit_compile = TRUE`) fuses alike: a compiled step's momentum, and with
+#' weight decay its weights, may differ from an eager step's by one unit in
+#' the last place in some elements (so does Keras's own Lion's momentum).
+#' Keras keeps the learning rate in the default float type: after
+#' `keras3::config_set_floatx("bfloat16")`, in bfloat16 (0.01 becomes
+#' 0.0100098), as for its own optimizers; the step itself is unchanged.
 #'
 #' @section One-byte momentum:
 #' With `momentum_dtype = "int8"`, each momentum element is stored as an

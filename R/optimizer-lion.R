@@ -47,7 +47,11 @@
 #' Steps run eagerly (`compile(run_eagerly = TRUE)`, or `optimizer$apply()`
 #' called from R) use it at once. In the same way, a function given as
 #' learning rate or beta is called when the step is traced, and a compiled
-#' step keeps the value it returned then.
+#' step keeps the value it returned then. On JAX, with
+#' `gradient_accumulation_steps`, such a function is also called on steps
+#' that only accumulate (JAX traces both branches of Keras's condition), so
+#' a bad value it returns is refused one step sooner than on the other
+#' backends.
 #'
 #' A variable given as learning rate, beta or weight decay is read inside
 #' the step, where its value cannot be checked: it is checked when it is

@@ -166,7 +166,10 @@ class Lion(keras.optimizers.Optimizer):
     clipping arguments may be set between steps, by a callback for example:
     a new value is checked when set and is used from the next step. A
     callable beta is checked each time it is called (a
-    `LearningRateSchedule`, a function of the step, is refused). Inside a
+    `LearningRateSchedule`, a function of the step, is refused); on JAX,
+    with `gradient_accumulation_steps`, a callable is also called on steps
+    that only accumulate (JAX traces both branches of Keras's condition),
+    so a bad value it returns is refused one step sooner. Inside a
     compiled `fit()`, as with Keras's own optimizers, a number or flag
     traced into the step keeps its traced value until the step is rebuilt
     (`model.make_train_function(force=True)`), while the learning rate (a

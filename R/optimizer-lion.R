@@ -468,8 +468,9 @@ lion_argument <- function(name, value, call = caller_env()) {
 #' ...)` before the first step). Other attributes are set as reticulate
 #' sets them. The object returned by `optimizer_lion()` is checked so; a
 #' `LossScaleOptimizer` that wraps it (mixed precision) passes only
-#' `learning_rate` on, unchecked, and keeps any other value as its own
-#' attribute, which the Lion never sees: set them on its `inner_optimizer`.
+#' `learning_rate` on (the Lion checks it in Python: a bad value is a Python
+#' error), and keeps any other value as its own attribute, which the Lion
+#' never sees: set them on its `inner_optimizer`.
 #'
 #' @param x An optimizer made by [optimizer_lion()].
 #' @param name The attribute's name.

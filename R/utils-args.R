@@ -51,9 +51,10 @@ describe <- function(x) {
 
 # A number with the fewest digits (15, else 17) that read back as it: with
 # fewer, `1 + 2^-52` would show as `1`, as if `1` were refused.
+# (sprintf() writes "." whatever `options(OutDec)` says, so it reads back.)
 format_exactly <- function(x) {
-  short <- format(x, digits = 15)
-  if (!is.numeric(x) || identical(as.numeric(short), as.numeric(x))) short else format(x, digits = 17)
+  exact <- !is.double(x) || identical(as.numeric(sprintf("%.15g", x)), x)
+  format(x, digits = if (exact) 15 else 17)
 }
 
 # "sum" for `sum`: deparse() gives `.Primitive("sum")`.
@@ -100,10 +101,18 @@ def real_number(x):
 
 
 def flag(x):
-    """A Python or NumPy bool, or a 0-d bool array or tensor, as a bool; else None."""
-    if isinstance(x, bool) or (getattr(x, "shape", None) == () and "bool" in str(x.dtype)):
+    """A Python or NumPy bool, or a 0-d bool array or tensor, as a bool; else
+    None (for a variable too, whose value could change, and a masked array)."""
+    import numpy as np
+
+    if isinstance(x, (bool, np.bool_)):
         return bool(x)
-    return None
+    if hasattr(x, "assign") or isinstance(x, np.ma.MaskedArray) or getattr(x, "shape", None) != ():
+        return None
+    # The names NumPy, JAX, PyTorch and TensorFlow give their bool dtype.
+    if str(getattr(x, "dtype", "")) not in ("bool", "torch.bool", "<dtype: \'bool\'>"):
+        return None
+    return bool(x)
 
 
 def is_same(a, b):
@@ -360,7 +369,8 @@ as_whole_number <- function(x, arg, lower, call = caller_env()) {
 
 check_flag <- function(x, arg, call = caller_env()) {
   if (is_py_object(x)) {
-    x <- py_checks()$flag(x) %||% x
+    # One that Python cannot read (a tensor on PyTorch's meta device) is not a flag.
+    x <- tryCatch(py_checks()$flag(x), error = function(e) NULL) %||% x
   }
   if (!is.logical(x) || length(x) != 1 || is.na(x)) {
     abort_arg(arg, "`TRUE` or `FALSE`", x, call)
@@ -411,6 +421,7 @@ check_choice <- function(x, arg, values, call = caller_env()) {
 # judges them too: R's own syntax, such as "[[:alpha:]]", means something else
 # there (and makes `re` warn).
 as_patterns <- function(x, arg, call = caller_env()) {
+  given <- x
   if (is.list(x) && !is.object(x) && all(vapply(x, is_string, logical(1)))) {
     x <- as.character(x)
   }
@@ -418,7 +429,7 @@ as_patterns <- function(x, arg, call = caller_env()) {
     return(NULL)
   }
   if (!is.character(x) || anyNA(x) || !all(nzchar(x))) {
-    abort_arg(arg, "`NULL` or a character vector of non-empty regular expressions", x, call)
+    abort_arg(arg, "`NULL` or a character vector of non-empty regular expressions", given, call)
   }
   for (pattern in x) {
     problem <- python_core()$`_checks`$regex_problem(pattern)

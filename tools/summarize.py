@@ -1,8 +1,8 @@
 """Sums the test results in a folder into one line: N passed, N failed, N skipped.
 
-It reads pytest's JUnit XML files (*.xml) and counts.txt, whose lines are
-`suite passed failed skipped`. It exits with 1 if anything failed and 0
-otherwise.
+It reads each pytest run's exit status (NAME.status) with its JUnit XML
+(NAME.xml), and counts.txt, whose lines are `suite passed failed skipped`.
+It exits with 1 if anything failed and 0 otherwise.
 """
 
 import sys
@@ -11,6 +11,7 @@ from pathlib import Path
 
 
 def junit_counts(path: Path) -> tuple[int, int, int]:
+    """Passed, failed (errors too) and skipped in a JUnit XML file; one failure if cut short."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError:
@@ -24,8 +25,24 @@ def junit_counts(path: Path) -> tuple[int, int, int]:
     return tests - failed - skipped, failed, skipped
 
 
+def pytest_counts(status_file: Path) -> tuple[int, int, int]:
+    """A pytest run's counts. pytest writes its XML when the session ends: a
+    run that crashed (a segfault, the OOM killer) left none, or one without
+    its failure; such a run, or one that exited failing with no failure
+    recorded, counts one failure."""
+    xml = status_file.with_suffix(".xml")
+    passed, failed, skipped = junit_counts(xml) if xml.exists() else (0, 0, 0)
+    status = status_file.read_text().strip()
+    if failed == 0 and (status != "0" or not xml.exists()):
+        print(f"{xml.stem}: exit status {status}, "
+              f"{'no failure recorded' if xml.exists() else 'no results written'}")
+        failed = 1
+    return passed, failed, skipped
+
+
 def main(folder: Path) -> int:
-    rows = [(p.stem, *junit_counts(p)) for p in sorted(folder.glob("*.xml"))]
+    """Prints each suite's counts and the summary line; 1 if anything failed."""
+    rows = [(p.stem, *pytest_counts(p)) for p in sorted(folder.glob("*.status"))]
     counts = folder / "counts.txt"
     if counts.exists():
         for line in counts.read_text().splitlines():

@@ -151,7 +151,9 @@ test_that("a NumPy bool is a flag, given or set", {
   expect_false(optimizer$use_ema)
   optimizer$cautious <- np$bool_(FALSE)
   expect_false(optimizer$cautious)
-  expect_error(optimizer$cautious <- np$float32(1), "<numpy.float32>", class = "keraslion_error_argument")
+  expect_error(optimizer$cautious <- np$float32(1), "<numpy.float32>",
+    class = "keraslion_error_argument"
+  )
   expect_false(optimizer$cautious)
 })
 
@@ -373,7 +375,8 @@ test_that("a variable's value is checked in R as a number would be", {
     class = "keraslion_error_argument"
   )
   expect_error(
-    optimizer_lion(learning_rate = keras$Variable(1L, dtype = "int32")), "dtype int32",
+    optimizer_lion(learning_rate = keras$Variable(1L, dtype = "int32", trainable = FALSE)),
+    "dtype int32",
     class = "keraslion_error_argument"
   )
   expect_error(

@@ -14,6 +14,10 @@ test_that("describe() shows a number with the digits that tell it from its neigh
   expect_identical(describe(0.1), "`0.1`")
   expect_identical(describe(2^53 + 2), "`9007199254740994`")
   expect_error(as_number(1 + 2^-52, "beta_1", 0, 1, upper_closed = TRUE), "not `1.0000000000000002`")
+  # With a decimal comma, too: the digits are chosen by reading the number back.
+  withr::local_options(OutDec = ",")
+  expect_no_warning(expect_identical(describe(-0.1), "`-0,1`"))
+  expect_identical(describe(1 + 2^-52), "`1,0000000000000002`")
 })
 
 test_that("describe() names a classed value by its class, not its contents", {
@@ -105,7 +109,8 @@ test_that("patterns may come as a list of strings", {
   expect_null(as_patterns(list(), "p"))
   expect_error(as_patterns(list("bias", 1), "p"), "a list of length 2", class = "keraslion_error_argument")
   expect_error(as_patterns(list(c("a", "b")), "p"), class = "keraslion_error_argument")
-  expect_error(as_patterns(list("bias", NA_character_), "p"), class = "keraslion_error_argument")
+  expect_error(as_patterns(list("bias", NA_character_), "p"), "not a list of length 2",
+               class = "keraslion_error_argument")
 })
 
 test_that("a flag may be a NumPy bool or a 0-d bool array, not a number", {
@@ -115,6 +120,23 @@ test_that("a flag may be a NumPy bool or a 0-d bool array, not a number", {
   expect_false(check_flag(np$array(FALSE), "f"))
   expect_error(check_flag(np$int64(1L), "f"), "<numpy.int64>", class = "keraslion_error_argument")
   expect_error(check_flag(np$array(c(TRUE, FALSE)), "f"), class = "keraslion_error_argument")
+  # Not bools: NumPy's missing value, a record with a field called "bool".
+  masked <- np$ma$masked_array(np$array(TRUE), mask = TRUE)
+  expect_error(check_flag(masked, "f"), "MaskedArray", class = "keraslion_error_argument")
+  record <- np$zeros(list(), dtype = list(reticulate::tuple("bool", "f8")))
+  expect_error(check_flag(record, "f"), class = "keraslion_error_argument")
+})
+
+test_that("a variable, or a tensor Python cannot read, is not a flag", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  variable <- keras$Variable(TRUE, dtype = "bool", trainable = FALSE)
+  expect_error(check_flag(variable, "cautious"), "`cautious` must be", class = "keraslion_error_argument")
+  if (keras$backend$backend() == "torch") {
+    torch <- reticulate::import("torch")
+    meta <- torch$tensor(TRUE, device = "meta")
+    expect_error(check_flag(meta, "cautious"), class = "keraslion_error_argument")
+  }
 })
 
 test_that("check helpers pass good values through", {

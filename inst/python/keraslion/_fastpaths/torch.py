@@ -40,6 +40,7 @@ import itertools
 from typing import Any, NamedTuple
 
 import keras
+import numpy as np
 import torch
 from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
@@ -116,13 +117,15 @@ def dense(grads: list[Any]) -> list[Any]:
             for g in grads]
 
 
+@torch.compiler.disable
 def unaliased(grads: list[Any], variables: list[Any]) -> list[Any]:
     """The (dense) gradients, where one shares memory with the weights of a
     variable of the step (the variable itself, `v.value`, a view or
     `detach()` of it, the tensor the variable was made from, a NumPy view
-    of it), copied: every path steps the weights in place, and reads a
-    gradient again after some weights changed (the momentum's update,
-    another variable's step)."""
+    of any of these), copied: every path steps the weights in place, and
+    reads a gradient again after some weights changed (the momentum's
+    update, another variable's step). Run eagerly under `torch.compile`:
+    addresses are not traceable."""
     weights = sorted(_memory(variable._value) for variable in variables)
     starts = [start for start, _ in weights]
     # The furthest end among the weights starting at or before each one
@@ -132,21 +135,32 @@ def unaliased(grads: list[Any], variables: list[Any]) -> list[Any]:
             for g in grads]
 
 
-def _memory(tensor: Any) -> tuple[int, int]:
-    """The addresses of the memory that holds `tensor`'s storage: [start, end)."""
-    storage = tensor.untyped_storage()
-    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+def _memory(x: Any) -> tuple[int, int] | None:
+    """The addresses [start, end) of the memory that holds a tensor's storage
+    or a NumPy array's elements; None for anything else."""
+    if isinstance(x, torch.Tensor):
+        storage = x.untyped_storage()
+        return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    if isinstance(x, np.ndarray):
+        return _byte_bounds(x)
+    return None
+
+
+# NumPy 2 moved it.
+_byte_bounds = getattr(np, "byte_bounds", None) or np.lib.array_utils.byte_bounds
 
 
 def _copied_if_shared(gradient: Any, starts: list[int], ends: list[int]) -> Any:
-    if not isinstance(gradient, torch.Tensor):
+    memory = _memory(gradient)
+    if memory is None:
         return gradient
-    start, end = _memory(gradient)
+    start, end = memory
     # Compared by address, not storage: `torch.from_numpy()` of a slice of
     # the weights' array makes a new storage in the middle of theirs.
     before_end = bisect.bisect_left(starts, end)
-    shared = start < end and before_end > 0 and ends[before_end - 1] > start
-    return gradient.clone() if shared else gradient
+    if not (start < end and before_end > 0 and ends[before_end - 1] > start):
+        return gradient
+    return gradient.copy() if isinstance(gradient, np.ndarray) else gradient.clone()
 
 
 def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],

@@ -375,7 +375,8 @@ check_flag <- function(x, arg, call = caller_env()) {
   if (!is.logical(x) || length(x) != 1 || is.na(x)) {
     abort_arg(arg, "`TRUE` or `FALSE`", x, call)
   }
-  x
+  # Without dimensions: reticulate passes `matrix(TRUE)` as an array.
+  as.vector(x)
 }
 
 is_string <- function(x) {

@@ -25,29 +25,39 @@ def junit_counts(path: Path) -> tuple[int, int, int]:
     return tests - failed - skipped, failed, skipped
 
 
-def pytest_counts(status_file: Path) -> tuple[int, int, int]:
-    """A pytest run's counts. pytest writes its XML when the session ends: a
-    run that crashed (a segfault, the OOM killer) left none, or one without
-    its failure; such a run, or one that exited failing with no failure
-    recorded, counts one failure."""
-    xml = status_file.with_suffix(".xml")
+def pytest_counts(folder: Path, run: str) -> tuple[int, int, int]:
+    """A pytest run's counts, from RUN.xml and its exit status, RUN.status.
+    pytest writes its XML when the session ends: a run that crashed (a
+    segfault, the OOM killer) left none, or one without its failure; such a
+    run, or one that exited failing with no failure recorded, counts one
+    failure."""
+    xml, status_file = folder / f"{run}.xml", folder / f"{run}.status"
     passed, failed, skipped = junit_counts(xml) if xml.exists() else (0, 0, 0)
-    status = status_file.read_text().strip()
+    status = status_file.read_text().strip() if status_file.exists() else "unknown"
     if failed == 0 and (status != "0" or not xml.exists()):
-        print(f"{xml.stem}: exit status {status}, "
+        print(f"{run}: exit status {status}, "
               f"{'no failure recorded' if xml.exists() else 'no results written'}")
         failed = 1
     return passed, failed, skipped
 
 
+def counts_line(line: str) -> tuple[str, int, int, int]:
+    """`suite passed failed skipped`; a line that is not one counts as a failure."""
+    try:
+        name, passed, failed, skipped = line.rsplit(maxsplit=3)
+        return name, int(passed), int(failed), int(skipped)
+    except ValueError:
+        print(f"counts.txt: not `suite passed failed skipped`: {line!r}")
+        return line, 0, 1, 0
+
+
 def main(folder: Path) -> int:
     """Prints each suite's counts and the summary line; 1 if anything failed."""
-    rows = [(p.stem, *pytest_counts(p)) for p in sorted(folder.glob("*.status"))]
+    runs = sorted({p.stem for p in [*folder.glob("*.xml"), *folder.glob("*.status")]})
+    rows = [(run, *pytest_counts(folder, run)) for run in runs]
     counts = folder / "counts.txt"
     if counts.exists():
-        for line in counts.read_text().splitlines():
-            name, *numbers = line.rsplit(maxsplit=3)
-            rows.append((name, *map(int, numbers)))
+        rows += [counts_line(line) for line in counts.read_text().splitlines() if line.strip()]
     for name, passed, failed, skipped in rows:
         print(f"  {name:<20} {passed:>5} passed {failed:>3} failed {skipped:>3} skipped")
     passed, failed, skipped = (sum(row[i] for row in rows) for i in (1, 2, 3))

@@ -356,10 +356,11 @@ def test_gradients_that_are_variables_weights_are_read_as_they_were(options, dty
         c = keras.Variable(source[1:], dtype=dtype, name="c")
         grads = [through_numpy(b.value), a.value.detach(), through_numpy(source, first_row=1)]
     elif given == "numpy_arrays":
-        # NumPy arrays that view the weights, converted only in each
-        # variable's turn on the plain path.
+        # A memoryview, a NumPy array and a list of rows that read the
+        # weights, converted only in each variable's turn on the plain path.
         c = keras.Variable(np.full((40, 64), 3.0, dtype), dtype=dtype, name="c")
-        grads = [b.value.detach().numpy(), a.value.detach().numpy(), c.value.detach().numpy()]
+        grads = [b.value.detach().numpy(), memoryview(a.value.detach().numpy()),
+                 list(c.value.detach())]
     else:
         c = keras.Variable(np.full((40, 64), 3.0, dtype), dtype=dtype, name="c")
         grads = {"weights": [b.value, a.value, c.value], "variables": [b, a, c],

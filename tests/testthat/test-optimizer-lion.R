@@ -143,7 +143,7 @@ test_that("an optimizer's config makes the same optimizer again", {
   expect_null(keraslion:::as_patterns(character(), "p"))
 })
 
-test_that("a NumPy bool is a flag, given or set", {
+test_that("a NumPy bool or a 1 x 1 matrix is a flag, given or set", {
   skip_if_no_keras()
   np <- reticulate::import("numpy", convert = FALSE)
   optimizer <- optimizer_lion(cautious = np$bool_(TRUE), use_ema = np$array(FALSE))
@@ -151,6 +151,10 @@ test_that("a NumPy bool is a flag, given or set", {
   expect_false(optimizer$use_ema)
   optimizer$cautious <- np$bool_(FALSE)
   expect_false(optimizer$cautious)
+  # A 1 x 1 matrix reached Python as an array, which Python refused.
+  optimizer$cautious <- matrix(TRUE)
+  expect_true(optimizer$cautious)
+  optimizer$cautious <- FALSE
   expect_error(optimizer$cautious <- np$float32(1), "<numpy.float32>",
     class = "keraslion_error_argument"
   )

@@ -141,6 +141,8 @@ test_that("a variable, or a tensor Python cannot read, is not a flag", {
 
 test_that("check helpers pass good values through", {
   expect_true(check_flag(TRUE, "f"))
+  expect_identical(check_flag(matrix(TRUE), "f"), TRUE)
+  expect_identical(check_flag(array(FALSE, dim = 1), "f"), FALSE)
   expect_identical(check_string("a", "s"), "a")
   expect_identical(check_choice("bfloat16", "d", c("float32", "bfloat16")), "bfloat16")
   expect_identical(check_at_most_one(list(a = NULL, b = 1)), list(a = NULL, b = 1))

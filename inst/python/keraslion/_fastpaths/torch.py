@@ -40,7 +40,6 @@ import itertools
 from typing import Any, NamedTuple
 
 import keras
-import numpy as np
 import torch
 from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
@@ -80,11 +79,8 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     routes: dict[str, list[tuple[Any, Any]]] = {"int8": [], "blocked": [], "plain": []}
+    # (`unaliased()` made every gradient a tensor.)
     for gradient, variable in zip(grads, variables):
-        if not isinstance(gradient, torch.Tensor):
-            # Keras's conversion, on Keras's device, also reads NumPy bfloat16
-            # (ml_dtypes), which torch.as_tensor refuses.
-            gradient = ops.convert_to_tensor(gradient)
         routes[_route(optimizer, variable, gradient)].append((gradient, variable))
     if routes["int8"]:
         torch_int8.update(optimizer, *map(list, zip(*routes["int8"])), learning_rate)
@@ -119,10 +115,12 @@ def dense(grads: list[Any]) -> list[Any]:
 
 @torch.compiler.disable
 def unaliased(grads: list[Any], variables: list[Any]) -> list[Any]:
-    """The (dense) gradients, where one shares memory with the weights of a
-    variable of the step (the variable itself, `v.value`, a view or
-    `detach()` of it, the tensor the variable was made from, a NumPy view
-    of any of these), copied: every path steps the weights in place, and
+    """The (dense) gradients as tensors, converted before any weights change
+    (Keras's plain path converts each in its variable's turn, and a NumPy
+    array, `memoryview` or list of rows may read the weights), and copied
+    where one shares memory with the weights of a variable of the step (the
+    variable itself, `v.value`, a view or `detach()` of it, the tensor the
+    variable was made from): every path steps the weights in place, and
     reads a gradient again after some weights changed (the momentum's
     update, another variable's step). Run eagerly under `torch.compile`:
     addresses are not traceable."""
@@ -131,36 +129,30 @@ def unaliased(grads: list[Any], variables: list[Any]) -> list[Any]:
     # The furthest end among the weights starting at or before each one
     # (variables made from views of one tensor overlap each other).
     ends = list(itertools.accumulate((end for _, end in weights), max))
-    return [_copied_if_shared(g.value if isinstance(g, keras.Variable) else g, starts, ends)
-            for g in grads]
+    return [_copied_if_shared(_as_tensor(g), starts, ends) for g in grads]
 
 
-def _memory(x: Any) -> tuple[int, int] | None:
-    """The addresses [start, end) of the memory that holds a tensor's storage
-    or a NumPy array's elements; None for anything else."""
-    if isinstance(x, torch.Tensor):
-        storage = x.untyped_storage()
-        return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-    if isinstance(x, np.ndarray):
-        return _byte_bounds(x)
-    return None
+def _as_tensor(gradient: Any) -> Any:
+    if isinstance(gradient, keras.Variable):
+        return gradient.value
+    # Keras's conversion (a copy, on Keras's device) also reads NumPy
+    # bfloat16 (ml_dtypes), which torch.as_tensor refuses.
+    return gradient if isinstance(gradient, torch.Tensor) else ops.convert_to_tensor(gradient)
 
 
-# NumPy 2 moved it.
-_byte_bounds = getattr(np, "byte_bounds", None) or np.lib.array_utils.byte_bounds
+def _memory(tensor: Any) -> tuple[int, int]:
+    """The addresses [start, end) of the memory that holds `tensor`'s storage."""
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
 
 
 def _copied_if_shared(gradient: Any, starts: list[int], ends: list[int]) -> Any:
-    memory = _memory(gradient)
-    if memory is None:
-        return gradient
-    start, end = memory
+    start, end = _memory(gradient)
     # Compared by address, not storage: `torch.from_numpy()` of a slice of
     # the weights' array makes a new storage in the middle of theirs.
     before_end = bisect.bisect_left(starts, end)
-    if not (start < end and before_end > 0 and ends[before_end - 1] > start):
-        return gradient
-    return gradient.copy() if isinstance(gradient, np.ndarray) else gradient.clone()
+    shared = start < end and before_end > 0 and ends[before_end - 1] > start
+    return gradient.clone() if shared else gradient
 
 
 def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],

@@ -418,9 +418,9 @@ check_choice <- function(x, arg, values, call = caller_env()) {
 }
 
 # `NULL` or a character vector (or a list of strings) of regular expressions,
-# as a list so that a single pattern reaches Python as a list of one string. Python's `re` applies them, so it
-# judges them too: R's own syntax, such as "[[:alpha:]]", means something else
-# there (and makes `re` warn).
+# as a list so that a single pattern reaches Python as a list of one string.
+# Python's `re` applies them, so it judges them too: R's own syntax, such as
+# "[[:alpha:]]", means something else there (and makes `re` warn).
 as_patterns <- function(x, arg, call = caller_env()) {
   given <- x
   if (is.list(x) && !is.object(x) && all(vapply(x, is_string, logical(1)))) {

@@ -228,6 +228,41 @@ def test_a_variable_listed_twice_is_refused():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), 1.0)
 
 
+def test_a_meta_device_gradient_is_refused():
+    # Keras read it as uninitialised memory: with cautious, weights changed at random.
+    if keras.backend.backend() != "torch":
+        pytest.skip("PyTorch's meta device")
+    import torch
+
+    optimizer = Lion(learning_rate=0.1, cautious=True)
+    variable = keras.Variable(np.ones((64,), np.float32), name="weights")
+    with pytest.raises(ValueError, match="meta device.*'weights'.*Nothing was updated"):
+        optimizer.apply([torch.empty((64,), device="meta")], [variable])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), 1.0)
+    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 0
+
+
+@pytest.mark.parametrize("options", [{}, {"cautious": True}], ids=["fast", "plain"])
+def test_a_gradient_that_cannot_be_read_leaves_the_next_step_as_it_should_be(options):
+    # On PyTorch the gradients are read before the step's try block ended it:
+    # a failure there kept that step's hyperparameters for every later step.
+    optimizer = Lion(learning_rate=0.5, beta_1=0.5, beta_2=0.5, **options)
+    variable = keras.Variable(np.ones((4,), np.float32))
+    optimizer.build([variable])
+    refusals = (ValueError, TypeError)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        refusals += (tf.errors.OpError,)  # Raised where a step compiled by XLA runs.
+    with pytest.raises(refusals):
+        optimizer.apply([np.array(["not", "a", "gradient", "!"])], [variable])
+    optimizer.learning_rate = 0.25
+    optimizer.beta_2 = 0.75
+    optimizer.apply([np.full((4,), 2.0, np.float32)], [variable])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), 0.75)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(optimizer._momentum(variable)), 0.5)
+
+
 ONE_STEP_OPTIONS = {
     "default": ({}, "float32"),
     "cautious": ({"cautious": True}, "float32"),

@@ -408,6 +408,12 @@ def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
     for gradient, variable in zip(grads, variables):
         if gradient is None:
             continue
+        if getattr(getattr(gradient, "device", None), "type", None) == "meta":
+            # Keras would read it as uninitialised memory.
+            name = getattr(variable, "path", None) or getattr(variable, "name", "?")
+            raise ValueError(
+                f"Argument `grads` holds a tensor on PyTorch's meta device, which has no values, "
+                f"for the variable '{name}'. Nothing was updated.")
         shape = getattr(gradient, "shape", None)
         if shape is None and isinstance(gradient, list | tuple | numbers.Number):
             shape = np.shape(np.asarray(gradient, dtype=object))  # The array it makes.

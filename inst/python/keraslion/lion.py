@@ -779,10 +779,10 @@ class Lion(keras.optimizers.Optimizer):
             if id(self) not in _STEPS:
                 _STEPS[id(self)] = [self._hyperparameters(), 0]
             _STEPS[id(self)][1] += 1
-        if keras.backend.backend() == "torch":
-            # (`apply()`, which `stateless_apply()` calls too, made them dense.)
-            grads = _fastpaths.for_backend("torch").unaliased(grads, trainable_variables)
         try:
+            if keras.backend.backend() == "torch":
+                # (`apply()`, which `stateless_apply()` calls too, made them dense.)
+                grads = _fastpaths.for_backend("torch").unaliased(grads, trainable_variables)
             if self._fast_path is not None and self._fast_path.supports(self, trainable_variables):
                 self._fast_path.update(self, grads, trainable_variables, learning_rate)
             else:

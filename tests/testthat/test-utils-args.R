@@ -103,7 +103,7 @@ test_that("as_whole_number() accepts whole doubles and integers only", {
 })
 
 test_that("patterns may come as a list of strings", {
-  skip_if_no_python()
+  skip_if_no_keras()
   expect_identical(as_patterns(list("bias", "norm"), "p"), list("bias", "norm"))
   expect_identical(as_patterns(c("bias", "norm"), "p"), list("bias", "norm"))
   expect_null(as_patterns(list(), "p"))
@@ -114,7 +114,7 @@ test_that("patterns may come as a list of strings", {
 })
 
 test_that("a flag may be a NumPy bool or a 0-d bool array, not a number", {
-  skip_if_no_python()
+  skip_if_no_keras()
   np <- reticulate::import("numpy", convert = FALSE)
   expect_true(check_flag(np$bool_(TRUE), "f"))
   expect_false(check_flag(np$array(FALSE), "f"))

@@ -385,6 +385,10 @@ def not_distributed(optimizer: Any, name: str, value: Any) -> None:
             f"{_received(name, value)}")
 
 
+def _name(variable: Any) -> str:
+    return getattr(variable, "path", None) or getattr(variable, "name", "?")
+
+
 def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
     """Refuses a gradient whose shape is not its variable's (dimensions not
     known while tracing pass), before anything is updated: broadcast, or
@@ -400,20 +404,18 @@ def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
     for variable in variables:
         if id(variable) in seen:
             # Stepped twice with one momentum on some paths, once on others.
-            name = getattr(variable, "path", None) or getattr(variable, "name", "?")
             raise ValueError(
-                f"Argument `trainable_variables` lists the variable '{name}' more than once: "
-                "give each variable once, with its gradient. Nothing was updated.")
+                f"Argument `trainable_variables` lists the variable '{_name(variable)}' more "
+                "than once: give each variable once, with its gradient. Nothing was updated.")
         seen.add(id(variable))
     for gradient, variable in zip(grads, variables):
         if gradient is None:
             continue
         if getattr(getattr(gradient, "device", None), "type", None) == "meta":
             # Keras would read it as uninitialised memory.
-            name = getattr(variable, "path", None) or getattr(variable, "name", "?")
             raise ValueError(
                 f"Argument `grads` holds a tensor on PyTorch's meta device, which has no values, "
-                f"for the variable '{name}'. Nothing was updated.")
+                f"for the variable '{_name(variable)}'. Nothing was updated.")
         shape = getattr(gradient, "shape", None)
         if shape is None and isinstance(gradient, list | tuple | numbers.Number):
             shape = np.shape(np.asarray(gradient, dtype=object))  # The array it makes.
@@ -423,8 +425,8 @@ def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
         expected = tuple(variable.shape)
         if len(received) != len(expected) or any(
                 r is not None and e is not None and r != e for r, e in zip(received, expected)):
-            name = getattr(variable, "path", None) or getattr(variable, "name", "?")
             raise ValueError(
                 f"Argument `grads` holds a gradient of shape {received} for the variable "
-                f"'{name}' of shape {expected}: each gradient must have its variable's shape. "
+                f"'{_name(variable)}' of shape {expected}: each gradient must have its "
+                "variable's shape. "
                 f"Nothing was updated.")

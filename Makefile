@@ -35,10 +35,12 @@ test: setup
 	tools/run-tests.sh
 
 # Benchmark of the Lion step (bench/; BENCH_ARGS=--quick for a short run),
-# then the memory of a step on 100M parameters, one process per case.
+# then the memory of a step on 100M parameters, one process per case, then
+# the int8 step fused into one loop by PyTorch's compiler (a timing model).
 bench: setup
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 	$(PYTHON) bench/memory.py
+	$(PYTHON) bench/int8_fused.py
 
 # The pkgdown site, built into docs/ offline (tools/build-site.R); its
 # examples and vignettes run with the Python above.

@@ -154,7 +154,11 @@ def main() -> None:
 
     fused_float32 = torch.compile(lion_float32, fullgraph=True, dynamic=False)
     fused_int8 = torch.compile(lion_int8, fullgraph=True, dynamic=False)
-    check_against_keraslion(torch.compile(lion_int8, fullgraph=True, dynamic=False))
+    try:
+        check_against_keraslion(torch.compile(lion_int8, fullgraph=True, dynamic=False))
+    except Exception as error:  # Inductor's errors have no common class
+        sys.exit(f"PyTorch could not compile the fused step (on a CPU, Inductor needs a "
+                 f"C++ compiler): {type(error).__name__}: {error}")
 
     blocks = (args.rows * args.columns // int8.BLOCK, int8.BLOCK)
     generator = torch.Generator().manual_seed(0)

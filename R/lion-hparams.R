@@ -32,6 +32,10 @@
 #' @examples
 #' lion_hparams_from_adamw(learning_rate = 1e-3, weight_decay = 0.01)
 #' lion_hparams_from_adamw(3e-4, 0.1, factor = 10)
+#'
+#' if (keraslion_available()) {
+#'   optimizer <- do.call(optimizer_lion, lion_hparams_from_adamw(1e-3, 0.01))
+#' }
 lion_hparams_from_adamw <- function(learning_rate, weight_decay, factor = 3) {
   learning_rate <- as_number(learning_rate, "learning_rate", 0, lower_closed = FALSE)
   weight_decay <- as_number(weight_decay, "weight_decay", 0)

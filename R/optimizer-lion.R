@@ -41,8 +41,9 @@
 #' `weight_decay` and betas given as numbers, `cautious`, `clipnorm`,
 #' `clipvalue` and `global_clipnorm` are, as in Keras's own optimizers,
 #' constants of the compiled train step: in `fit()`'s
-#' compiled step (the default, XLA or `tf.function`) a new value takes effect
-#' only once the step is rebuilt, e.g. by
+#' compiled step (XLA or `tf.function`, the default on JAX and TensorFlow;
+#' PyTorch's `fit()` is compiled only with `jit_compile = TRUE`) a new value
+#' takes effect only once the step is rebuilt, e.g. by
 #' `model$make_train_function(force = TRUE)` or by compiling the model again.
 #' Steps run eagerly (`compile(run_eagerly = TRUE)`, or `optimizer$apply()`
 #' called from R) use it at once. In the same way, a function given as
@@ -412,7 +413,8 @@ optimizer_lion <- function(learning_rate = 0.001,
 lion_argument <- function(name, value, call = caller_env()) {
   switch(name,
     learning_rate = as_number(value, name, 0,
-      allow_callable = TRUE, allow_variable = TRUE, float32 = TRUE, call = call
+      allow_callable = TRUE, allow_variable = TRUE, float32 = TRUE,
+      also = "a learning-rate schedule", call = call
     ),
     beta_1 = check_normal_float32(as_number(value, name, 0, 1,
       lower_closed = FALSE, upper_closed = TRUE, allow_callable = TRUE,

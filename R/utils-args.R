@@ -62,10 +62,10 @@ primitive_name <- function(x) {
   sub('^\\.Primitive\\("(.*)"\\)$', "\\1", deparse(x)[[1]])
 }
 
-abort_arg <- function(arg, rule, x, call) {
+abort_arg <- function(arg, rule, x, call, hint = NULL) {
   received <- describe(x)
   cli::cli_abort(
-    "{.arg {arg}} must be {rule}, not {received}.",
+    c("{.arg {arg}} must be {rule}, not {received}.", i = hint),
     call = call,
     class = "keraslion_error_argument"
   )
@@ -80,6 +80,14 @@ describe_range <- function(lower, upper, lower_closed, upper_closed) {
     "a finite number in ", if (lower_closed) "[" else "(", lower, ", ",
     upper, if (upper_closed) "]" else ")"
   )
+}
+
+# "a", "a or b", "a, b, or c".
+one_of <- function(forms) {
+  if (length(forms) <= 2) {
+    return(paste(forms, collapse = " or "))
+  }
+  paste0(paste(forms[-length(forms)], collapse = ", "), ", or ", forms[length(forms)])
 }
 
 is_number <- function(x) {
@@ -165,11 +173,11 @@ is_py_variable <- function(x) {
 # for Python to use as a callable (Python checks what it returns). With
 # `float32`, a number that float32 (the dtype Keras keeps it in) would round
 # to 0 or to infinity is refused as well: 0 itself stays allowed where the
-# interval has it.
+# interval has it. `also`: other accepted forms, named in the error.
 as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
                       upper_closed = FALSE, allow_null = FALSE,
                       allow_callable = FALSE, allow_variable = FALSE,
-                      float32 = FALSE, call = caller_env()) {
+                      float32 = FALSE, also = NULL, call = caller_env()) {
   if (allow_null && is.null(x)) {
     return(NULL)
   }
@@ -178,9 +186,13 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
     return(x)
   }
   x <- from_py_number(from_keras_config(x))
-  rule <- describe_range(lower, upper, lower_closed, upper_closed)
-  if (allow_null) rule <- paste("`NULL` or", rule)
-  if (allow_callable) rule <- paste0(rule, ", or a function that can be called with no arguments")
+  rule <- one_of(c(
+    if (allow_null) "`NULL`",
+    describe_range(lower, upper, lower_closed, upper_closed),
+    also,
+    if (allow_variable) "a `keras_variable()`",
+    if (allow_callable) "a function that can be called with no arguments"
+  ))
   callable <- is.function(x) || (is_py_object(x) && reticulate::py_has_attr(x, "__call__"))
   if (allow_callable && callable) {
     if (is_py_object(x)) {
@@ -193,7 +205,10 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
     (if (lower_closed) x >= lower else x > lower) &&
     (if (upper_closed) x <= upper else x < upper)
   if (!in_range) {
-    abort_arg(arg, rule, x, call)
+    hint <- if (is.list(x) && identical(names(x), c("learning_rate", "weight_decay"))) {
+      "For {.fn lion_hparams_from_adamw}'s list, write {.code do.call(optimizer_lion, ...)}."
+    }
+    abort_arg(arg, rule, x, call, hint)
   }
   if (float32) {
     check_float32(x, arg, rule, call)

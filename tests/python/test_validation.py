@@ -62,6 +62,13 @@ def test_bad_argument_is_named_with_its_value(kwargs, argument):
         assert f"{argument}=" in message
 
 
+@pytest.mark.parametrize("value", ["0.1", None, [0.1]])
+def test_a_learning_rate_of_another_kind_is_told_the_kinds_accepted(value):
+    with pytest.raises(TypeError, match="number >= 0, a `LearningRateSchedule`, a "
+                       "`keras.Variable` or a function of no arguments"):
+        Lion(learning_rate=value)
+
+
 def test_two_clipping_arguments_are_refused():
     with pytest.raises(ValueError, match="Only one of"):
         Lion(clipnorm=1.0, clipvalue=1.0)

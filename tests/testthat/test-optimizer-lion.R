@@ -24,6 +24,7 @@ test_that("bad arguments get an error naming the argument and the value", {
     optimizer_lion(learning_rate = -1)
     optimizer_lion(learning_rate = "0.1")
     optimizer_lion(learning_rate = c(0.1, 0.2))
+    optimizer_lion(lion_hparams_from_adamw(3e-3, 0.01))
     optimizer_lion(learning_rate = NA_real_)
     optimizer_lion(learning_rate = Inf)
     optimizer_lion(learning_rate = function(step) 0.1)

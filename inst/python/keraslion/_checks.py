@@ -207,6 +207,10 @@ def learning_rate(value: Any) -> Any:
         return value
     if _is_symbolic(value):
         return value
+    if _concrete_float(value) is None:
+        raise TypeError(
+            "Argument `learning_rate` must be a number >= 0, a `LearningRateSchedule`, a "
+            f"`keras.Variable` or a function of no arguments. {_received('learning_rate', value)}")
     return number_in("learning_rate", value, 0.0, float32=True)
 
 

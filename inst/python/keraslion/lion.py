@@ -335,7 +335,8 @@ class Lion(keras.optimizers.Optimizer):
             `tf.distribute` strategy, where Keras cannot synchronize the
             replicas inside its conditional.
         name: The name of the optimizer, used in its variables' paths (so
-            without a `/`). Defaults to `"lion"`.
+            without a `/`). Defaults to `"lion"`, numbered as Keras numbers
+            its optimizers' names (`"lion_1"`, ...) when several are made.
         momentum_dtype: `None` (the variable's dtype), `"float32"`,
             `"bfloat16"`, `"float16"`, `"float64"` or `"int8"`: the dtype
             to store the momentum in (not float8: use `"int8"`). The

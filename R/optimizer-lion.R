@@ -157,7 +157,13 @@
 #' with the warning. Where the values cannot tell, they load as this
 #' optimizer's options say, and so where they only hint at the other role
 #' (values far from the weights: sums of gradients, or averages far behind
-#' fast-moving weights), with the warning. Keras's own Lion loads a keraslion
+#' fast-moving weights), with the warning: heed it, for sums of gradients
+#' taken for averages become the weights when `fit()` copies the averages
+#' into them. A checkpoint saved with another `gradient_accumulation_steps`
+#' loads as into Keras's own optimizers: its partial sum and its iteration
+#' count (of batches, which says when an update falls) load as they are,
+#' and an update divides what has been summed by this optimizer's count.
+#' Keras's own Lion loads a keraslion
 #' checkpoint only when the variables are the same (its own loader skips
 #' them all otherwise). A checkpoint of another optimizer that saves two
 #' values per weight, one never negative (AdamW, Adam, Nadam, Adamax, Lamb,

@@ -233,7 +233,12 @@ class Lion(keras.optimizers.Optimizer):
     cannot tell, they load as this optimizer's options say, and so where
     they only hint at the other role (far from the weights: sums of
     gradients, or averages far behind fast-moving weights), with the
-    warning. A checkpoint of an
+    warning: heed it, for sums of gradients taken for averages become the
+    weights when `fit()` copies the averages into them. A checkpoint saved
+    with another `gradient_accumulation_steps` loads as into Keras's own
+    optimizers: its partial sum and its iteration count (of batches, which
+    says when an update falls) load as they are, and an update divides what
+    has been summed by this optimizer's count. A checkpoint of an
     optimizer that saves two values per weight, one never negative (AdamW,
     Adam, Nadam, Adamax, Lamb, Adadelta, Ftrl), loads none of its state into
     the Lion, with a `StateWarning` (switching from AdamW: the model's

@@ -53,8 +53,14 @@ def trajectory(settings, fast, steps=30, seed=1):
 def test_fast_path_matches_plain_path(settings):
     fast, fast_m, _ = trajectory(settings, fast=True)
     plain, plain_m, _ = trajectory(settings, fast=False)
-    bf16 = settings.get("momentum_dtype") == "bfloat16"
-    for ours, theirs, m_ours, m_theirs in zip(fast, plain, fast_m, plain_m):
+    assert_same_steps(fast, plain, fast_m, plain_m,
+                      bf16=settings.get("momentum_dtype") == "bfloat16", steps=30)
+
+
+def assert_same_steps(weights, expected_weights, momentums, expected_momentums, bf16, steps):
+    """Two runs of `steps` steps agree but for rounding and its consequences."""
+    for ours, theirs, m_ours, m_theirs in zip(weights, expected_weights, momentums,
+                                              expected_momentums):
         # Momentum: rounding only (bfloat16: a unit in the last place, now and then).
         np.testing.assert_allclose(m_ours, m_theirs, rtol=1e-2 if bf16 else 1e-5,
                                    atol=1e-3 if bf16 else 1e-6)
@@ -62,7 +68,7 @@ def test_fast_path_matches_plain_path(settings):
         # (more with a bfloat16 momentum, whose rounding the fast paths see once more).
         off = ~np.isclose(ours, theirs, rtol=1e-5, atol=1e-5)
         assert off.mean() <= (0.02 if bf16 else 0.002), f"{off.sum()} of {off.size} differ"
-        assert np.all(np.abs(ours - theirs) <= 2 * LR * 30 + 1e-5)
+        assert np.all(np.abs(ours - theirs) <= 2 * LR * steps + 1e-5)
 
 
 def spy_on_fast_path(optimizer):
@@ -178,6 +184,68 @@ def test_torch_fast_path_compiles_to_one_graph_that_reads_the_learning_rate():
     assert graphs == 1  # no graph break (as reading the learning rate into Python made)
     for a, b in zip(compiled, eager):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")
+@pytest.mark.parametrize("weight_dtype, momentum_dtype", [
+    ("float32", None), ("float32", "bfloat16"), ("float64", "float32")])
+def test_torch_compile_steps_another_set_of_variables(weight_dtype, momentum_dtype):
+    """A compiled step recompiled for another set of variables (a layer
+    frozen, a subset trained), with a momentum narrower than the weights
+    (the blocks' second scratch buffer) and a variable cut into blocks
+    beside one excluded from weight decay: it steps as eagerly does."""
+    import torch
+
+    shapes = [(1 << 17) + 3, 257, 3]
+
+    def run(compiled):
+        torch._dynamo.reset()
+        rng = np.random.default_rng(0)
+        optimizer = Lion(learning_rate=LR, weight_decay=0.1, momentum_dtype=momentum_dtype)
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+        layers = [[keras.Variable(rng.normal(size=n).astype(weight_dtype), name=name)
+                   for n, name in zip(shapes, ["large", "kernel", "bias"])] for _ in range(2)]
+        variables = [*layers[0], *layers[1]]
+        optimizer.build(variables)
+        step = torch.compile(optimizer.apply) if compiled else optimizer.apply
+        for chosen in (layers[0], layers[0], layers[1], variables, layers[1]):
+            step([keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype(weight_dtype))
+                  for v in chosen], chosen)
+        return ([to_numpy(v) for v in variables],
+                [to_numpy(m).astype(np.float64) for m in optimizer._momentums])
+
+    (weights, momentums), (eager, eager_momentums) = run(compiled=True), run(compiled=False)
+    assert_same_steps(weights, eager, momentums, eager_momentums,
+                      bf16=momentum_dtype == "bfloat16", steps=5)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="fit(jit_compile=True) compiles with torch.compile")
+def test_torch_jit_compiled_fit_goes_on_after_a_layer_is_frozen():
+    """A kernel cut into blocks, with a bfloat16 momentum: the step compiled
+    again for fewer variables (its blocks planned again) trains on."""
+    keras.utils.set_random_seed(0)
+    x, y = synthetic_task(n=256)
+    model = keras.Sequential([keras.Input((x.shape[1],)),
+                              keras.layers.Dense(600, activation="relu"),
+                              keras.layers.Dense(600, activation="relu"), keras.layers.Dense(4)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizer = Lion(learning_rate=1e-3, weight_decay=0.05, momentum_dtype="bfloat16",
+                     exclude_from_weight_decay=["bias"])
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=True)
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    frozen = model.layers[0]
+    frozen.trainable = False
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=True)
+    before = [to_numpy(v) for v in [*frozen.weights, *optimizer.variables]]
+    history = model.fit(x, y, epochs=2, batch_size=64, verbose=0).history
+    after = [to_numpy(v) for v in [*frozen.weights, *optimizer.variables]]
+    frozen_state = [*frozen.weights, *(optimizer._momentum(v) for v in frozen.weights)]
+    ids = [id(v) for v in frozen_state]
+    for variable, old, new in zip([*frozen.weights, *optimizer.variables], before, after):
+        if id(variable) in ids:
+            np.testing.assert_array_equal(new, old)
+    assert optimizer.iterations.numpy() == 16
+    assert np.isfinite(history["loss"]).all()
 
 
 # bfloat16 momentum -------------------------------------------------------------

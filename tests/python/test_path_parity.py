@@ -27,7 +27,8 @@ sparse gradients (TF `IndexedSlices`, JAX BCOO; given dense where a path
 has none) and a variable larger than the fast paths' block and XLA
 thresholds. CORE_CASES run every time: each edge value of beta_1 and of
 beta_2 (alone; on torch.compile, slow to compile, in six pairs that hold
-them all), and each dtype and feature. SAMPLED cases are drawn from the
+them all, with three cases of narrower and cut momentum blocks), and each
+dtype and feature. SAMPLED cases are drawn from the
 full cross product with a fixed seed (SAMPLED_COUNT per backend). Every case's
 gradients hold the edge values 0, -0, subnormals, +-3e38, the dtype's
 largest, among ordinary values, and steps 1 and 3 add +-Inf and NaN.
@@ -174,6 +175,12 @@ def _core_cases() -> list[Case]:
         "int8-accumulation-sparse": dict(momentum_dtype="int8", accumulation=2, sparse=True),
     }
     cases += [Case(name, **settings) for name, settings in features.items()]
+    # torch.compile of blocks with a momentum narrower than the weights, one cut into blocks.
+    cases += [Case("compile-bfloat16_momentum", momentum_dtype="bfloat16", compile=True),
+              Case("compile-float64-momentum_float32", weight_dtype="float64",
+                   momentum_dtype="float32", compile=True),
+              Case("compile-large-bfloat16_momentum", large=True, momentum_dtype="bfloat16",
+                   compile=True)]
     return [dataclasses.replace(case, seed=i) for i, case in enumerate(cases)]
 
 

@@ -1,6 +1,7 @@
 """Every bad argument gets a ValueError or TypeError naming it and the value received."""
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -67,6 +68,22 @@ def test_a_learning_rate_of_another_kind_is_told_the_kinds_accepted(value):
     with pytest.raises(TypeError, match="number >= 0, a `LearningRateSchedule`, a "
                        "`keras.Variable` or a function of no arguments"):
         Lion(learning_rate=value)
+
+
+@pytest.mark.parametrize("argument, kinds", [
+    ("beta_1", "number, a `keras.Variable` or a function of no arguments"),
+    ("beta_2", "number, a `keras.Variable` or a function of no arguments"),
+    ("weight_decay", "None, a number >= 0 or a `keras.Variable`"),
+])
+@pytest.mark.parametrize("value", ["0.1", [0.1], {"rate": 0.1}])
+def test_a_beta_or_weight_decay_of_another_kind_is_told_the_kinds_accepted(argument, kinds,
+                                                                           value):
+    with pytest.raises(TypeError, match=re.escape(kinds)):
+        Lion(**{argument: value})
+    optimizer = Lion()
+    with pytest.raises(TypeError, match=re.escape(kinds)):
+        setattr(optimizer, argument, value)
+    assert getattr(optimizer, argument) == Lion().get_config()[argument]
 
 
 def test_two_clipping_arguments_are_refused():

@@ -122,7 +122,12 @@ def live_number_in(name: str, value: Any, low: float, **kwargs: Any) -> Any:
     kept, to be read at every step (its value now checked)."""
     if isinstance(value, keras.Variable):
         return followed_variable(name, value, low, **kwargs)
-    return value if _is_symbolic(value) else optional_number_in(name, value, low, **kwargs)
+    if _is_symbolic(value):
+        return value
+    if value is not None and _concrete_float(value) is None:
+        raise TypeError(f"Argument `{name}` must be None, a number >= {low:g} or a "
+                        f"`keras.Variable`. {_received(name, value)}")
+    return optional_number_in(name, value, low, **kwargs)
 
 
 def followed_variable(name: str, value: Any, low: float, *args: Any, **kwargs: Any) -> Any:
@@ -159,6 +164,9 @@ def beta(name: str, value: Any) -> Any:
         return followed_variable(name, value, 0.0, 1.0, **_BETAS[name])
     if _is_symbolic(value):
         return value
+    if _concrete_float(value) is None:
+        raise TypeError(f"Argument `{name}` must be a number, a `keras.Variable` or a function "
+                        f"of no arguments. {_received(name, value)}")
     return beta_number(name, value)
 
 

@@ -178,7 +178,8 @@ def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],
               for i, part in block.grads]
         weight_decay = decay if block.decayed else None
         lr, beta_1_tensor, beta_2_tensor = scalars[dtype]
-        _lion(block, gs, lr, beta_1_tensor, one_minus_beta_1, beta_2_tensor, 1 - beta_2,
+        step = _lion if block.wide is None else _lion_eagerly
+        step(block, gs, lr, beta_1_tensor, one_minus_beta_1, beta_2_tensor, 1 - beta_2,
               weight_decay)
 
 
@@ -205,6 +206,13 @@ def _lion(block: Block, gs: list[Any], lr: Any, beta_1: Any, one_minus_beta_1: f
         torch._foreach_copy_(ms, block.wide_views)
 
 
+# A block with a widened momentum runs eagerly under torch.compile: compiled
+# again for another set of variables (a layer frozen in `fit(jit_compile=True)`),
+# the aliased views of its two scratch buffers broke Inductor's code
+# (PyTorch 2.13: "name 's73' is not defined").
+_lion_eagerly = torch.compiler.disable(_lion)
+
+
 #: Powers of two whose product scales the smallest subnormal of a dtype to 1.
 _TO_ONE = {torch.float32: (2.0**127, 2.0**22), torch.float64: (2.0**1023, 2.0**51)}
 
@@ -221,8 +229,12 @@ def sign_(c: Any) -> None:
     c.mul_(first).mul_(second).clamp_(-1.0, 1.0)
 
 
+@torch.compiler.disable
 def _plan(optimizer: Any, variables: list[Any]) -> Plan:
-    """The blocks for a set of variables, made once and cached."""
+    """The blocks for a set of variables, made once and cached. Made eagerly
+    under `torch.compile`: traced, the views of the scratch buffers took
+    symbolic sizes that a recompilation (another set of variables) could
+    no longer resolve."""
     return cached_plan(optimizer, "_torch_plans", variables,
                        lambda: Plan([v._value for v in variables], _blocks(optimizer, variables)))
 

@@ -41,12 +41,13 @@
 #' `weight_decay` and betas given as numbers, `cautious`, `clipnorm`,
 #' `clipvalue` and `global_clipnorm` are, as in Keras's own optimizers,
 #' constants of the compiled train step: in `fit()`'s
-#' compiled step (XLA or `tf.function`, the default on JAX and TensorFlow;
-#' PyTorch's `fit()` is compiled only with `jit_compile = TRUE`) a new value
-#' takes effect only once the step is rebuilt, e.g. by
+#' compiled step on JAX and TensorFlow (XLA or `tf.function`, their default)
+#' a new value takes effect only once the step is rebuilt, e.g. by
 #' `model$make_train_function(force = TRUE)` or by compiling the model again.
-#' Steps run eagerly (`compile(run_eagerly = TRUE)`, or `optimizer$apply()`
-#' called from R) use it at once. In the same way, a function given as
+#' Steps run eagerly (`compile(run_eagerly = TRUE)`, PyTorch's `fit()` without
+#' `jit_compile = TRUE`, or `optimizer$apply()` called from R) use it at
+#' once, and so does PyTorch's `fit()` with `jit_compile = TRUE`, which
+#' compiles its step again for the new value. In the same way, a function given as
 #' learning rate or beta is called when the step is traced, and a compiled
 #' step keeps the value it returned then. On JAX, with
 #' `gradient_accumulation_steps`, such a function is also called on steps
@@ -218,9 +219,9 @@
 #'   arguments and returns one: the weight of the momentum in the
 #'   interpolation whose sign is the step. A value below float32's smallest
 #'   normal number (1.2e-38) is refused: XLA flushes it to 0. A number set
-#'   later with `optimizer$beta_1 <- ...` reaches a compiled `fit()` step
-#'   only when it is rebuilt (see "Changing hyperparameters during
-#'   training").
+#'   later with `optimizer$beta_1 <- ...` reaches a compiled `fit()` step on
+#'   JAX or TensorFlow only when it is rebuilt (see "Changing
+#'   hyperparameters during training").
 #' @param beta_2 A number in \[0, 1), or a function that can be called with
 #'   no arguments and returns one: the decay rate of the momentum. A value
 #'   below float32's smallest normal number (1.2e-38) other than 0 is refused:
@@ -229,7 +230,8 @@
 #' @param weight_decay `NULL` or a number >= 0: decoupled weight decay; each
 #'   step also subtracts `learning_rate * weight_decay * theta`. A value set
 #'   later with `optimizer$weight_decay <- ...` reaches a compiled `fit()`
-#'   step only when it is rebuilt, as in Keras's own optimizers (see
+#'   step on JAX or TensorFlow only when it is rebuilt, as in Keras's own
+#'   optimizers (see
 #'   "Changing hyperparameters during training"). `beta_1`, `beta_2` and
 #'   `weight_decay` may also be variables (`keras3::keras_variable()`),
 #'   given here or set later: read at every step, also by a compiled
@@ -420,7 +422,7 @@ lion_argument <- function(name, value, call = caller_env()) {
   switch(name,
     learning_rate = as_number(value, name, 0,
       allow_callable = TRUE, allow_variable = TRUE, float32 = TRUE,
-      also = "a learning-rate schedule", call = call
+      also = "a learning-rate schedule", hint = hparams_list_hint(value), call = call
     ),
     beta_1 = check_normal_float32(as_number(value, name, 0, 1,
       lower_closed = FALSE, upper_closed = TRUE, allow_callable = TRUE,
@@ -498,20 +500,20 @@ lion_argument <- function(name, value, call = caller_env()) {
 #' @export
 `[[<-.keraslion.lion.Lion` <- `$<-.keraslion.lion.Lion`
 
-# `lion_argument()` for a value set on the optimizer, where two arguments
-# differ: `exclude_from_weight_decay` is a method there (set, the value would
+# lion_hparams_from_adamw()'s list given as one argument.
+hparams_list_hint <- function(x) {
+  if (is.list(x) && setequal(names(x), c("learning_rate", "weight_decay"))) {
+    "For {.fn lion_hparams_from_adamw}'s list, write {.code do.call(optimizer_lion, ...)}."
+  }
+}
+
+# `lion_argument()` for a value set on the optimizer, where three arguments
+# differ: the learning rate keeps its kind (`set_learning_rate()`),
+# `exclude_from_weight_decay` is a method there (set, the value would
 # replace it), and a `NULL` name would not be numbered.
 set_lion_argument <- function(name, value, optimizer, call = caller_env()) {
-  if (identical(name, "learning_rate") && is_py_variable(value) &&
-    !py_checks()$is_same(value, reticulate::py_get_attr(optimizer, "_learning_rate"))) {
-    cli::cli_abort(
-      c(
-        "{.arg learning_rate} can be a variable (followed at every step) only when given to
-         {.fn optimizer_lion}, not set later.",
-        i = "Set a number instead, or {.code $assign()} a new value to the variable given."
-      ),
-      call = call, class = "keraslion_error_argument"
-    )
+  if (identical(name, "learning_rate")) {
+    return(set_learning_rate(value, optimizer, call))
   }
   if (identical(name, "exclude_from_weight_decay")) {
     cli::cli_abort(
@@ -527,4 +529,48 @@ set_lion_argument <- function(name, value, optimizer, call = caller_env()) {
     return(check_name(value, call = call))
   }
   lion_argument(name, value, call = call)
+}
+
+# A learning rate set on the optimizer takes what it holds, as Python's
+# setter decides: a number where it holds a variable (before the first step,
+# also a schedule or a function, which then replace it), a schedule or a
+# function where it was given one. A variable other than the one given is
+# refused: set later, it would not be followed.
+set_learning_rate <- function(value, optimizer, call) {
+  current <- reticulate::py_get_attr(optimizer, "_learning_rate")
+  if (is_py_variable(value)) {
+    if (py_checks()$is_same(value, current)) {
+      return(value)
+    }
+    cli::cli_abort(
+      c(
+        "{.arg learning_rate} can be a variable (followed at every step) only when given to
+         {.fn optimizer_lion}, not set later.",
+        i = "Set a number instead, or {.code $assign()} a new value to the variable given."
+      ),
+      call = call, class = "keraslion_error_argument"
+    )
+  }
+  schedule <- "a learning-rate schedule"
+  callable <- "a function that can be called with no arguments"
+  is_callable <- is.function(value) ||
+    (is_py_object(value) && reticulate::py_has_attr(value, "__call__"))
+  if (!is_py_variable(current)) {
+    if (!is_callable) {
+      abort_arg("learning_rate", one_of(c(schedule, callable)), value, call,
+        hint = "It was given as one, so there is no variable to hold a number: give the number
+                to a new {.fn optimizer_lion}."
+      )
+    }
+    return(as_number(value, "learning_rate", 0, allow_callable = TRUE, call = call))
+  }
+  built <- isTRUE(reticulate::py_to_r(reticulate::py_get_attr(optimizer, "built")))
+  as_number(value, "learning_rate", 0,
+    allow_callable = !built, float32 = TRUE, also = if (!built) schedule,
+    hint = if (built && is_callable) {
+      "A built optimizer holds its learning rate in a variable, saved with its state: set a
+       number, or give a schedule or a function to a new {.fn optimizer_lion}."
+    },
+    call = call
+  )
 }

@@ -173,11 +173,12 @@ is_py_variable <- function(x) {
 # for Python to use as a callable (Python checks what it returns). With
 # `float32`, a number that float32 (the dtype Keras keeps it in) would round
 # to 0 or to infinity is refused as well: 0 itself stays allowed where the
-# interval has it. `also`: other accepted forms, named in the error.
+# interval has it. `also`: other accepted forms, named in the error;
+# `hint`: a line the error adds.
 as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
                       upper_closed = FALSE, allow_null = FALSE,
                       allow_callable = FALSE, allow_variable = FALSE,
-                      float32 = FALSE, also = NULL, call = caller_env()) {
+                      float32 = FALSE, also = NULL, hint = NULL, call = caller_env()) {
   if (allow_null && is.null(x)) {
     return(NULL)
   }
@@ -205,9 +206,6 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
     (if (lower_closed) x >= lower else x > lower) &&
     (if (upper_closed) x <= upper else x < upper)
   if (!in_range) {
-    hint <- if (is.list(x) && identical(names(x), c("learning_rate", "weight_decay"))) {
-      "For {.fn lion_hparams_from_adamw}'s list, write {.code do.call(optimizer_lion, ...)}."
-    }
     abort_arg(arg, rule, x, call, hint)
   }
   if (float32) {

@@ -119,6 +119,28 @@ def test_variable_hyperparameters_are_followed_by_a_compiled_fit(name, first, th
         np.testing.assert_allclose(weight, wanted, rtol=1e-6)
 
 
+def test_a_number_set_between_compiled_fits_is_used_as_the_docs_say():
+    """A constant of a compiled step on JAX and TensorFlow until the step is
+    rebuilt; at once on PyTorch, whose torch.compile compiles it again."""
+    model = keras.Sequential([keras.Input((2,)),
+                              keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])
+    optimizer = Lion(learning_rate=0.25, weight_decay=0.5)
+    # A zero gradient: each step only decays the weights, by 1 - 0.25 * weight_decay.
+    model.compile(optimizer=optimizer, loss=lambda y, pred: 0.0 * keras.ops.sum(pred),
+                  jit_compile=True)
+    x, y = np.ones((4, 2), np.float32), np.zeros((4, 1), np.float32)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # compiled with 0.5
+    factors = []
+    for rebuild in (False, True):
+        before = to_numpy(model.weights[0])[0, 0]
+        optimizer.weight_decay = 2.0 if rebuild else 1.0
+        if rebuild:
+            model.make_train_function(force=True)
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        factors.append(to_numpy(model.weights[0])[0, 0] / before)
+    assert factors == [0.75 if keras.backend.backend() == "torch" else 0.875, 0.5]
+
+
 def test_variable_hyperparameters_are_not_saved_as_state():
     """Their values are their owner's (the config keeps the value they had):
     the state saved is what numbers would save, and loads either way."""

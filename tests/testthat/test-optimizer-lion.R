@@ -515,6 +515,44 @@ test_that("a Keras learning-rate schedule is accepted as learning_rate", {
   expect_identical(opt$get_config()$learning_rate$class_name, "CosineDecay")
 })
 
+test_that("a learning rate set on the optimizer keeps its kind, with an R error", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  scheduled <- optimizer_lion(learning_rate = function() 1e-3)
+  fresh <- optimizer_lion(learning_rate = 1e-3)
+  built <- optimizer_lion(learning_rate = 1e-3)
+  built$build(list(keras$Variable(c(1, 2))))
+  expect_snapshot(error = TRUE, {
+    scheduled$learning_rate <- 0.01
+    fresh$learning_rate <- "0.01"
+    built$learning_rate <- function() 0.01
+    built$learning_rate <- list(learning_rate = 1e-3, weight_decay = 0.1)
+  })
+  for (opt in list(scheduled, fresh, built)) {
+    expect_error(opt$learning_rate <- "0.01", class = "keraslion_error_argument")
+  }
+  expect_equal(scheduled$learning_rate, 1e-3)
+  expect_equal(as.vector(keras$ops$convert_to_numpy(built$learning_rate)), 1e-3,
+    tolerance = 1e-7
+  )
+  # What each one takes.
+  scheduled$learning_rate <- function() 0.02
+  expect_equal(scheduled$learning_rate, 0.02)
+  fresh$learning_rate <- keras$optimizers$schedules$CosineDecay(1e-3, 100L)
+  expect_identical(fresh$get_config()$learning_rate$class_name, "CosineDecay")
+  built$learning_rate <- 0.5
+  expect_equal(as.vector(keras$ops$convert_to_numpy(built$learning_rate)), 0.5)
+})
+
+test_that("lion_hparams_from_adamw()'s list given as the learning rate gets a hint", {
+  skip_if_no_keras()
+  hparams <- lion_hparams_from_adamw(3e-3, 0.01)
+  expect_snapshot(error = TRUE, {
+    optimizer_lion(learning_rate = rev(hparams))
+    optimizer_lion(weight_decay = hparams)
+  })
+})
+
 test_that("setting an argument on the optimizer is checked in R as optimizer_lion() checks it", {
   skip_if_no_keras()
   opt <- optimizer_lion(beta_1 = 0.9)

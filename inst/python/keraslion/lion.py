@@ -170,11 +170,13 @@ class Lion(keras.optimizers.Optimizer):
     with `gradient_accumulation_steps`, a callable is also called on steps
     that only accumulate (JAX traces both branches of Keras's condition),
     so a bad value it returns is refused one step sooner. Inside a
-    compiled `fit()`, as with Keras's own optimizers, a number or flag
-    traced into the step keeps its traced value until the step is rebuilt
-    (`model.make_train_function(force=True)`), while the learning rate (a
-    variable) follows; so in a `tf.function` or `jax.jit` of your own, until
-    it is traced again, and a callable is then called only when traced. A
+    compiled `fit()` on JAX or TensorFlow, as with Keras's own optimizers, a
+    number or flag traced into the step keeps its traced value until the
+    step is rebuilt (`model.make_train_function(force=True)`), while the
+    learning rate (a variable) follows; so in a `tf.function` or `jax.jit`
+    of your own, until it is traced again, and a callable is then called
+    only when traced. (`torch.compile`, as in PyTorch's `fit(jit_compile=True)`,
+    compiles the step again for a new value: it is used at once.) A
     `keras.Variable` given as a hyperparameter is read inside the step,
     where it cannot be checked: it is checked when given, not when
     `assign()`ed later (Keras's own optimizers check neither), so keep what

@@ -36,7 +36,7 @@ test: setup
 
 # Benchmark of the Lion step (bench/; BENCH_ARGS=--quick for a short run),
 # then the memory of a step on 100M parameters, one process per case, then
-# the int8 step fused into one loop by PyTorch's compiler (a timing model).
+# the int8 step fused into one kernel by PyTorch's compiler (a timing model).
 bench: setup
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 	$(PYTHON) bench/memory.py

@@ -546,7 +546,11 @@ set_learning_rate <- function(value, optimizer, call) {
       c(
         "{.arg learning_rate} can be a variable (followed at every step) only when given to
          {.fn optimizer_lion}, not set later.",
-        i = "Set a number instead, or {.code $assign()} a new value to the variable given."
+        i = if (is_py_variable(current)) {
+          "Set a number instead, or {.code $assign()} a new value to the variable given."
+        } else {
+          "This optimizer's learning rate is a schedule or a function: set another."
+        }
       ),
       call = call, class = "keraslion_error_argument"
     )

@@ -202,9 +202,14 @@ def test_a_variable_with_a_bad_value_is_refused():
 
 def test_another_variable_cannot_replace_the_learning_rate():
     optimizer = Lion(learning_rate=0.1)
-    with pytest.raises(TypeError, match="`keras.Variable`.*learning_rate="):
+    with pytest.raises(TypeError, match="`keras.Variable`.*assign a number.*learning_rate="):
         optimizer.learning_rate = keras.Variable(0.5)
     assert float(to_numpy(optimizer.learning_rate)) == pytest.approx(0.1)
+    # Where there is no variable to assign a number to, the error says what to set.
+    optimizer = Lion(learning_rate=lambda: 0.1)
+    with pytest.raises(TypeError, match="a schedule or a function: set another"):
+        optimizer.learning_rate = keras.Variable(0.5)
+    assert optimizer.learning_rate == pytest.approx(0.1)
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="a tf.Variable needs TensorFlow")

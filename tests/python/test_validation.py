@@ -86,6 +86,18 @@ def test_a_beta_or_weight_decay_of_another_kind_is_told_the_kinds_accepted(argum
     assert getattr(optimizer, argument) == Lion().get_config()[argument]
 
 
+@pytest.mark.parametrize("argument", ["learning_rate", "beta_1", "beta_2"])
+def test_a_class_is_not_taken_for_a_function(argument):
+    """A schedule's class, not an instance, would fail only at the first step."""
+    schedule = keras.optimizers.schedules.ExponentialDecay
+    with pytest.raises(TypeError, match=f"`{argument}`.*not a class"):
+        Lion(**{argument: schedule})
+    optimizer = Lion()
+    with pytest.raises(TypeError, match="not a class"):
+        setattr(optimizer, argument, schedule)
+    assert optimizer.get_config()[argument] == Lion().get_config()[argument]
+
+
 def test_two_clipping_arguments_are_refused():
     with pytest.raises(ValueError, match="Only one of"):
         Lion(clipnorm=1.0, clipvalue=1.0)

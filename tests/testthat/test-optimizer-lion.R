@@ -524,6 +524,7 @@ test_that("a learning rate set on the optimizer keeps its kind, with an R error"
   built$build(list(keras$Variable(c(1, 2))))
   expect_snapshot(error = TRUE, {
     scheduled$learning_rate <- 0.01
+    scheduled$learning_rate <- keras$Variable(0.01)
     fresh$learning_rate <- "0.01"
     built$learning_rate <- function() 0.01
     built$learning_rate <- list(learning_rate = 1e-3, weight_decay = 0.1)

@@ -157,6 +157,9 @@ def beta(name: str, value: Any) -> Any:
             f"`LearningRateSchedule` (a function of the step) is only for `learning_rate`. "
             f"{_received(name, value)}"
         )
+    if isinstance(value, type):
+        raise TypeError(f"Argument `{name}` must be a number or a function of no arguments, "
+                        f"not a class. {_received(name, value)}")
     if callable(value):
         return value
     if isinstance(value, keras.Variable):
@@ -211,6 +214,10 @@ def learning_rate(value: Any) -> Any:
             "Argument `learning_rate` must not be a backend variable, whose value would be "
             "copied once: pass a `keras.Variable`, which Lion follows at every step, or a "
             f"number. {_received('learning_rate', value)}")
+    if isinstance(value, type):
+        raise TypeError(
+            "Argument `learning_rate` must be a `LearningRateSchedule` instance, not a class: "
+            f"call it with its arguments first. {_received('learning_rate', value)}")
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule) or callable(value):
         return value
     if _is_symbolic(value):

@@ -505,12 +505,13 @@ class Lion(keras.optimizers.Optimizer):
         value = _checks.learning_rate(value)
         if value is self._learning_rate:
             return
+        held = isinstance(self._learning_rate, keras.Variable)
         if isinstance(value, keras.Variable):
+            instead = ("assign a number to change the learning rate" if held else
+                       "this optimizer's learning rate is a schedule or a function: set another")
             raise TypeError(
                 "A `keras.Variable` can be followed as the learning rate only when it is given "
-                "to `Lion(learning_rate=...)`; assign a number to change the learning rate. "
-                f"Received: learning_rate={value!r}")
-        held = isinstance(self._learning_rate, keras.Variable)
+                f"to `Lion(learning_rate=...)`; {instead}. Received: learning_rate={value!r}")
         if held and callable(value) and self.built:
             # Keras would drop the variable from the optimizer's state.
             raise ValueError(

@@ -22,7 +22,10 @@ function of each shape, chunk length and dtypes, and the chunks of each set
 of variables; the concrete functions are called directly, with their flat
 inputs. Inside `fit()` they are traced into its train function. Under a
 `tf.distribute` strategy the plain path runs, through Keras's per-replica
-update.
+update. The functions are the optimizer's (they reach its state), so each
+new optimizer compiles its own, and TensorFlow keeps part of them after the
+optimizer is gone: about 0.85 MiB per optimizer created, stepped and
+dropped, against 0.3 for Keras's Lion (`bench/many_optimizers.py`).
 """
 
 from __future__ import annotations

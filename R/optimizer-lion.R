@@ -547,7 +547,8 @@ set_learning_rate <- function(value, optimizer, call) {
         "{.arg learning_rate} can be a variable (followed at every step) only when given to
          {.fn optimizer_lion}, not set later.",
         i = if (is_py_variable(current)) {
-          "Set a number instead, or {.code $assign()} a new value to the variable given."
+          "Set a number instead (or, to a variable given to {.fn optimizer_lion},
+           {.code $assign()} a new value)."
         } else {
           "This optimizer's learning rate is a schedule or a function: set another."
         }
@@ -557,8 +558,7 @@ set_learning_rate <- function(value, optimizer, call) {
   }
   schedule <- "a learning-rate schedule"
   callable <- "a function that can be called with no arguments"
-  is_callable <- is.function(value) ||
-    (is_py_object(value) && reticulate::py_has_attr(value, "__call__"))
+  is_callable <- (is.function(value) && !is_py_object(value)) || is_py_callable(value)
   if (!is_py_variable(current)) {
     if (!is_callable) {
       abort_arg("learning_rate", one_of(c(schedule, callable)), value, call,

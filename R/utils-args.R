@@ -6,6 +6,16 @@ is_py_object <- function(x) {
   inherits(x, "python.builtin.object")
 }
 
+# A Python class: callable (it makes an instance), never a value's function.
+is_py_class <- function(x) {
+  inherits(x, "python.builtin.type")
+}
+
+# A Python object that is called for a value: a schedule, a function.
+is_py_callable <- function(x) {
+  is_py_object(x) && !is_py_class(x) && reticulate::py_has_attr(x, "__call__")
+}
+
 # A short description of a value for error messages. A classed value is
 # named by its class, not shown as the numbers or strings it is made of (a
 # factor's codes, a date's days since 1970).
@@ -18,6 +28,10 @@ describe <- function(x) {
   }
   # A Python object first: reticulate makes a callable one (a schedule) an R
   # function too.
+  if (is_py_class(x)) {
+    name <- reticulate::py_to_r(reticulate::py_get_attr(x, "__name__"))
+    return(paste0("the Python class <", name, "> (not an instance of it)"))
+  }
   if (is_py_object(x)) {
     return(paste0("a Python object of class <", class(x)[[1]], ">"))
   }
@@ -163,7 +177,7 @@ from_py_number <- function(x) {
 }
 
 is_py_variable <- function(x) {
-  is_py_object(x) && reticulate::py_has_attr(x, "assign")
+  is_py_object(x) && !is_py_class(x) && reticulate::py_has_attr(x, "assign")
 }
 
 # A number in an interval, as a double; with `allow_variable`, a Python
@@ -194,7 +208,7 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
     if (allow_variable) "a `keras_variable()`",
     if (allow_callable) "a function that can be called with no arguments"
   ))
-  callable <- is.function(x) || (is_py_object(x) && reticulate::py_has_attr(x, "__call__"))
+  callable <- (is.function(x) && !is_py_object(x)) || is_py_callable(x)
   if (allow_callable && callable) {
     if (is_py_object(x)) {
       return(x)

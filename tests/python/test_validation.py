@@ -86,15 +86,16 @@ def test_a_beta_or_weight_decay_of_another_kind_is_told_the_kinds_accepted(argum
     assert getattr(optimizer, argument) == Lion().get_config()[argument]
 
 
+@pytest.mark.parametrize("cls", [keras.optimizers.schedules.ExponentialDecay, keras.Variable],
+                         ids=["schedule", "variable"])
 @pytest.mark.parametrize("argument", ["learning_rate", "beta_1", "beta_2"])
-def test_a_class_is_not_taken_for_a_function(argument):
+def test_a_class_is_not_taken_for_a_function(argument, cls):
     """A schedule's class, not an instance, would fail only at the first step."""
-    schedule = keras.optimizers.schedules.ExponentialDecay
-    with pytest.raises(TypeError, match=f"`{argument}`.*not a class"):
-        Lion(**{argument: schedule})
+    with pytest.raises(TypeError, match=f"`{argument}`.*`keras.Variable`.*not a class"):
+        Lion(**{argument: cls})
     optimizer = Lion()
     with pytest.raises(TypeError, match="not a class"):
-        setattr(optimizer, argument, schedule)
+        setattr(optimizer, argument, cls)
     assert optimizer.get_config()[argument] == Lion().get_config()[argument]
 
 

@@ -545,6 +545,27 @@ test_that("a learning rate set on the optimizer keeps its kind, with an R error"
   expect_equal(as.vector(keras$ops$convert_to_numpy(built$learning_rate)), 0.5)
 })
 
+test_that("a Python class is not taken for a function or a variable", {
+  skip_if_no_keras()
+  keras <- keras_module()
+  expect_snapshot(error = TRUE, {
+    optimizer_lion(learning_rate = keras$optimizers$schedules$ExponentialDecay)
+    optimizer_lion(beta_1 = keras$Variable)
+  })
+  opt <- optimizer_lion(learning_rate = 0.1, beta_2 = 0.9)
+  expect_error(opt$learning_rate <- keras$optimizers$schedules$ExponentialDecay,
+    "Python class", class = "keraslion_error_argument"
+  )
+  expect_error(opt$beta_2 <- keras$optimizers$schedules$ExponentialDecay, "Python class",
+    class = "keraslion_error_argument"
+  )
+  expect_equal(as.vector(keras$ops$convert_to_numpy(opt$learning_rate)), 0.1, tolerance = 1e-7)
+  expect_identical(opt$beta_2, 0.9)
+  # An instance is still a schedule.
+  opt$learning_rate <- keras$optimizers$schedules$ExponentialDecay(0.1, 10L, 0.5)
+  expect_identical(opt$get_config()$learning_rate$class_name, "ExponentialDecay")
+})
+
 test_that("lion_hparams_from_adamw()'s list given as the learning rate gets a hint", {
   skip_if_no_keras()
   hparams <- lion_hparams_from_adamw(3e-3, 0.01)

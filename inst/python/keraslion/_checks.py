@@ -158,8 +158,8 @@ def beta(name: str, value: Any) -> Any:
             f"{_received(name, value)}"
         )
     if isinstance(value, type):
-        raise TypeError(f"Argument `{name}` must be a number or a function of no arguments, "
-                        f"not a class. {_received(name, value)}")
+        raise TypeError(f"Argument `{name}` must be a number, a `keras.Variable` or a function "
+                        f"of no arguments, not a class. {_received(name, value)}")
     if callable(value):
         return value
     if isinstance(value, keras.Variable):
@@ -206,6 +206,11 @@ def learning_rate(value: Any) -> Any:
     """A schedule, a callable (checked at each call by `resolve_learning_rate`),
     a `keras.Variable` (followed at every step), a traced tensor, else a float
     >= 0 that survives float32."""
+    if isinstance(value, type):
+        raise TypeError(
+            "Argument `learning_rate` must be a number, a `LearningRateSchedule`, a "
+            "`keras.Variable` or a function of no arguments, not a class: give an instance. "
+            f"{_received('learning_rate', value)}")
     if isinstance(value, keras.Variable):
         return followed_variable("learning_rate", value, 0.0, float32=True)
     if hasattr(value, "assign") and hasattr(value, "dtype"):
@@ -214,10 +219,6 @@ def learning_rate(value: Any) -> Any:
             "Argument `learning_rate` must not be a backend variable, whose value would be "
             "copied once: pass a `keras.Variable`, which Lion follows at every step, or a "
             f"number. {_received('learning_rate', value)}")
-    if isinstance(value, type):
-        raise TypeError(
-            "Argument `learning_rate` must be a `LearningRateSchedule` instance, not a class: "
-            f"call it with its arguments first. {_received('learning_rate', value)}")
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule) or callable(value):
         return value
     if _is_symbolic(value):

@@ -558,7 +558,7 @@ set_learning_rate <- function(value, optimizer, call) {
   }
   schedule <- "a learning-rate schedule"
   callable <- "a function that can be called with no arguments"
-  is_callable <- (is.function(value) && !is_py_object(value)) || is_py_callable(value)
+  is_callable <- is_value_function(value)
   if (!is_py_variable(current)) {
     if (!is_callable) {
       abort_arg("learning_rate", one_of(c(schedule, callable)), value, call,

@@ -11,9 +11,14 @@ is_py_class <- function(x) {
   inherits(x, "python.builtin.type")
 }
 
-# A Python object that is called for a value: a schedule, a function.
-is_py_callable <- function(x) {
-  is_py_object(x) && !is_py_class(x) && reticulate::py_has_attr(x, "__call__")
+# A function called for a value: an R function, or a Python schedule or
+# function (reticulate makes a callable Python object an R function too).
+is_value_function <- function(x) {
+  if (is_py_object(x)) {
+    !is_py_class(x) && reticulate::py_has_attr(x, "__call__")
+  } else {
+    is.function(x)
+  }
 }
 
 # A short description of a value for error messages. A classed value is
@@ -208,7 +213,7 @@ as_number <- function(x, arg, lower, upper = Inf, lower_closed = TRUE,
     if (allow_variable) "a `keras_variable()`",
     if (allow_callable) "a function that can be called with no arguments"
   ))
-  callable <- (is.function(x) && !is_py_object(x)) || is_py_callable(x)
+  callable <- is_value_function(x)
   if (allow_callable && callable) {
     if (is_py_object(x)) {
       return(x)

@@ -141,6 +141,9 @@ def followed_variable(name: str, value: Any, low: float, *args: Any, **kwargs: A
     return value
 
 
+#: What a beta may be given as, named by the errors for anything else.
+_BETA_KINDS = "a number, a `keras.Variable` or a function of no arguments"
+
 #: The intervals of the betas: beta_1 in (0, 1], beta_2 in [0, 1).
 _BETAS = {
     "beta_1": {"low_closed": False, "high_closed": True},
@@ -158,8 +161,8 @@ def beta(name: str, value: Any) -> Any:
             f"{_received(name, value)}"
         )
     if isinstance(value, type):
-        raise TypeError(f"Argument `{name}` must be a number, a `keras.Variable` or a function "
-                        f"of no arguments, not a class. {_received(name, value)}")
+        raise TypeError(f"Argument `{name}` must be {_BETA_KINDS}, not a class. "
+                        f"{_received(name, value)}")
     if callable(value):
         return value
     if isinstance(value, keras.Variable):
@@ -168,8 +171,7 @@ def beta(name: str, value: Any) -> Any:
     if _is_symbolic(value):
         return value
     if _concrete_float(value) is None:
-        raise TypeError(f"Argument `{name}` must be a number, a `keras.Variable` or a function "
-                        f"of no arguments. {_received(name, value)}")
+        raise TypeError(f"Argument `{name}` must be {_BETA_KINDS}. {_received(name, value)}")
     return beta_number(name, value)
 
 
@@ -202,15 +204,18 @@ def resolve_beta(name: str, value: Any) -> Any:
     return beta_number(name, result)
 
 
+#: What a learning rate may be given as, named by the errors for anything else.
+_LEARNING_RATE_KINDS = ("a number >= 0, a `LearningRateSchedule`, a `keras.Variable` or a "
+                        "function of no arguments")
+
+
 def learning_rate(value: Any) -> Any:
     """A schedule, a callable (checked at each call by `resolve_learning_rate`),
     a `keras.Variable` (followed at every step), a traced tensor, else a float
     >= 0 that survives float32."""
     if isinstance(value, type):
-        raise TypeError(
-            "Argument `learning_rate` must be a number, a `LearningRateSchedule`, a "
-            "`keras.Variable` or a function of no arguments, not a class: give an instance. "
-            f"{_received('learning_rate', value)}")
+        raise TypeError(f"Argument `learning_rate` must be {_LEARNING_RATE_KINDS}, not a class: "
+                        f"give an instance. {_received('learning_rate', value)}")
     if isinstance(value, keras.Variable):
         return followed_variable("learning_rate", value, 0.0, float32=True)
     if hasattr(value, "assign") and hasattr(value, "dtype"):
@@ -224,9 +229,8 @@ def learning_rate(value: Any) -> Any:
     if _is_symbolic(value):
         return value
     if _concrete_float(value) is None:
-        raise TypeError(
-            "Argument `learning_rate` must be a number >= 0, a `LearningRateSchedule`, a "
-            f"`keras.Variable` or a function of no arguments. {_received('learning_rate', value)}")
+        raise TypeError(f"Argument `learning_rate` must be {_LEARNING_RATE_KINDS}. "
+                        f"{_received('learning_rate', value)}")
     return number_in("learning_rate", value, 0.0, float32=True)
 
 

@@ -275,7 +275,8 @@
 #'   2147483647: the
 #'   weights are updated every this many steps, with the mean of the
 #'   gradients since the last update. Learning-rate schedules count every
-#'   step; `ema_overwrite_frequency` counts updates. Fixed once the
+#'   step; `ema_overwrite_frequency` counts updates. A gradient of another
+#'   dtype than its weights is cast to theirs before it is added. Fixed once the
 #'   optimizer is built (Keras makes the accumulators then). Not supported
 #'   under a `tf.distribute` strategy (an error: Keras cannot synchronize
 #'   the replicas there).

@@ -25,7 +25,7 @@ Subnormals on CPU: JAX (XLA) and TensorFlow (with or without XLA) run with
 flush-to-zero and denormals-are-zero, so there a subnormal input or result
 is 0. For these backends (`flushes_subnormals=True`), and only there:
 tiny_c is the smallest *normal* number of the compute dtype; a gradient
-subnormal in the weight dtype, or a momentum subnormal in the momentum
+subnormal in its dtype, or a momentum subnormal in the momentum
 dtype, may be read as 0, so the terms it contributes (|(1 - beta_1) g|,
 |beta_1 m| to c; |(1 - beta_2) g|, |beta_2 m| to m') are added to the
 ambiguity bound and the momentum's tolerance; a stored value may be off by
@@ -50,13 +50,31 @@ Tolerances (one rounding, no more):
   Where the expected value is NaN the actual must be NaN; where it is +-Inf,
   the same Inf.
 
+Gradients of another dtype than the weights: the step reads g in its
+compute dtype (a wider gradient, float64 on float32 weights, is rounded
+to it, and may overflow to Inf there, as the step does).
+
 Keras's semantics around the step (`check_apply`):
 
 - gradient accumulation (Keras's base optimizer): a call whose
   `(iterations + 1) % steps != 0` adds the gradient to its accumulator (in
   the weight dtype) and changes nothing else; the others step with
-  `(g + accumulator) / steps` (in the weight dtype) and zero the
-  accumulators. `_iterations` counts every call.
+  `(g + accumulator) / steps` (in the weight dtype, a gradient of another
+  dtype cast to it first) and zero the accumulators. `_iterations` counts
+  every call.
+- clipping (Keras's `_clip_gradients`, on the gradients the step uses,
+  after accumulation's average): `clipvalue` clips each element (exact);
+  `clipnorm` scales each gradient by `clipnorm / max(norm, clipnorm)`
+  (`g * clipnorm` first, Inf where that overflows; a NaN norm makes the
+  gradient NaN, an infinite one its finite elements +-0); `global_clipnorm`
+  scales all by `clipnorm * min(1 / norm, 1 / clipnorm)`, NaN for all if
+  the global norm is not finite. Each operation is rounded to the
+  gradients' dtype (overflowing to Inf as it does); a sum of squares may be
+  added up in any order, so a scaled element is accepted within (n + 4)
+  eps of the gradients' dtype, relative (n: the elements summed; and the
+  global scale within float32's eps, to which PyTorch's Keras rounds it),
+  plus that dtype's smallest normal number where subnormals are flushed: this bound
+  (`g_error`) widens the ambiguity of c and the momentum's tolerance.
 - EMA (`_update_model_variables_moving_average`): after every call's step,
   `average = mu * average + (1 - mu) * weight` in the weight dtype, with
   mu = 0 while `optimizer.iterations` (before the increment) is 0, else
@@ -196,10 +214,13 @@ def smallest(dtype: str, flushes_subnormals: bool) -> float:
 def lion_step(theta: np.ndarray, m: np.ndarray, g: np.ndarray, *, learning_rate: float,
               beta_1: float, beta_2: float, weight_decay: float, cautious: bool,
               weight_dtype: str, momentum_dtype: str,
-              flushes_subnormals: bool = False) -> tuple[Expected, Expected]:
+              flushes_subnormals: bool = False, gradient_dtype: str | None = None,
+              g_error: Any = 0.0) -> tuple[Expected, Expected]:
     """What one Lion step must store for one variable: (weights, momentum).
 
-    `weight_decay` is 0 for a variable excluded from it.
+    `weight_decay` is 0 for a variable excluded from it. `gradient_dtype`:
+    the dtype `g` comes in (the weight dtype if None). `g_error`: how far
+    the gradient the step saw may be from `g` (per element; clipping's sums).
     """
     theta, m, g = (np.asarray(x, np.float64) for x in (theta, m, g))
     dtype = compute_dtype(weight_dtype, momentum_dtype)
@@ -210,8 +231,8 @@ def lion_step(theta: np.ndarray, m: np.ndarray, g: np.ndarray, *, learning_rate:
     lost_g, lost_m = np.zeros(g.shape), np.zeros(m.shape)
     if flushes_subnormals:
         flushed = (g != 0) & (np.abs(g) < float(finfo(dtype).smallest_normal))
-        lost_g = np.where((g != 0) & (np.abs(g) < float(finfo(weight_dtype).smallest_normal)),
-                          np.abs(g), 0.0)
+        smallest_g = float(finfo(gradient_dtype or weight_dtype).smallest_normal)
+        lost_g = np.where((g != 0) & (np.abs(g) < smallest_g), np.abs(g), 0.0)
         lost_m = np.where((m != 0) & (np.abs(m) < float(finfo(momentum_dtype).smallest_normal)),
                           np.abs(m), 0.0)
         flushed |= lost_g > 0
@@ -221,7 +242,7 @@ def lion_step(theta: np.ndarray, m: np.ndarray, g: np.ndarray, *, learning_rate:
         c = from_m + from_g
         ambiguous = np.isfinite(c) & (np.abs(c) <= 8 * eps * (np.abs(from_m) + np.abs(from_g))
                                       + 4 * tiny + abs(beta_1) * lost_m
-                                      + abs(1 - beta_1) * lost_g)
+                                      + abs(1 - beta_1) * (lost_g + g_error))
         direction = np.sign(c)  # NaN where c is NaN
         decay = weight_decay * theta
         if not cautious:
@@ -252,7 +273,8 @@ def lion_step(theta: np.ndarray, m: np.ndarray, g: np.ndarray, *, learning_rate:
             new_m = saturated_float16(new_m)
         expected_m = rounded(new_m, momentum_dtype)
         tolerance_m = np.maximum(ulp(expected_m, momentum_dtype),
-                                 4 * eps * (np.abs(beta_2 * m) + np.abs((1 - beta_2) * g)))
+                                 4 * eps * (np.abs(beta_2 * m) + np.abs((1 - beta_2) * g))
+                                 + abs(1 - beta_2) * g_error)
         if flushes_subnormals:
             tolerance_m = np.maximum(tolerance_m, tiny + abs(beta_2) * lost_m
                                      + abs(1 - beta_2) * lost_g)
@@ -335,6 +357,8 @@ class Config:
     skip_nonfinite: bool = False
     finalize_ema: bool = False  # fit(): weights set to their averages at its end
     flushes_subnormals: bool = False  # the backend's CPU kernels flush subnormals to zero
+    gradient_dtype: str | None = None  # None: the weight dtype
+    clip: tuple[str, float] | None = None  # ("clipnorm" | "global_clipnorm" | "clipvalue", value)
 
     def stored_momentum_dtype(self, shape: tuple[int, ...]) -> str:
         if self.momentum_dtype == "int8":
@@ -370,6 +394,42 @@ def describe(name: str, actual: np.ndarray, expected: Expected, limit: int = 4) 
         lines.append(f"  [{','.join(map(str, index))}] actual {actual[index]:.9g}, "
                      f"expected {candidates} (tol {tol:.3g}); {seen}")
     return "\n".join(lines)
+
+
+def clipped(grads: list[np.ndarray], kind: str, value: float, dtype: str,
+            flushes_subnormals: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Keras's clipping of `grads` (values of `dtype`), each operation
+    rounded to `dtype`, and a bound on each element's error (see above)."""
+    eps = float(finfo(dtype).eps)
+    floor = float(finfo(dtype).smallest_normal) if flushes_subnormals else 0.0
+
+    def squares(g: np.ndarray) -> float:
+        with np.errstate(all="ignore"):
+            return float(rounded(np.sum(rounded(g * g, dtype)), dtype))
+
+    with np.errstate(all="ignore"):
+        if kind == "clipvalue":
+            return ([np.where(np.isnan(g), g, np.clip(g, -value, value)) for g in grads],
+                    [np.zeros(g.shape) for g in grads])
+        if kind == "clipnorm":
+            result, errors = [], []
+            for g in grads:
+                norm = np.sqrt(squares(g))
+                scaled = rounded(rounded(g * value, dtype) / max(norm, value), dtype)
+                if np.isnan(norm):
+                    scaled = np.full(g.shape, np.nan)
+                result.append(scaled)
+                errors.append(np.abs(scaled) * (g.size + 4) * eps + floor)
+            return result, errors
+        assert kind == "global_clipnorm", kind
+        norm = np.sqrt(float(rounded(sum(squares(g) for g in grads), dtype)))
+        count = sum(g.size for g in grads)
+        scale = float(rounded(value * min(1 / norm, 1 / value), dtype)) if np.isfinite(
+            norm) else np.nan
+        result = [rounded(g * scale, dtype) for g in grads]
+        # (PyTorch's Keras rounds a float64 scale to float32: `minimum` with a number.)
+        scale_eps = max(eps, float(np.finfo(np.float32).eps))
+        return result, [np.abs(r) * ((count + 4) * eps + scale_eps) + floor for r in result]
 
 
 def check_apply(before: State, after: State, grads: list[np.ndarray], config: Config) -> list[str]:
@@ -414,8 +474,9 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
 
     steps = config.accumulation_steps
     stepping = not steps or (before.iterations + 1) % steps == 0
-    used = grads
+    used, used_dtype = grads, config.gradient_dtype or wdtype
     if steps:
+        used_dtype = wdtype
         with np.errstate(all="ignore"):
             sums = [_in_dtype(g, wdtype) + _in_dtype(a, wdtype)
                     for g, a in zip(grads, before.accumulators)]
@@ -433,18 +494,23 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
             if message:
                 problems.append(message)
 
+    errors = [0.0] * len(used)
+    if stepping and config.clip:
+        used, errors = clipped(used, *config.clip, used_dtype, config.flushes_subnormals)
     new_weights = []
     for i, path in enumerate(config.paths):
         quantized = mdtypes[i] == "int8"
         if stepping:
             # An int8 momentum: computed and rounded to float32, then encoded.
+            step_dtype = compute_dtype(wdtype, "float32" if quantized else mdtypes[i])
             weights, momentum = lion_step(
-                before.weights[i], before.momentums[i], used[i],
+                before.weights[i], before.momentums[i], rounded(used[i], step_dtype),
                 learning_rate=config.learning_rate, beta_1=config.beta_1, beta_2=config.beta_2,
                 weight_decay=(config.weight_decay or 0.0) if config.decays[i] else 0.0,
                 cautious=config.cautious, weight_dtype=wdtype,
                 momentum_dtype="float32" if quantized else mdtypes[i],
-                flushes_subnormals=config.flushes_subnormals)
+                flushes_subnormals=config.flushes_subnormals, gradient_dtype=used_dtype,
+                g_error=errors[i])
             if quantized:
                 # Seeded by `iterations`, which Keras counts in applied steps
                 # when it accumulates gradients.

@@ -338,6 +338,10 @@ class Lion(keras.optimizers.Optimizer):
             loss must stay within its dtype's range: 65504 in float16).
         gradient_accumulation_steps: `None` or an int >= 2: update the
             weights every this many steps with the mean of the gradients.
+            Learning-rate schedules count every step (as in Keras);
+            `ema_overwrite_frequency` counts updates. A gradient of another
+            dtype than its weights is cast to theirs before it is added
+            (Keras's own optimizers fail there on JAX and TensorFlow).
             Fixed once the optimizer is built. Refused under a
             `tf.distribute` strategy, where Keras cannot synchronize the
             replicas inside its conditional.
@@ -855,12 +859,12 @@ class Lion(keras.optimizers.Optimizer):
         elif keras.backend.backend() == "torch":
             grads = _fastpaths.for_backend("torch").dense(grads)
         if not self.skip_nonfinite:
-            return super().apply(grads, trainable_variables)
+            return self._keras_apply(grads, trainable_variables)
         if trainable_variables is not None:
             if not self.built:
                 with keras.name_scope(self.name, caller=self):
                     self.build(trainable_variables)
-        apply = super().apply
+        apply = self._keras_apply
         if not self.built or all(g is None for g in grads):
             # Nothing to check: Keras's apply returns or raises its own error.
             return apply(grads, trainable_variables)
@@ -878,6 +882,19 @@ class Lion(keras.optimizers.Optimizer):
         else:
             self._count_skipped()
         return None
+
+    def _keras_apply(self, grads: list[Any], trainable_variables: list[Any] | None) -> None:
+        """Keras's `apply`; when it accumulates, with each gradient in its
+        weights' dtype. (Keras adds a gradient to its accumulator, which has the
+        weights' dtype, inside a condition whose branches must agree in dtype
+        on JAX, and TensorFlow adds no two dtypes: a gradient of another dtype
+        failed on both.)"""
+        if self.gradient_accumulation_steps:
+            variables = (trainable_variables if trainable_variables is not None
+                         else getattr(self, "_trainable_variables", []))
+            grads = [g if g is None or _has_dtype(g, v.dtype) else ops.cast(g, v.dtype)
+                     for g, v in zip(grads, variables)]
+        return super().apply(grads, trainable_variables)
 
     @staticmethod
     def _all_finite(grads: list[Any]) -> Any:
@@ -990,6 +1007,11 @@ class Lion(keras.optimizers.Optimizer):
 #: began, and how many threads are in it.
 _STEPS: dict[int, list[Any]] = {}
 _STEPS_LOCK = threading.Lock()
+
+
+def _has_dtype(x: Any, dtype: str) -> bool:
+    """Whether `x` (a tensor, an array, ...) has `dtype`; a list has none."""
+    return hasattr(x, "dtype") and keras.backend.standardize_dtype(x.dtype) == dtype
 
 
 def _float_momentum(momentum_dtype: str) -> str:

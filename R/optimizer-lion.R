@@ -73,9 +73,10 @@
 #' subnormal numbers (below about 1.2e-38) to 0: an element whose
 #' `(1 - beta_1) * g` and `beta_1 * m` are both that small takes no step,
 #' and a momentum that small is stored as 0. PyTorch keeps them. With
-#' `gradient_accumulation_steps`, Keras sums the gradients before it divides
-#' by the number of steps, so gradients whose sum exceeds float32's range
-#' (3.4e+38) give an infinite momentum; clip them (`clipvalue`) if they can
+#' `gradient_accumulation_steps`, Keras sums the gradients in the weights'
+#' dtype before it divides by the number of steps, so gradients whose sum
+#' exceeds its range (3.4e+38 in float32, 65504 in float16) give an infinite
+#' momentum; clip them (`clipvalue`) if they can
 #' be that large. XLA (TensorFlow's `jit_compile`, JAX's compiled step) may
 #' fuse a multiply and an add into one rounding: where
 #' `beta_1 * m + (1 - beta_1) * g` is exactly 0 in float32 (a tie, likeliest
@@ -314,7 +315,10 @@
 #' @param skip_nonfinite `TRUE` or `FALSE`: when `TRUE`, a step whose
 #'   gradients hold `NaN` or `Inf` leaves the weights, the momentum, the EMA
 #'   and the iteration count untouched, and is counted in
-#'   `optimizer$nonfinite_steps`. It cannot be changed once the optimizer
+#'   `optimizer$nonfinite_steps`. The gradients are judged as the step gets
+#'   them: divided by `loss_scale_factor`, and with
+#'   `gradient_accumulation_steps` in their weights' dtype. It cannot be
+#'   changed once the optimizer
 #'   has taken its first step (a compiled step has the check traced in):
 #'   compile with a new optimizer and load the checkpoint into it instead.
 #'

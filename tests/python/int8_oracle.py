@@ -84,9 +84,11 @@ def scales_of(m: np.ndarray) -> np.ndarray:
     return np.where(largest > 0, np.clip(power, 2.0**-126, 2.0**126), 0.0).astype(np.float32)
 
 
-def encode(m: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode(m: np.ndarray, bits: np.ndarray,
+           scales: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Codes and scales of a float32 `m` with the random `bits` of `noise`,
-    and where the code may be either neighbour.
+    and where the code may be either neighbour; `scales`: the blocks' scales
+    to code against instead of m's own (r beyond 1 takes r = 1's code).
 
     A code rounds up where the bits plus the fraction of r between its two
     codes (in units of 2**-20 of the step) reach 2**20. r is taken exactly
@@ -94,7 +96,7 @@ def encode(m: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     so where that sum is within a few units of 2**20 either code is right.
     """
     m = np.asarray(m, np.float32)
-    scales = scales_of(m)
+    scales = scales_of(m) if scales is None else scales
     scale = per_element(scales.astype(np.float64), m.shape)
     magnitude = np.minimum(np.abs(m.astype(np.float64)), np.finfo(np.float32).max)
     with np.errstate(invalid="ignore", divide="ignore"):

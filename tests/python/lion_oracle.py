@@ -70,10 +70,12 @@ Keras's semantics around the step (`check_apply`):
   scales all by `clipnorm * min(1 / norm, 1 / clipnorm)`, NaN for all if
   the global norm is not finite. Each operation is rounded to the
   gradients' dtype (overflowing to Inf as it does); a sum of squares may be
-  added up in any order, so a scaled element is accepted within (n + 4)
-  eps of the gradients' dtype, relative (n: the elements summed; and the
-  global scale within float32's eps, to which PyTorch's Keras rounds it),
-  plus that dtype's smallest normal number where subnormals are flushed: this bound
+  added up in any order, so a scaled element is accepted within 4 eps of
+  the gradients' dtype plus n eps of the dtype the sum accumulates in
+  (float32 for float16 and bfloat16; n: the elements summed), relative,
+  plus float32's eps for float64 (PyTorch's Keras rounds the norm or the
+  scale to float32), plus that dtype's smallest normal number where
+  subnormals are flushed: this bound
   (`g_error`) widens the ambiguity of c and the momentum's tolerance.
 - EMA (`_update_model_variables_moving_average`): after every call's step,
   `average = mu * average + (1 - mu) * weight` in the weight dtype, with
@@ -84,9 +86,13 @@ Keras's semantics around the step (`check_apply`):
   Tolerance: 2 ulp of the weight dtype + 2 eps of it (|mu average| +
   |(1 - mu) weight|) (the three operations may be fused and rounded once,
   or rounded each).
-- skip_nonfinite: a call with any non-finite gradient changes nothing
+- loss_scale_factor: the gradients are divided by it first (in their dtype).
+- skip_nonfinite: a call with any non-finite gradient (as the step gets it:
+  divided by loss_scale_factor, in the weight dtype when accumulated) changes nothing
   (weights, momentum, accumulators, EMA, iterations, all bit for bit) and
-  increments `nonfinite_steps`.
+  increments `nonfinite_steps`. A LossScaleOptimizer around the Lion
+  (`wrapper_skips`) skips such a call before the Lion sees it: the same,
+  but `nonfinite_steps` unchanged.
 """
 
 from __future__ import annotations
@@ -288,15 +294,17 @@ def int8_momentum(momentum: Expected, iteration: int, index: int,
     block scales: the float32 momentum `momentum` encoded with the rounding
     bits of (iteration, index). Any code between those of the momentum's
     extremes (within its tolerance: where `beta_2 * m` and `(1 - beta_2) * g`
-    cancel, many float32 values apart) is accepted, and either neighbour
-    where the backends' float32 r may round either way."""
+    cancel, many float32 values apart; coded against the momentum's scales)
+    is accepted, and either neighbour where the backends' float32 r may
+    round either way."""
     (values, tolerance), = momentum.scenarios
     m, tolerance = values[0], np.where(np.isfinite(tolerance[0]), tolerance[0], 0.0)
     bits = int8_oracle.noise(iteration, index, m.shape)
     codes, scales, either = int8_oracle.encode(m.astype(np.float32), bits)
     with np.errstate(all="ignore"):
         extremes = [codes.astype(np.int64)] + [
-            int8_oracle.encode((m + sign * tolerance).astype(np.float32), bits)[0].astype(np.int64)
+            int8_oracle.encode((m + sign * tolerance).astype(np.float32), bits,
+                               scales)[0].astype(np.int64)
             for sign in (-1, 1)]
     nan = codes == int8_oracle.NAN_CODE
     low = np.where(nan, codes, np.min(extremes, axis=0) - either)
@@ -359,6 +367,8 @@ class Config:
     flushes_subnormals: bool = False  # the backend's CPU kernels flush subnormals to zero
     gradient_dtype: str | None = None  # None: the weight dtype
     clip: tuple[str, float] | None = None  # ("clipnorm" | "global_clipnorm" | "clipvalue", value)
+    wrapper_skips: bool = False  # a LossScaleOptimizer skips non-finite steps before the Lion
+    loss_scale_factor: float | None = None  # Keras divides the gradients by it first
 
     def stored_momentum_dtype(self, shape: tuple[int, ...]) -> str:
         if self.momentum_dtype == "int8":
@@ -402,6 +412,14 @@ def clipped(grads: list[np.ndarray], kind: str, value: float, dtype: str,
     rounded to `dtype`, and a bound on each element's error (see above)."""
     eps = float(finfo(dtype).eps)
     floor = float(finfo(dtype).smallest_normal) if flushes_subnormals else 0.0
+    # Sums of float16 and bfloat16 squares accumulate in float32 (every backend).
+    sum_eps = float(finfo("float64" if dtype == "float64" else "float32").eps)
+    # PyTorch's Keras rounds a float64 norm or scale to float32 (in `maximum`
+    # or `minimum` with a number).
+    number_eps = float(finfo("float32").eps) if dtype == "float64" else 0.0
+
+    def bound(result: np.ndarray, count: int) -> np.ndarray:
+        return np.abs(result) * (4 * eps + count * sum_eps + number_eps) + floor
 
     def squares(g: np.ndarray) -> float:
         with np.errstate(all="ignore"):
@@ -419,7 +437,7 @@ def clipped(grads: list[np.ndarray], kind: str, value: float, dtype: str,
                 if np.isnan(norm):
                     scaled = np.full(g.shape, np.nan)
                 result.append(scaled)
-                errors.append(np.abs(scaled) * (g.size + 4) * eps + floor)
+                errors.append(bound(scaled, g.size))
             return result, errors
         assert kind == "global_clipnorm", kind
         norm = np.sqrt(float(rounded(sum(squares(g) for g in grads), dtype)))
@@ -427,9 +445,7 @@ def clipped(grads: list[np.ndarray], kind: str, value: float, dtype: str,
         scale = float(rounded(value * min(1 / norm, 1 / value), dtype)) if np.isfinite(
             norm) else np.nan
         result = [rounded(g * scale, dtype) for g in grads]
-        # (PyTorch's Keras rounds a float64 scale to float32: `minimum` with a number.)
-        scale_eps = max(eps, float(np.finfo(np.float32).eps))
-        return result, [np.abs(r) * ((count + 4) * eps + scale_eps) + floor for r in result]
+        return result, [bound(r, count) for r in result]
 
 
 def check_apply(before: State, after: State, grads: list[np.ndarray], config: Config) -> list[str]:
@@ -452,7 +468,14 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
                 problems.append(f"{path}: {kind} changed by a step that must change nothing")
 
     finalized = config.use_ema and config.finalize_ema
-    if config.skip_nonfinite and not all(np.isfinite(g).all() for g in grads):
+    steps = config.accumulation_steps
+    if config.loss_scale_factor is not None:
+        grads = [rounded(g / config.loss_scale_factor, config.gradient_dtype or wdtype)
+                 for g in grads]
+    # Judged as the step gets them: accumulated in the weight dtype.
+    judged = [rounded(g, wdtype) for g in grads] if steps else grads
+    if (config.skip_nonfinite or config.wrapper_skips) and not all(
+            np.isfinite(g).all() for g in judged):
         for kind in ("momentums", "scales", "accumulators", "averages",
                      *(() if finalized else ("weights",))):
             unchanged(kind)
@@ -462,7 +485,8 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
         if after.iterations != before.iterations:
             problems.append(
                 f"iterations {before.iterations} -> {after.iterations} in a skipped step")
-        if after.nonfinite_steps != before.nonfinite_steps + 1:
+        counted = 0 if config.wrapper_skips else 1  # the Lion never saw them
+        if after.nonfinite_steps != before.nonfinite_steps + counted:
             problems.append(f"nonfinite_steps {before.nonfinite_steps} -> "
                             f"{after.nonfinite_steps} in a skipped step")
         return problems
@@ -472,7 +496,6 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
         problems.append(f"nonfinite_steps {before.nonfinite_steps} -> {after.nonfinite_steps} "
                         "in a finite step")
 
-    steps = config.accumulation_steps
     stepping = not steps or (before.iterations + 1) % steps == 0
     used, used_dtype = grads, config.gradient_dtype or wdtype
     if steps:

@@ -31,13 +31,20 @@ whose gradients have the weights' dtype), clipping (`clipvalue`,
 as users change them (`varying`: beta_1, beta_2 and weight_decay given as
 `keras.Variable`s and assigned before each step, the learning rate a
 schedule or a variable assigned too; on `stateless` and `jit`, the state
-passed in holds the new values, and `fit` assigns them in a callback).
+passed in holds the new values, and `fit` assigns them in a callback), and
+Keras's `LossScaleOptimizer` around the Lion (`loss_scale`: the oracle gets
+the gradients divided by the scale, and expects the non-finite steps
+skipped before the Lion and the scale halved; not on `mirrored`, nor on
+JAX's `plain` and `fast`, where Keras's wrapper cannot `apply`).
 CORE_CASES run every time: each edge value of beta_1 and of beta_2 (alone;
 on torch.compile, slow to compile, in six pairs that hold them all, with
 cases of narrower and cut momentum blocks, clipping, varying
-hyperparameters and another gradient dtype), and each
+hyperparameters, another gradient dtype and loss scaling), and each
 dtype and feature. SAMPLED cases are drawn from the
-full cross product with a fixed seed (SAMPLED_COUNT per backend). Every case's
+full cross product with a fixed seed (SAMPLED_COUNT per backend), and
+MIXED cases from a cross product that adds int8 momentum, gradient dtypes,
+clipping, tame gradients, varying hyperparameters and loss scaling
+(MIXED_COUNT per backend). Every case's
 gradients hold the edge values 0, -0, subnormals, +-3e38, the dtype's
 largest (`tame` cases: only 0, -0 and subnormals, so that a global norm
 stays finite), among ordinary values, and steps 1 and 3 add +-Inf and NaN.
@@ -81,11 +88,13 @@ EMA_MOMENTUM = 0.9
 FLUSHES_SUBNORMALS = BACKEND in ("jax", "tensorflow")
 # How many sampled cases each backend runs (a prefix of one fixed sequence).
 SAMPLED_COUNT = {"jax": 32, "tensorflow": 12, "torch": 60}
+MIXED_COUNT = {"jax": 16, "tensorflow": 12, "torch": 24}
 WORKER_TIMEOUT = 540
 
 BETA_1_EDGES = (1e-40, 1e-7, 0.5, 0.9, 1 - 1e-7, 1.0)
 BETA_2_EDGES = (0.0, 1e-50, 1e-7, 0.5, 0.99, 1 - 1e-7)
 ANCHORED = ("bias$", "^head/kernel$")
+INITIAL_SCALE = 2.0**15  # a LossScaleOptimizer's
 # Each call's (beta_1, beta_2, weight_decay, learning_rate) in `varying`
 # cases, exact in float32 (the variables' dtype). A schedule's learning rate
 # is also the call's: Keras evaluates it at the count of calls, with
@@ -120,6 +129,8 @@ class Case:
     clip: tuple[str, float] | None = None  # (Keras's clipping argument, its value)
     tame: bool = False  # no finite edge gradients but 0, -0 and subnormals
     varying: str | None = None  # "schedule" or "variables": hyperparameters set at each call
+    loss_scale: bool = False  # stepped through Keras's LossScaleOptimizer
+    loss_scale_factor: float | None = None  # Keras's own option (gradients divided by it)
     seed: int = 0
 
     @property
@@ -143,6 +154,8 @@ class Case:
             kwargs["gradient_accumulation_steps"] = self.accumulation
         if self.clip:
             kwargs[self.clip[0]] = self.clip[1]
+        if self.loss_scale_factor:
+            kwargs["loss_scale_factor"] = self.loss_scale_factor
         return kwargs
 
 
@@ -245,6 +258,26 @@ def _core_cases() -> list[Case]:
                                                          skip_nonfinite=True),
     }
     cases += [Case(name, **settings) for name, settings in varying.items()]
+    # Keras's LossScaleOptimizer around the Lion: it divides the gradients by
+    # its scale, and skips (and halves the scale at) steps 1 and 3.
+    loss_scale = {
+        "loss_scale": {},
+        "loss_scale-tame": dict(tame=True),
+        "loss_scale-float16-accumulation": dict(weight_dtype="float16", accumulation=2),
+        "loss_scale-int8-ema-cautious-skip_nonfinite": dict(momentum_dtype="int8", use_ema=True,
+                                                            cautious=True, skip_nonfinite=True),
+        "loss_scale-bfloat16-clipnorm-varying_schedule": dict(
+            weight_dtype="bfloat16", clip=("clipnorm", 0.5), varying="schedule"),
+        "loss_scale-large-float64": dict(large=True, weight_dtype="float64"),
+    }
+    cases += [Case(name, loss_scale=True, **settings) for name, settings in loss_scale.items()]
+    # Keras's `loss_scale_factor`: gradients divided by it before anything else
+    # (fit() multiplies the loss by it, which XLA may fold away: tame gradients
+    # do not overflow there).
+    cases += [Case("loss_scale_factor-tame", loss_scale_factor=2.0**10, tame=True),
+              Case("loss_scale_factor-float16-grad_float32-accumulation-skip_nonfinite",
+                   loss_scale_factor=2.0**-4, weight_dtype="float16", gradient_dtype="float32",
+                   accumulation=2, skip_nonfinite=True)]
     # torch.compile of blocks with a momentum narrower than the weights, one cut into blocks.
     cases += [Case("compile-bfloat16_momentum", momentum_dtype="bfloat16", compile=True),
               Case("compile-float64-momentum_float32", weight_dtype="float64",
@@ -255,7 +288,9 @@ def _core_cases() -> list[Case]:
               Case("compile-varying_variables-clipnorm", varying="variables",
                    clip=("clipnorm", 0.5), compile=True),
               Case("compile-varying_schedule-int8-grad_bfloat16", varying="schedule",
-                   momentum_dtype="int8", gradient_dtype="bfloat16", compile=True)]
+                   momentum_dtype="int8", gradient_dtype="bfloat16", compile=True),
+              Case("compile-loss_scale-bfloat16_momentum", loss_scale=True,
+                   momentum_dtype="bfloat16", compile=True)]
     return [dataclasses.replace(case, seed=i) for i, case in enumerate(cases)]
 
 
@@ -282,20 +317,53 @@ def _sampled_cases(count: int, seed: int = 13) -> list[Case]:
             sparse=bool(rng.random() < 0.25),
             large=bool(rng.random() < 0.08),
             seed=1000 + i)
-        settings = [f"{case.weight_dtype}", f"m_{case.momentum_dtype}",
-                    f"b1={case.beta_1:.8g}", f"b2={case.beta_2:.8g}"]
-        settings += [name for name, on in [
-            ("wd" if not exclude else "wd_excl", weight_decay), ("cautious", case.cautious),
-            ("skip", case.skip_nonfinite), ("ema", use_ema), ("overwrite", frequency),
-            ("accum", case.accumulation), ("sparse", case.sparse), ("large", case.large)] if on]
-        cases.append(dataclasses.replace(case, id=f"sampled{i:02d}-" + "-".join(settings)))
+        cases.append(dataclasses.replace(case, id=f"sampled{i:02d}-{label(case)}"))
+    return cases
+
+
+def label(case: Case) -> str:
+    """A sampled case's settings, for its id."""
+    settings = [case.weight_dtype, f"m_{case.momentum_dtype}"]
+    if not case.varying:  # (varying cases set their own betas)
+        settings += [f"b1={case.beta_1:.8g}", f"b2={case.beta_2:.8g}"]
+    clip = case.clip and f"{case.clip[0]}={case.clip[1]:g}"
+    settings += [name for name, on in [
+        ("wd" if not case.exclude else "wd_excl", case.weight_decay),
+        ("cautious", case.cautious), ("skip", case.skip_nonfinite), ("ema", case.use_ema),
+        ("overwrite", case.ema_overwrite_frequency), ("accum", case.accumulation),
+        ("sparse", case.sparse), ("large", case.large),
+        (f"grad_{case.gradient_dtype}", case.gradient_dtype), (clip, clip),
+        ("tame", case.tame), (f"varying_{case.varying}", case.varying),
+        ("loss_scale", case.loss_scale)] if on]
+    return "-".join(settings)
+
+
+def _mixed_cases(count: int, seed: int = 29) -> list[Case]:
+    """`count` sampled cases, each with some of the later features drawn
+    too (each present about as often as absent), the same on every run."""
+    rng = np.random.default_rng(seed)
+    dtypes = ["float16", "bfloat16", "float32", "float64"]
+    cases = []
+    for i, sampled in enumerate(_sampled_cases(count, seed)):
+        clip = [None, ("clipvalue", 0.5), ("clipnorm", 0.5), ("clipnorm", 4.0),
+                ("global_clipnorm", 1.0)][rng.integers(5)]
+        case = dataclasses.replace(
+            sampled,
+            momentum_dtype="int8" if rng.random() < 0.25 else sampled.momentum_dtype,
+            gradient_dtype=str(rng.choice(dtypes)) if rng.random() < 0.4 else None,
+            clip=clip, tame=bool(rng.random() < 0.3),
+            varying=[None, None, "schedule", "variables"][rng.integers(4)],
+            loss_scale=bool(rng.random() < 0.3), seed=2000 + i)
+        cases.append(dataclasses.replace(case, id=f"mixed{i:02d}-{label(case)}"))
     return cases
 
 
 CORE_CASES = _core_cases()
 SAMPLED = _sampled_cases(max(SAMPLED_COUNT.values()))
-CASES = CORE_CASES + SAMPLED[:SAMPLED_COUNT.get(BACKEND, 0)]
-CASES_BY_ID = {case.id: case for case in CORE_CASES + SAMPLED}
+MIXED = _mixed_cases(max(MIXED_COUNT.values()))
+CASES = (CORE_CASES + SAMPLED[:SAMPLED_COUNT.get(BACKEND, 0)]
+         + MIXED[:MIXED_COUNT.get(BACKEND, 0)])
+CASES_BY_ID = {case.id: case for case in CORE_CASES + SAMPLED + MIXED}
 
 
 # Variables and gradients ------------------------------------------------------
@@ -331,6 +399,10 @@ def edge_values(case: Case) -> tuple[list[float], list[float]]:
     if case.accumulation or case.tame:
         # Sums of two: exact in the dtype whether rounded once or twice.
         candidates = candidates[:6]
+        weights_max = float(oracle.finfo(case.weight_dtype).max)
+        if case.accumulation and not case.tame and float(info.max) > 2 * weights_max:
+            # A wider gradient beyond the weights' range: Inf once accumulated.
+            candidates += [2 * weights_max, -2 * weights_max]
     values = [float(oracle.rounded(v, case.grads_dtype)) for v in candidates]
     values = [v for v in values if v != 0] + [0.0, -0.0]  # keep one +0 and one -0
     finite = [v for v in values if np.isfinite(v)]
@@ -354,8 +426,10 @@ def problem(case: Case) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
         step_grads = []
         for index, (_, _, shape) in enumerate(specs):
             g = rng.normal(0, 1, shape)
-            if case.accumulation:
-                g = np.round(g * 8) / 8  # sums and halves exact in every dtype
+            if case.accumulation and not case.gradient_dtype:
+                # Sums and halves exact in every dtype (a gradient of another
+                # dtype is rounded to the weights' first: left as it is, to show it).
+                g = np.round(g * 8) / 8
             if index in (0, 2):
                 places = rng.permutation(g.size)
                 g.flat[places[:len(finite)]] = finite
@@ -391,8 +465,19 @@ def oracle_config(case: Case, finalize_ema: bool = False, call: int = 0,
         use_ema=case.use_ema, ema_momentum=EMA_MOMENTUM,
         ema_overwrite_frequency=case.ema_overwrite_frequency,
         skip_nonfinite=case.skip_nonfinite, finalize_ema=finalize_ema,
-        flushes_subnormals=FLUSHES_SUBNORMALS, gradient_dtype=case.gradient_dtype,
-        clip=case.clip)
+        flushes_subnormals=FLUSHES_SUBNORMALS,
+        gradient_dtype=unscaled_dtype(case) if case.loss_scale else case.gradient_dtype,
+        clip=case.clip, wrapper_skips=case.loss_scale,
+        loss_scale_factor=case.loss_scale_factor)
+
+
+def unscaled_dtype(case: Case) -> str:
+    """The dtype of the gradients a LossScaleOptimizer passes on, divided by
+    its float32 scale: at least float32, but on PyTorch, whose division
+    keeps a tensor's dtype against a 0-d one."""
+    if BACKEND == "torch" or case.grads_dtype == "float64":
+        return case.grads_dtype
+    return "float32"
 
 
 # Reading an optimizer's state -------------------------------------------------
@@ -495,6 +580,27 @@ def hyperparameter_variables(case: Case, optimizer: Lion) -> list[Any]:
     return given + ([optimizer._learning_rate] if case.varying == "variables" else [])
 
 
+def wrapped(case: Case, optimizer: Lion) -> Any:
+    """What a path steps: the Lion, or Keras's LossScaleOptimizer around it."""
+    if not case.loss_scale:
+        return optimizer
+    return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=INITIAL_SCALE)
+
+
+def through_loss_scale(case: Case, given: list[np.ndarray], scale: float, new_scale: Any,
+                       problems: list[str]) -> tuple[list[np.ndarray], float]:
+    """For a LossScaleOptimizer at `scale` before a call: the gradients the
+    Lion got (those `given` to the wrapper, divided by its scale), and the
+    scale after the call, which must be `new_scale` (halved after non-finite
+    gradients, else unchanged: it grows only after 2000 finite steps)."""
+    if not case.loss_scale:
+        return given, scale
+    expected = scale if all(np.isfinite(g).all() for g in given) else scale / 2
+    if float(as_float64(new_scale)) != expected:
+        problems.append(f"loss scale {float(as_float64(new_scale))} after a call, not {expected}")
+    return [oracle.rounded(g / scale, unscaled_dtype(case)) for g in given], expected
+
+
 def vary(case: Case, optimizer: Lion, call: int) -> None:
     """Assigns call `call`'s hyperparameters to a `varying` case's variables."""
     beta_1, beta_2, weight_decay, learning_rate = VARYING[call]
@@ -556,19 +662,22 @@ def run_steps(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]],
     """`optimizer.apply` at each step, called as it is or through `wrap`."""
     optimizer = optimizer or new_optimizer(case, fast)
     variables = variables or new_variables(case, init)
-    optimizer.build(variables)
+    target = wrapped(case, optimizer)
+    target.build(variables)
 
     def step(tensors: list[Any]) -> None:
-        optimizer.apply(tensors, variables)
+        target.apply(tensors, variables)
 
     if wrap is not None:
         step = wrap(step)
-    run = Run([state_of(optimizer, variables)], [])
+    run, scale = Run([state_of(optimizer, variables)], []), INITIAL_SCALE
     for call, step_grads in enumerate(grads):
         vary(case, optimizer, call)
         tensors, seen = gradient_tensors(case, step_grads, sparse)
         step(tensors)
         run.states.append(state_of(optimizer, variables))
+        seen, scale = through_loss_scale(case, seen, scale, getattr(target, "dynamic_scale", 0),
+                                         run.problems)
         run.grads.append(seen)
     return run
 
@@ -592,25 +701,26 @@ def run_stateless(case: Case, init: list[np.ndarray], grads: list[list[np.ndarra
     results are the state; the variables themselves must not change."""
     optimizer = new_optimizer(case)
     variables = new_variables(case, init)
-    optimizer.build(variables)
-    slots = [*variables, *optimizer.variables]
+    target = wrapped(case, optimizer)
+    target.build(variables)
+    slots = [*variables, *target.variables]
     given = [id(v) for v in hyperparameter_variables(case, optimizer)]  # assigned by `vary`
     kept = [v for v in slots if id(v) not in given]
     before = [as_float64(v.value) for v in kept]
 
     def step(trainable: list[Any], state: list[Any], tensors: list[Any]) -> Any:
-        return optimizer.stateless_apply(state, tensors, trainable)
+        return target.stateless_apply(state, tensors, trainable)
 
     if jit:
         import jax
 
         step = jax.jit(step, donate_argnums=(0, 1))
     trainable = [ops.copy(v.value) for v in variables]
-    state = [ops.copy(v.value) for v in optimizer.variables]
+    state = [ops.copy(v.value) for v in target.variables]
     # Where the state holds the hyperparameters given as variables: a
     # stateless step reads their values there.
-    places = {id(v): i for i, v in enumerate(optimizer.variables)}
-    run = Run([state_of(optimizer, variables)], [])
+    places = {id(v): i for i, v in enumerate(target.variables)}
+    run, scale = Run([state_of(optimizer, variables)], []), INITIAL_SCALE
     for call, step_grads in enumerate(grads):
         vary(case, optimizer, call)
         for variable in hyperparameter_variables(case, optimizer):
@@ -620,6 +730,9 @@ def run_stateless(case: Case, init: list[np.ndarray], grads: list[list[np.ndarra
         trainable, state = list(trainable), list(state)
         values = dict(zip(map(id, slots), [*trainable, *state]))
         run.states.append(state_of(optimizer, variables, values))
+        seen, scale = through_loss_scale(
+            case, seen, scale, values.get(id(getattr(target, "dynamic_scale", None))),
+            run.problems)
         run.grads.append(seen)
     for variable, old in zip(kept, before):
         if not oracle.identical(as_float64(variable.value), old):
@@ -701,9 +814,10 @@ def run_fit(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -
     for variable, value in zip(variables, init):
         variable.assign(host_array(value, case.weight_dtype))
     optimizer = new_optimizer(case)
-    model.compile(optimizer=optimizer, loss=lambda y_true, y_pred: y_pred)
-    optimizer.build(model.trainable_variables)
-    run = Run([state_of(optimizer, variables)], [g for g in grads])
+    target = wrapped(case, optimizer)
+    model.compile(optimizer=target, loss=lambda y_true, y_pred: y_pred)
+    target.build(model.trainable_variables)
+    run, scale = Run([state_of(optimizer, variables)], []), [INITIAL_SCALE]
 
     class Record(keras.callbacks.Callback):
         """Reads the state after each batch, and sets the next call's
@@ -712,6 +826,15 @@ def run_fit(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             assert self.model is model  # reading it syncs fit()'s state on JAX
             run.states.append(state_of(optimizer, variables))
+            given = grads[batch]
+            # The gradient of the loss scaled (by the wrapper or by the
+            # optimizer's own factor), in the weights' dtype.
+            factor = scale[0] if case.loss_scale else case.loss_scale_factor
+            if factor:
+                given = [oracle.rounded(g * factor, case.weight_dtype) for g in given]
+            seen, scale[0] = through_loss_scale(case, given, scale[0],
+                                                getattr(target, "dynamic_scale", 0), run.problems)
+            run.grads.append(seen)
             if batch + 1 < len(grads):
                 vary(case, optimizer, batch + 1)
 
@@ -790,7 +913,14 @@ def cases_for(path: str) -> list[Case]:
     value of each beta) and its own; the other paths run the rest, but for
     `fit` those with gradients of another dtype (fit's have the weights')."""
     return [case for case in CASES if case.compile == (path == "compile")
-            and not (path == "fit" and case.gradient_dtype)]
+            and not (path == "fit" and case.gradient_dtype)
+            and not (case.loss_scale and path in LOSS_SCALE_LACKS)]
+
+
+# Keras's LossScaleOptimizer under MirroredStrategy checks only the first
+# replica's gradients (test_distributed.py); on JAX its `apply` runs a
+# `lax.cond` with side effects (JAX steps it by `stateless_apply`, as fit() does).
+LOSS_SCALE_LACKS = ("mirrored",) + (("plain", "fast") if BACKEND == "jax" else ())
 
 
 def run_case(path: str, case: Case) -> Run:
@@ -808,9 +938,11 @@ def refusals(path: str, case: Case) -> set[str]:
     (JAX without x64 must refuse momentum_dtype="float64": the matrix runs
     float64 cases with x64, and test_float64_momentum_without_x64_... checks it.)
     """
-    # Not a normal float32: rounded, or flushed by XLA, to 0.
+    # Not a normal float32: rounded, or flushed by XLA, to 0 (varying cases
+    # give their own betas).
     must = {name for name in ("beta_1", "beta_2")
-            if 0.0 < getattr(case, name) < float(np.finfo(np.float32).tiny)}
+            if 0.0 < getattr(case, name) < float(np.finfo(np.float32).tiny)
+            and not case.varying}
     if path == "mirrored":
         # Keras's own accumulation and EMA overwriting synchronize replicas
         # inside a cond, which tf.distribute cannot do.

@@ -190,9 +190,10 @@ class Lion(keras.optimizers.Optimizer):
     subnormals (below about 1.2e-38) to 0, so an element whose
     `(1 - beta_1) * g` and `beta_1 * m` are both that small takes no step,
     and such a momentum is stored as 0 (PyTorch keeps them). With
-    `gradient_accumulation_steps`, Keras sums the gradients before dividing,
-    so a sum beyond float32's range (3.4e38) gives an infinite momentum:
-    clip gradients that can be that large. XLA (TensorFlow's `jit_compile`,
+    `gradient_accumulation_steps`, Keras sums the gradients in the
+    weights' dtype before dividing, so a sum beyond its range (3.4e38 in
+    float32, 65504 in float16) gives an infinite momentum: clip gradients
+    that can be that large. XLA (TensorFlow's `jit_compile`,
     JAX's `jit`) may fuse a multiply and an add into one rounding: where
     `beta_1 * m + (1 - beta_1) * g` is exactly 0 in float32 (a tie,
     likeliest with bfloat16 weights and gradients), it can give a tiny
@@ -374,7 +375,11 @@ class Lion(keras.optimizers.Optimizer):
             with the optimizer.
         skip_nonfinite: If `True`, a step whose gradients hold NaN or Inf
             leaves the weights, the momentum, the EMA and the iteration count
-            untouched; such steps are counted in `nonfinite_steps`. It
+            untouched; such steps are counted in `nonfinite_steps`. The
+            gradients are judged as the step gets them: divided by
+            `loss_scale_factor`, and with `gradient_accumulation_steps` in
+            their weights' dtype (a float32 gradient beyond float16's range,
+            Inf in a float16 accumulator, is skipped). It
             cannot be changed once the optimizer is built. Defaults to `False`.
         **kwargs: Passed to `keras.optimizers.Optimizer`.
 
@@ -859,12 +864,12 @@ class Lion(keras.optimizers.Optimizer):
         elif keras.backend.backend() == "torch":
             grads = _fastpaths.for_backend("torch").dense(grads)
         if not self.skip_nonfinite:
-            return self._keras_apply(grads, trainable_variables)
+            return super().apply(grads, trainable_variables)
         if trainable_variables is not None:
             if not self.built:
                 with keras.name_scope(self.name, caller=self):
                     self.build(trainable_variables)
-        apply = self._keras_apply
+        apply = super().apply
         if not self.built or all(g is None for g in grads):
             # Nothing to check: Keras's apply returns or raises its own error.
             return apply(grads, trainable_variables)
@@ -877,29 +882,40 @@ class Lion(keras.optimizers.Optimizer):
         # Eager backends (torch): a Python branch, as keras.ops.cond would take,
         # but without its operation, whose new name at every step makes
         # torch.compile recompile.
-        elif self._all_finite(grads):
+        elif self._all_finite(grads, trainable_variables):
             apply(grads, trainable_variables)
         else:
             self._count_skipped()
         return None
 
-    def _keras_apply(self, grads: list[Any], trainable_variables: list[Any] | None) -> None:
-        """Keras's `apply`; when it accumulates, with each gradient in its
-        weights' dtype. (Keras adds a gradient to its accumulator, which has the
-        weights' dtype, inside a condition whose branches must agree in dtype
-        on JAX, and TensorFlow adds no two dtypes: a gradient of another dtype
-        failed on both.)"""
+    def _backend_apply_gradients(self, grads: list[Any], trainable_variables: list[Any]) -> None:
+        # Keras adds a gradient to its accumulator, which has the weights'
+        # dtype, inside a condition whose branches must agree in dtype on JAX,
+        # and TensorFlow adds no two dtypes: a gradient of another dtype failed
+        # on both. So each is cast to its weights' dtype first (here, after
+        # Keras divided out `loss_scale_factor`).
         if self.gradient_accumulation_steps:
-            variables = (trainable_variables if trainable_variables is not None
-                         else getattr(self, "_trainable_variables", []))
-            grads = [g if g is None or _has_dtype(g, v.dtype) else ops.cast(g, v.dtype)
-                     for g, v in zip(grads, variables)]
-        return super().apply(grads, trainable_variables)
+            grads = [_in_dtype(g, v.dtype) for g, v in zip(grads, trainable_variables)]
+        super()._backend_apply_gradients(grads, trainable_variables)
 
-    @staticmethod
-    def _all_finite(grads: list[Any]) -> Any:
-        return ops.all(ops.stack([ops.all(ops.isfinite(ops.convert_to_tensor(g)))
-                                  for g in grads if g is not None]))
+    def _all_finite(self, grads: list[Any], trainable_variables: list[Any] | None) -> Any:
+        """Whether every gradient is finite as the step gets it: divided by
+        `loss_scale_factor`, and, when accumulated, in its weights' dtype (a
+        float32 gradient beyond float16's range is infinite in the accumulator
+        of float16 weights)."""
+        variables = (trainable_variables if trainable_variables is not None
+                     else self._trainable_variables)
+        checks = []
+        for g, variable in zip(grads, variables):
+            if g is None:
+                continue
+            g = ops.convert_to_tensor(g)
+            if self.loss_scale_factor is not None:
+                g = g / self.loss_scale_factor
+            if self.gradient_accumulation_steps:
+                g = _in_dtype(g, variable.dtype)
+            checks.append(ops.all(ops.isfinite(g)))
+        return ops.all(ops.stack(checks))
 
     def _count_skipped(self) -> None:
         self._nonfinite_steps.assign_add(1)
@@ -909,7 +925,7 @@ class Lion(keras.optimizers.Optimizer):
         # JAX traces both branches of a cond without side effects, and
         # `stateless_apply` (used by fit()) runs this in a StatelessScope:
         # compute the step, then keep the old values if a gradient was not finite.
-        finite = self._all_finite(grads)
+        finite = self._all_finite(grads, trainable_variables)
         state = [v for v in (*self._trainable_variables, *self.variables)
                  if v is not self._nonfinite_steps]
         before = [v.value for v in state]
@@ -926,7 +942,7 @@ class Lion(keras.optimizers.Optimizer):
         replica_context = tf.distribute.get_replica_context()
         if not tf.distribute.has_strategy() or replica_context is None:
             # No strategy, or a cross-replica context: a plain cond.
-            ops.cond(self._all_finite(grads),
+            ops.cond(self._all_finite(grads, trainable_variables),
                      lambda: apply(grads, trainable_variables), self._count_skipped)
             return
         # Each replica holds its own gradients (Keras all-reduces them inside
@@ -935,7 +951,8 @@ class Lion(keras.optimizers.Optimizer):
         # a replica context. So decide, and step, in a cross-replica context
         # (as keras.optimizers.LossScaleOptimizer does).
         def nonfinite(grads: list[Any]) -> Any:
-            return tf.cast(tf.logical_not(self._all_finite(grads)), tf.float32)
+            return tf.cast(tf.logical_not(self._all_finite(grads, trainable_variables)),
+                           tf.float32)
 
         def cross_replica(distribution: Any, grads: list[Any],
                           trainable_variables: list[Any] | None) -> None:
@@ -1009,9 +1026,11 @@ _STEPS: dict[int, list[Any]] = {}
 _STEPS_LOCK = threading.Lock()
 
 
-def _has_dtype(x: Any, dtype: str) -> bool:
-    """Whether `x` (a tensor, an array, ...) has `dtype`; a list has none."""
-    return hasattr(x, "dtype") and keras.backend.standardize_dtype(x.dtype) == dtype
+def _in_dtype(x: Any, dtype: str) -> Any:
+    """`x` (a tensor, an array, a list) in `dtype`: itself if it has it."""
+    if hasattr(x, "dtype") and keras.backend.standardize_dtype(x.dtype) == dtype:
+        return x
+    return ops.cast(x, dtype)
 
 
 def _float_momentum(momentum_dtype: str) -> str:

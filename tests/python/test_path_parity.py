@@ -275,6 +275,10 @@ def _core_cases() -> list[Case]:
     # (fit() multiplies the loss by it, which XLA may fold away: tame gradients
     # do not overflow there).
     cases += [Case("loss_scale_factor-tame", loss_scale_factor=2.0**10, tame=True),
+              # Scaled gradients beyond float16's range, within it once divided.
+              Case("loss_scale_factor-float16-grad_float32-accumulation",
+                   loss_scale_factor=2.0**10, weight_dtype="float16", gradient_dtype="float32",
+                   accumulation=2),
               Case("loss_scale_factor-float16-grad_float32-accumulation-skip_nonfinite",
                    loss_scale_factor=2.0**-4, weight_dtype="float16", gradient_dtype="float32",
                    accumulation=2, skip_nonfinite=True)]

@@ -255,6 +255,18 @@ def test_another_count_of_gradients_than_of_variables_is_refused(count):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), value)
 
 
+@pytest.mark.parametrize("options", [{}, {"gradient_accumulation_steps": 2},
+                                     {"gradient_accumulation_steps": 2, "skip_nonfinite": True}],
+                         ids=["plain", "accumulation", "accumulation-skip_nonfinite"])
+def test_gradients_without_variables_before_build_are_refused(options):
+    # With accumulation, a gradient cast done before Keras's check once made
+    # this call do nothing, silently.
+    optimizer = Lion(**options)
+    with pytest.raises(ValueError, match="must already be built"):
+        optimizer.apply([keras.ops.ones((3,))])
+    assert not optimizer.built
+
+
 def test_a_variable_listed_twice_is_refused():
     # PyTorch's int8 step stepped it once (the last write won), others twice.
     optimizer = Lion(learning_rate=0.1, momentum_dtype="int8")

@@ -76,8 +76,9 @@
 #' `gradient_accumulation_steps`, Keras sums the gradients in the weights'
 #' dtype before it divides by the number of steps, so gradients whose sum
 #' exceeds its range (3.4e+38 in float32, 65504 in float16) give an infinite
-#' momentum; clip them (`clipvalue`) if they can
-#' be that large. XLA (TensorFlow's `jit_compile`, JAX's compiled step) may
+#' momentum, and +Inf then -Inf a `NaN` one: clip gradients that can be that
+#' large before they reach the optimizer (its own `clipvalue` comes after
+#' the sum). XLA (TensorFlow's `jit_compile`, JAX's compiled step) may
 #' fuse a multiply and an add into one rounding: where
 #' `beta_1 * m + (1 - beta_1) * g` is exactly 0 in float32 (a tie, likeliest
 #' with bfloat16 weights and gradients), its result can be a tiny number
@@ -317,7 +318,9 @@
 #'   and the iteration count untouched, and is counted in
 #'   `optimizer$nonfinite_steps`. The gradients are judged as the step gets
 #'   them: divided by `loss_scale_factor`, and with
-#'   `gradient_accumulation_steps` in their weights' dtype. It cannot be
+#'   `gradient_accumulation_steps` in their weights' dtype; each on its own
+#'   (a sum of finite gradients that overflows the accumulator, or under a
+#'   `tf.distribute` strategy the replicas' sum, is not judged). It cannot be
 #'   changed once the optimizer
 #'   has taken its first step (a compiled step has the check traced in):
 #'   compile with a new optimizer and load the checkpoint into it instead.

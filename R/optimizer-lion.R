@@ -278,8 +278,8 @@
 #'   weights are updated every this many steps, with the mean of the
 #'   gradients since the last update. Learning-rate schedules count every
 #'   step; `ema_overwrite_frequency` counts updates. A gradient of another
-#'   dtype than its weights is cast to theirs before it is added. Fixed once the
-#'   optimizer is built (Keras makes the accumulators then). Not supported
+#'   dtype than its weights is cast to theirs before it is added. Fixed
+#'   once the optimizer is built (Keras makes the accumulators then). Not supported
 #'   under a `tf.distribute` strategy (an error: Keras cannot synchronize
 #'   the replicas there).
 #' @param momentum_dtype `NULL` (the weight's own dtype) or one of
@@ -320,9 +320,9 @@
 #'   them: divided by `loss_scale_factor`, and with
 #'   `gradient_accumulation_steps` in their weights' dtype; each on its own
 #'   (a sum of finite gradients that overflows the accumulator, or under a
-#'   `tf.distribute` strategy the replicas' sum, is not judged). It cannot be
-#'   changed once the optimizer
-#'   has taken its first step (a compiled step has the check traced in):
+#'   `tf.distribute` strategy the replicas' sum, is not judged). It cannot
+#'   be changed once the optimizer has taken its first step (a compiled
+#'   step has the check traced in):
 #'   compile with a new optimizer and load the checkpoint into it instead.
 #'
 #' @returns The Python optimizer, a `keras.optimizers.Optimizer` (class

@@ -469,9 +469,9 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
 
     finalized = config.use_ema and config.finalize_ema
     steps = config.accumulation_steps
+    gradient_dtype = config.gradient_dtype or wdtype
     if config.loss_scale_factor is not None:
-        grads = [rounded(g / config.loss_scale_factor, config.gradient_dtype or wdtype)
-                 for g in grads]
+        grads = [rounded(g / config.loss_scale_factor, gradient_dtype) for g in grads]
     # Judged as the step gets them: accumulated in the weight dtype.
     judged = [rounded(g, wdtype) for g in grads] if steps else grads
     if (config.skip_nonfinite or config.wrapper_skips) and not all(
@@ -497,7 +497,7 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
                         "in a finite step")
 
     stepping = not steps or (before.iterations + 1) % steps == 0
-    used, used_dtype = grads, config.gradient_dtype or wdtype
+    used, used_dtype = grads, gradient_dtype
     if steps:
         used_dtype = wdtype
         with np.errstate(all="ignore"):

@@ -194,8 +194,9 @@ class Lion(keras.optimizers.Optimizer):
     weights' dtype before dividing, so a sum beyond its range (3.4e38 in
     float32, 65504 in float16) gives an infinite momentum, and +Inf then
     -Inf a NaN one: the optimizer's own clipping comes after the sum, so
-    clip gradients that can be that large before you pass them. XLA (TensorFlow's `jit_compile`,
-    JAX's `jit`) may fuse a multiply and an add into one rounding: where
+    clip gradients that can be that large before you pass them. XLA
+    (TensorFlow's `jit_compile`, JAX's `jit`) may fuse a multiply and an
+    add into one rounding: where
     `beta_1 * m + (1 - beta_1) * g` is exactly 0 in float32 (a tie,
     likeliest with bfloat16 weights and gradients), it can give a tiny
     number instead, and the element steps by the learning rate where other
@@ -383,8 +384,8 @@ class Lion(keras.optimizers.Optimizer):
             Inf in a float16 accumulator, is skipped); each gradient on its
             own: a sum of finite gradients that overflows the accumulator,
             or under a `tf.distribute` strategy the replicas' sum, is not
-            judged. It
-            cannot be changed once the optimizer is built. Defaults to `False`.
+            judged. It cannot be changed once the optimizer is built.
+            Defaults to `False`.
         **kwargs: Passed to `keras.optimizers.Optimizer`.
 
     References:

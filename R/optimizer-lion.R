@@ -318,11 +318,12 @@
 #'   and the iteration count untouched, and is counted in
 #'   `optimizer$nonfinite_steps`. The gradients are judged as the step gets
 #'   them: divided by `loss_scale_factor`, and with
-#'   `gradient_accumulation_steps` in their weights' dtype; each on its own
-#'   (a sum of finite gradients that overflows the accumulator, or under a
-#'   `tf.distribute` strategy the replicas' sum, is not judged). It cannot
-#'   be changed once the optimizer has taken its first step (a compiled
-#'   step has the check traced in):
+#'   `gradient_accumulation_steps` as the accumulator will hold them, summed
+#'   in their weights' dtype (finite gradients whose sum overflows are
+#'   skipped, and the accumulator keeps its sum). Under a `tf.distribute`
+#'   strategy each replica judges its own gradients, not the replicas' sum.
+#'   It cannot be changed once the optimizer has taken its first step (a
+#'   compiled step has the check traced in):
 #'   compile with a new optimizer and load the checkpoint into it instead.
 #'
 #' @returns The Python optimizer, a `keras.optimizers.Optimizer` (class

@@ -88,11 +88,13 @@ Keras's semantics around the step (`check_apply`):
   or rounded each).
 - loss_scale_factor: the gradients are divided by it first (in their dtype).
 - skip_nonfinite: a call with any non-finite gradient (as the step gets it:
-  divided by loss_scale_factor, in the weight dtype when accumulated) changes nothing
-  (weights, momentum, accumulators, EMA, iterations, all bit for bit) and
-  increments `nonfinite_steps`. A LossScaleOptimizer around the Lion
-  (`wrapper_skips`) skips such a call before the Lion sees it: the same,
-  but `nonfinite_steps` unchanged.
+  divided by loss_scale_factor; when accumulated, added to its accumulator
+  in the weight dtype, so that a sum of finite gradients may overflow)
+  changes nothing (weights, momentum, accumulators, EMA, iterations, all bit
+  for bit) and increments `nonfinite_steps`. A LossScaleOptimizer around the
+  Lion (`wrapper_skips`) skips a call whose gradients, as it passes them on,
+  are not finite before the Lion sees it: the same, but `nonfinite_steps`
+  unchanged.
 """
 
 from __future__ import annotations
@@ -384,6 +386,10 @@ def identical(a: np.ndarray, b: np.ndarray) -> bool:
         ((a == b) & (np.signbit(a) == np.signbit(b))) | (np.isnan(a) & np.isnan(b))))
 
 
+def _all_finite(arrays: list[np.ndarray]) -> bool:
+    return all(np.isfinite(x).all() for x in arrays)
+
+
 def _in_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
     with np.errstate(all="ignore"):
         return np.asarray(x, np.float64).astype(NUMPY_DTYPES[dtype])
@@ -472,10 +478,15 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
     gradient_dtype = config.gradient_dtype or wdtype
     if config.loss_scale_factor is not None:
         grads = [rounded(g / config.loss_scale_factor, gradient_dtype) for g in grads]
-    # Judged as the step gets them: accumulated in the weight dtype.
-    judged = [rounded(g, wdtype) for g in grads] if steps else grads
-    if (config.skip_nonfinite or config.wrapper_skips) and not all(
-            np.isfinite(g).all() for g in judged):
+    sums = None
+    if steps:
+        with np.errstate(all="ignore"):
+            sums = [_in_dtype(g, wdtype) + _in_dtype(a, wdtype)
+                    for g, a in zip(grads, before.accumulators)]
+    # A LossScaleOptimizer judges the gradients as it passes them on; the Lion,
+    # as the step gets them: when accumulated, summed in the weight dtype.
+    wrapper_skipped = config.wrapper_skips and not _all_finite(grads)
+    if wrapper_skipped or (config.skip_nonfinite and not _all_finite(sums or grads)):
         for kind in ("momentums", "scales", "accumulators", "averages",
                      *(() if finalized else ("weights",))):
             unchanged(kind)
@@ -485,7 +496,7 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
         if after.iterations != before.iterations:
             problems.append(
                 f"iterations {before.iterations} -> {after.iterations} in a skipped step")
-        counted = 0 if config.wrapper_skips else 1  # the Lion never saw them
+        counted = 0 if wrapper_skipped else 1  # the Lion never saw them
         if after.nonfinite_steps != before.nonfinite_steps + counted:
             problems.append(f"nonfinite_steps {before.nonfinite_steps} -> "
                             f"{after.nonfinite_steps} in a skipped step")
@@ -498,12 +509,10 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
 
     stepping = not steps or (before.iterations + 1) % steps == 0
     used, used_dtype = grads, gradient_dtype
-    if steps:
+    if sums is not None:
         used_dtype = wdtype
-        with np.errstate(all="ignore"):
-            sums = [_in_dtype(g, wdtype) + _in_dtype(a, wdtype)
-                    for g, a in zip(grads, before.accumulators)]
-            if stepping:
+        if stepping:
+            with np.errstate(all="ignore"):
                 used = [np.asarray(s / steps, np.float64) for s in sums]
         for i, path in enumerate(config.paths):
             want = np.asarray(sums[i], np.float64)

@@ -80,6 +80,29 @@ def test_training_on_after_skipped_steps_is_exactly_the_run_without_them(setting
     assert (clean_skips, skips) == (0, 2)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_finite_gradients_whose_accumulated_sum_overflows_are_skipped(dtype):
+    # Each gradient is finite, but the accumulator (in the weights' dtype)
+    # would hold Inf: the momentum would become Inf, then NaN.
+    big = 0.75 * float(np.finfo(dtype).max)
+    optimizer = Lion(learning_rate=0.1, skip_nonfinite=True, gradient_accumulation_steps=2)
+    variable = keras.Variable(np.array([1.0, -2.0], dtype), dtype=dtype, name="w")
+
+    def gradient(first):
+        return keras.ops.convert_to_tensor(np.array([first, 1.0], dtype))
+
+    optimizer.apply([gradient(big)], [variable])
+    before = snapshot(optimizer, [variable])
+    optimizer.apply([gradient(big)], [variable])
+    assert_same_state(snapshot(optimizer, [variable]), before)
+    assert optimizer.nonfinite_steps == 1
+    # The accumulator kept its sum: a gradient that cancels it completes the update.
+    optimizer.apply([gradient(-big)], [variable])
+    np.testing.assert_array_equal(to_numpy(variable), np.array([1.0, -2.1], dtype))
+    assert np.isfinite(to_numpy(optimizer._momentums[0])).all()
+    assert int(to_numpy(optimizer.iterations)) == 1  # updates, not calls
+
+
 def test_without_the_option_nan_spreads_and_nothing_is_counted():
     # The option is off by default; the optimizer then has exactly Keras's variables.
     optimizer = Lion(learning_rate=0.1)

@@ -47,7 +47,9 @@ clipping, tame gradients, varying hyperparameters and loss scaling
 (MIXED_COUNT per backend). Every case's
 gradients hold the edge values 0, -0, subnormals, +-3e38, the dtype's
 largest (`tame` cases: only 0, -0 and subnormals, so that a global norm
-stays finite), among ordinary values, and steps 1 and 3 add +-Inf and NaN.
+stays finite), among ordinary values, and steps 1 and 3 add +-Inf and NaN;
+`overflowing_sum` cases add, at calls 0 and 2, one finite gradient whose
+sum in the accumulator overflows the weights' dtype.
 
 JAX has float64 only with `jax_enable_x64`, and MirroredStrategy needs its
 logical devices before TensorFlow starts: those cases run in a fresh
@@ -131,6 +133,7 @@ class Case:
     varying: str | None = None  # "schedule" or "variables": hyperparameters set at each call
     loss_scale: bool = False  # stepped through Keras's LossScaleOptimizer
     loss_scale_factor: float | None = None  # Keras's own option (gradients divided by it)
+    overflowing_sum: bool = False  # calls 0 and 2 accumulate finite gradients beyond range
     seed: int = 0
 
     @property
@@ -193,6 +196,14 @@ def _core_cases() -> list[Case]:
         "accumulation-ema-skip_nonfinite": dict(accumulation=2, use_ema=True,
                                                 skip_nonfinite=True),
         "accumulation-bfloat16": dict(accumulation=2, weight_dtype="bfloat16"),
+        # Finite gradients whose sum overflows: skipped, and stepped without the check.
+        "accumulation-overflowing_sum-skip_nonfinite": dict(
+            accumulation=2, overflowing_sum=True, skip_nonfinite=True),
+        "accumulation-overflowing_sum-float16-skip_nonfinite-int8": dict(
+            accumulation=2, overflowing_sum=True, skip_nonfinite=True, weight_dtype="float16",
+            momentum_dtype="int8"),
+        "accumulation-overflowing_sum-bfloat16": dict(
+            accumulation=2, overflowing_sum=True, weight_dtype="bfloat16"),
         "sparse": dict(sparse=True),
         "sparse-cautious-bfloat16_momentum": dict(sparse=True, cautious=True,
                                                   momentum_dtype="bfloat16"),
@@ -414,6 +425,15 @@ def edge_values(case: Case) -> tuple[list[float], list[float]]:
     return finite, nonfinite
 
 
+def overflowing_half(case: Case) -> float:
+    """A gradient, finite in every dtype of the case, that overflows the
+    weights' dtype when two are summed in the accumulator."""
+    half = float(oracle.rounded(0.75 * float(oracle.finfo(case.weight_dtype).max),
+                                case.grads_dtype))
+    assert np.isfinite(half) and not np.isfinite(oracle.rounded(2 * half, case.weight_dtype))
+    return half
+
+
 def problem(case: Case) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """The initial weights and each step's gradients, as their dtypes hold
     them (float64 arrays): ordinary values, edge values at random
@@ -437,6 +457,8 @@ def problem(case: Case) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
             if index in (0, 2):
                 places = rng.permutation(g.size)
                 g.flat[places[:len(finite)]] = finite
+                if case.overflowing_sum and index == 0:
+                    g.flat[-1] = overflowing_half(case)
                 if step in (1, 3):
                     bad = nonfinite if step == 1 else [-v for v in nonfinite]
                     # The same places at both steps (from the same stream).

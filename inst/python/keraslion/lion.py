@@ -379,13 +379,13 @@ class Lion(keras.optimizers.Optimizer):
             leaves the weights, the momentum, the EMA and the iteration count
             untouched; such steps are counted in `nonfinite_steps`. The
             gradients are judged as the step gets them: divided by
-            `loss_scale_factor`, and with `gradient_accumulation_steps` in
-            their weights' dtype (a float32 gradient beyond float16's range,
-            Inf in a float16 accumulator, is skipped); each gradient on its
-            own: a sum of finite gradients that overflows the accumulator,
-            or under a `tf.distribute` strategy the replicas' sum, is not
-            judged. It cannot be changed once the optimizer is built.
-            Defaults to `False`.
+            `loss_scale_factor`, and with `gradient_accumulation_steps` as
+            the accumulator will hold them, summed in their weights' dtype
+            (a float32 gradient beyond float16's range, or finite gradients
+            whose sum overflows, is skipped, and the accumulator keeps its
+            sum). Under a `tf.distribute` strategy each replica judges its
+            own gradients, not the replicas' sum. It cannot be changed once
+            the optimizer is built. Defaults to `False`.
         **kwargs: Passed to `keras.optimizers.Optimizer`.
 
     References:
@@ -905,9 +905,10 @@ class Lion(keras.optimizers.Optimizer):
 
     def _all_finite(self, grads: list[Any], trainable_variables: list[Any] | None) -> Any:
         """Whether every gradient is finite as the step gets it: divided by
-        `loss_scale_factor`, and, when accumulated, in its weights' dtype (a
-        float32 gradient beyond float16's range is infinite in the accumulator
-        of float16 weights)."""
+        `loss_scale_factor`, and, when accumulated, added to its accumulator
+        in its weights' dtype, as Keras adds it (a float32 gradient beyond
+        float16's range is infinite there, and so is a sum of finite
+        gradients beyond the dtype's range; an update averages that sum)."""
         variables = (trainable_variables if trainable_variables is not None
                      else self._trainable_variables)
         checks = []
@@ -919,6 +920,11 @@ class Lion(keras.optimizers.Optimizer):
                 g = g / self.loss_scale_factor
             if self.gradient_accumulation_steps:
                 g = _in_dtype(g, variable.dtype)
+                # (A variable overwritten with its gradient accumulates the
+                # maximum instead, which cannot overflow.)
+                if not self._overwrite_variable_with_gradient(variable):
+                    g = g + self._accumulated_gradients[
+                        self._get_variable_index(variable)].value
             checks.append(ops.all(ops.isfinite(g)))
         return ops.all(ops.stack(checks))
 

@@ -286,6 +286,9 @@ def _core_cases() -> list[Case]:
     # (fit() multiplies the loss by it, which XLA may fold away: tame gradients
     # do not overflow there).
     cases += [Case("loss_scale_factor-tame", loss_scale_factor=2.0**10, tame=True),
+              # TensorFlow's IndexedSlices cannot be divided by it.
+              Case("loss_scale_factor-sparse-tame", loss_scale_factor=2.0**-3, sparse=True,
+                   tame=True),
               # Scaled gradients beyond float16's range, within it once divided.
               Case("loss_scale_factor-float16-grad_float32-accumulation",
                    loss_scale_factor=2.0**10, weight_dtype="float16", gradient_dtype="float32",

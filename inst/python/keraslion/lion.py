@@ -868,6 +868,13 @@ class Lion(keras.optimizers.Optimizer):
                      for g in grads]
         elif keras.backend.backend() == "torch":
             grads = _fastpaths.for_backend("torch").dense(grads)
+        elif keras.backend.backend() == "tensorflow" and self.loss_scale_factor is not None:
+            # Keras divides every gradient by it, which an IndexedSlices (an
+            # Embedding's gradient) cannot take; the step is dense anyway.
+            import tensorflow as tf
+
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                     for g in grads]
         if not self.skip_nonfinite:
             return super().apply(grads, trainable_variables)
         if trainable_variables is not None:

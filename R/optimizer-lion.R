@@ -76,9 +76,15 @@
 #' `gradient_accumulation_steps`, Keras sums the gradients in the weights'
 #' dtype before it divides by the number of steps, so gradients whose sum
 #' exceeds its range (3.4e+38 in float32, 65504 in float16) give an infinite
-#' momentum, and +Inf then -Inf a `NaN` one: clip gradients that can be that
-#' large before they reach the optimizer (its own `clipvalue` comes after
-#' the sum). XLA (TensorFlow's `jit_compile`, JAX's compiled step) may
+#' momentum, and +Inf then -Inf a `NaN` one, unless `skip_nonfinite` skips
+#' that step: clip gradients that can be that large before they reach the
+#' optimizer (its own `clipvalue` comes after the sum). Keras's `clipnorm`
+#' and `global_clipnorm` square the gradients in their dtype: beyond about
+#' 1.8e+19 in float32 (about 256 in float16) the norm is `Inf`, and then
+#' `clipnorm` makes that gradient 0 (`NaN` where `g * clipnorm` overflows)
+#' and `global_clipnorm` makes every gradient `NaN`, after `skip_nonfinite`
+#' has judged them (as with Keras's own optimizers). XLA (TensorFlow's
+#' `jit_compile`, JAX's compiled step) may
 #' fuse a multiply and an add into one rounding: where
 #' `beta_1 * m + (1 - beta_1) * g` is exactly 0 in float32 (a tie, likeliest
 #' with bfloat16 weights and gradients), its result can be a tiny number

@@ -103,6 +103,53 @@ def test_finite_gradients_whose_accumulated_sum_overflows_are_skipped(dtype):
     assert int(to_numpy(optimizer.iterations)) == 1  # updates, not calls
 
 
+def test_repeated_embedding_rows_whose_sum_overflows_are_skipped():
+    # Each row's gradient is finite, but an id twice in a batch sums two of
+    # them (on TensorFlow an IndexedSlices holds them apart): Inf.
+    model = keras.Sequential([keras.Input((2,), dtype="int32"),
+                              keras.layers.Embedding(3, 1, embeddings_initializer="ones")])
+    optimizer = Lion(learning_rate=0.1, skip_nonfinite=True)
+    model.compile(optimizer=optimizer, loss=lambda y, p: keras.ops.sum(p[..., 0] * y))
+    ids = np.array([[1, 1]], "int32")
+    model.train_on_batch(ids, np.array([[2e38, 2e38]], "float32"))
+    assert optimizer.nonfinite_steps == 1
+    np.testing.assert_array_equal(to_numpy(model.layers[0].embeddings), np.ones((3, 1)))
+    model.train_on_batch(ids, np.array([[1.0, 1.0]], "float32"))
+    np.testing.assert_allclose(to_numpy(model.layers[0].embeddings).ravel(), [1.0, 0.9, 1.0])
+
+
+@pytest.mark.parametrize("accumulation", [None, 2])
+def test_variables_overwritten_with_their_gradient_are_judged_as_keras_assigns_them(
+        accumulation):
+    # Keras assigns such a gradient as given (not divided by
+    # loss_scale_factor), in the variable's dtype.
+    weights = keras.Variable(np.ones(2, np.float32), name="w")
+    wide = keras.Variable(np.ones(2, np.float32), name="wide")
+    narrow = keras.Variable(np.ones(2, np.float16), dtype="float16", name="narrow")
+    wide.overwrite_with_gradient = narrow.overwrite_with_gradient = True
+    variables = [weights, wide, narrow]
+
+    def step(factor, wide_gradient, narrow_gradient):
+        optimizer = Lion(learning_rate=0.1, skip_nonfinite=True, loss_scale_factor=factor,
+                         gradient_accumulation_steps=accumulation)
+        optimizer.build(variables)
+        before = snapshot(optimizer, variables)
+        optimizer.apply([tensor([1.0, 1.0]), tensor([wide_gradient, 1.0]),
+                         tensor([narrow_gradient, 1.0])], variables)
+        return optimizer, before
+
+    # Finite as given (Inf only once divided by 1/4): stepped.
+    optimizer, _ = step(0.25, 3e38, 1.0)
+    assert optimizer.nonfinite_steps == 0
+    assert int(to_numpy(optimizer._iterations)) == 1
+    if not accumulation:
+        np.testing.assert_array_equal(to_numpy(wide), np.array([3e38, 1.0], np.float32))
+    # Inf in float16 as given (finite once divided by 4): skipped.
+    optimizer, before = step(4.0, 1.0, 1e5)
+    assert optimizer.nonfinite_steps == 1
+    assert_same_state(snapshot(optimizer, variables), before)
+
+
 def test_without_the_option_nan_spreads_and_nothing_is_counted():
     # The option is off by default; the optimizer then has exactly Keras's variables.
     optimizer = Lion(learning_rate=0.1)

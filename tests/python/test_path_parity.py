@@ -298,6 +298,10 @@ def _core_cases() -> list[Case]:
                    accumulation=2, skip_nonfinite=True)]
     # torch.compile of blocks with a momentum narrower than the weights, one cut into blocks.
     cases += [Case("compile-bfloat16_momentum", momentum_dtype="bfloat16", compile=True),
+              # Inductor adds float16 in float32 unrounded: the sum's check must too.
+              Case("compile-accumulation-overflowing_sum-float16-skip_nonfinite",
+                   accumulation=2, overflowing_sum=True, skip_nonfinite=True,
+                   weight_dtype="float16", compile=True),
               Case("compile-float64-momentum_float32", weight_dtype="float64",
                    momentum_dtype="float32", compile=True),
               Case("compile-large-bfloat16_momentum", large=True, momentum_dtype="bfloat16",

@@ -193,8 +193,14 @@ class Lion(keras.optimizers.Optimizer):
     `gradient_accumulation_steps`, Keras sums the gradients in the
     weights' dtype before dividing, so a sum beyond its range (3.4e38 in
     float32, 65504 in float16) gives an infinite momentum, and +Inf then
-    -Inf a NaN one: the optimizer's own clipping comes after the sum, so
-    clip gradients that can be that large before you pass them. XLA
+    -Inf a NaN one, unless `skip_nonfinite` skips that step: the
+    optimizer's own clipping comes after the sum, so clip gradients that
+    can be that large before you pass them. Keras's `clipnorm` and
+    `global_clipnorm` square the gradients in their dtype: beyond about
+    1.8e19 in float32 (about 256 in float16) the norm is Inf, and then
+    `clipnorm` makes that gradient 0 (NaN where `g * clipnorm` overflows)
+    and `global_clipnorm` makes every gradient NaN, after `skip_nonfinite`
+    has judged them (as with Keras's own optimizers). XLA
     (TensorFlow's `jit_compile`, JAX's `jit`) may fuse a multiply and an
     add into one rounding: where
     `beta_1 * m + (1 - beta_1) * g` is exactly 0 in float32 (a tie,
@@ -868,9 +874,12 @@ class Lion(keras.optimizers.Optimizer):
                      for g in grads]
         elif keras.backend.backend() == "torch":
             grads = _fastpaths.for_backend("torch").dense(grads)
-        elif keras.backend.backend() == "tensorflow" and self.loss_scale_factor is not None:
-            # Keras divides every gradient by it, which an IndexedSlices (an
-            # Embedding's gradient) cannot take; the step is dense anyway.
+        elif keras.backend.backend() == "tensorflow" and (
+                self.loss_scale_factor is not None or self.skip_nonfinite):
+            # Keras divides every gradient by `loss_scale_factor`, which an
+            # IndexedSlices (an Embedding's gradient) cannot take, and the
+            # step sums its repeated rows, which may overflow where no slice
+            # does: judged dense, as the step gets it (dense anyway).
             import tensorflow as tf
 
             grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
@@ -910,12 +919,23 @@ class Lion(keras.optimizers.Optimizer):
             grads = [_in_dtype(g, v.dtype) for g, v in zip(grads, trainable_variables)]
         super()._backend_apply_gradients(grads, trainable_variables)
 
+    def _overwrite_variables_directly_with_gradients(self, grads: list[Any],
+                                                     variables: list[Any]) -> Any:
+        # The same for a variable overwritten with its gradient (Keras keeps
+        # their maximum): in its dtype, as Keras assigns it anyway.
+        if self.gradient_accumulation_steps:
+            grads = [g if g is None or not self._overwrite_variable_with_gradient(v)
+                     else _in_dtype(g, v.dtype) for g, v in zip(grads, variables)]
+        return super()._overwrite_variables_directly_with_gradients(grads, variables)
+
     def _all_finite(self, grads: list[Any], trainable_variables: list[Any] | None) -> Any:
         """Whether every gradient is finite as the step gets it: divided by
         `loss_scale_factor`, and, when accumulated, added to its accumulator
         in its weights' dtype, as Keras adds it (a float32 gradient beyond
         float16's range is infinite there, and so is a sum of finite
-        gradients beyond the dtype's range; an update averages that sum)."""
+        gradients beyond the dtype's range; an update averages that sum).
+        A variable overwritten with its gradient gets it as given, in its
+        dtype (accumulated by maximum, which cannot overflow)."""
         variables = (trainable_variables if trainable_variables is not None
                      else self._trainable_variables)
         checks = []
@@ -923,16 +943,17 @@ class Lion(keras.optimizers.Optimizer):
             if g is None:
                 continue
             g = ops.convert_to_tensor(g)
+            if self._overwrite_variable_with_gradient(variable):
+                checks.append(_finite_in(variable.dtype, g))
+                continue
             if self.loss_scale_factor is not None:
                 g = g / self.loss_scale_factor
             if self.gradient_accumulation_steps:
-                g = _in_dtype(g, variable.dtype)
-                # (A variable overwritten with its gradient accumulates the
-                # maximum instead, which cannot overflow.)
-                if not self._overwrite_variable_with_gradient(variable):
-                    g = g + self._accumulated_gradients[
-                        self._get_variable_index(variable)].value
-            checks.append(ops.all(ops.isfinite(g)))
+                accumulator = self._accumulated_gradients[self._get_variable_index(variable)]
+                checks.append(_finite_in(variable.dtype, _in_dtype(g, variable.dtype),
+                                         accumulator.value))
+            else:
+                checks.append(ops.all(ops.isfinite(g)))
         return ops.all(ops.stack(checks))
 
     def _count_skipped(self) -> None:
@@ -1049,6 +1070,28 @@ def _in_dtype(x: Any, dtype: str) -> Any:
     if hasattr(x, "dtype") and keras.backend.standardize_dtype(x.dtype) == dtype:
         return x
     return ops.cast(x, dtype)
+
+
+#: The smallest magnitudes that float16 and bfloat16 round to Inf (their
+#: largest value plus half a unit in the last place: a tie rounds to the
+#: even neighbour, Inf); float32 holds both exactly.
+_OVERFLOW = {"float16": 65520.0, "bfloat16": (2 - 2**-8) * 2.0**127}
+
+
+def _finite_in(dtype: str, x: Any, accumulator: Any = None) -> Any:
+    """Whether `x` (plus `accumulator`, if given) is finite everywhere once
+    stored in `dtype`. For float16 and bfloat16, computed in float32 (as
+    their kernels add, before rounding) and compared with the dtype's
+    overflow threshold: `torch.compile` keeps their arithmetic in float32
+    unrounded, where `isfinite` of a float16 sum of 80000 is True, and the
+    accumulator then stores Inf."""
+    wide = "float32" if dtype in _OVERFLOW else dtype
+    total = _in_dtype(x, wide)
+    if accumulator is not None:
+        total = total + _in_dtype(accumulator, wide)
+    if dtype in _OVERFLOW:
+        return ops.all(ops.abs(total) < _OVERFLOW[dtype])
+    return ops.all(ops.isfinite(total))
 
 
 def _float_momentum(momentum_dtype: str) -> str:

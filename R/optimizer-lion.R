@@ -95,7 +95,10 @@
 #' (`jit_compile = TRUE`) fuses alike: a compiled step's momentum, and with
 #' weight decay its weights, may differ from an eager step's by one unit in
 #' the last place in some elements (so does Keras's own Lion's momentum).
-#' Keras keeps the learning rate in the default float type: after
+#' What XLA fuses depends on the whole compiled step: an option that adds to
+#' it (`skip_nonfinite`, say) may change a momentum element by one unit in
+#' the last place. Keras keeps the learning rate in the default float type:
+#' after
 #' `keras3::config_set_floatx("bfloat16")`, in bfloat16 (0.01 becomes
 #' 0.0100098), as for its own optimizers; the step itself is unchanged.
 #'

@@ -302,6 +302,12 @@ def _core_cases() -> list[Case]:
               Case("compile-accumulation-overflowing_sum-float16-skip_nonfinite",
                    accumulation=2, overflowing_sum=True, skip_nonfinite=True,
                    weight_dtype="float16", compile=True),
+              # ... and drops the roundings of a cast and of a division.
+              Case("compile-accumulation-overflowing_sum-float16-grad_float32-skip_nonfinite",
+                   accumulation=2, overflowing_sum=True, skip_nonfinite=True,
+                   weight_dtype="float16", gradient_dtype="float32", compile=True),
+              Case("compile-loss_scale_factor-float16-skip_nonfinite", loss_scale_factor=2.0**-4,
+                   skip_nonfinite=True, weight_dtype="float16", compile=True),
               Case("compile-float64-momentum_float32", weight_dtype="float64",
                    momentum_dtype="float32", compile=True),
               Case("compile-large-bfloat16_momentum", large=True, momentum_dtype="bfloat16",

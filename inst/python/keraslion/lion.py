@@ -211,8 +211,10 @@ class Lion(keras.optimizers.Optimizer):
     the fused result must fall on the other side of halfway). PyTorch's
     `torch.compile` fuses alike: a compiled step's momentum, and with weight
     decay its weights, may differ from an eager step's by one unit in the
-    last place in some elements (so does Keras's own Lion's momentum). Keras
-    keeps the learning rate in floatx: after
+    last place in some elements (so does Keras's own Lion's momentum). What
+    XLA fuses depends on the whole compiled step: an option that adds to it
+    (`skip_nonfinite`, say) may change a momentum element by one unit in
+    the last place. Keras keeps the learning rate in floatx: after
     `keras.config.set_floatx("bfloat16")`, in bfloat16 (0.01 becomes
     0.0100098), as for its own optimizers; the step is unchanged.
 
@@ -902,8 +904,8 @@ class Lion(keras.optimizers.Optimizer):
             self._tf_apply_if_finite(apply, grads, trainable_variables)
         # Eager backends (torch): a Python branch, as keras.ops.cond would take,
         # but without its operation, whose new name at every step makes
-        # torch.compile recompile.
-        elif self._all_finite(grads, trainable_variables):
+        # torch.compile recompile; the check runs eagerly (see `all_finite`).
+        elif _fastpaths.for_backend("torch").all_finite(self, grads, trainable_variables):
             apply(grads, trainable_variables)
         else:
             self._count_skipped()
@@ -944,16 +946,14 @@ class Lion(keras.optimizers.Optimizer):
                 continue
             g = ops.convert_to_tensor(g)
             if self._overwrite_variable_with_gradient(variable):
-                checks.append(_finite_in(variable.dtype, g))
-                continue
-            if self.loss_scale_factor is not None:
-                g = g / self.loss_scale_factor
-            if self.gradient_accumulation_steps:
-                accumulator = self._accumulated_gradients[self._get_variable_index(variable)]
-                checks.append(_finite_in(variable.dtype, _in_dtype(g, variable.dtype),
-                                         accumulator.value))
+                g = _in_dtype(g, variable.dtype)
             else:
-                checks.append(ops.all(ops.isfinite(g)))
+                if self.loss_scale_factor is not None:
+                    g = g / self.loss_scale_factor
+                if self.gradient_accumulation_steps:
+                    accumulator = self._accumulated_gradients[self._get_variable_index(variable)]
+                    g = _in_dtype(g, variable.dtype) + accumulator.value
+            checks.append(ops.all(ops.isfinite(g)))
         return ops.all(ops.stack(checks))
 
     def _count_skipped(self) -> None:
@@ -1070,28 +1070,6 @@ def _in_dtype(x: Any, dtype: str) -> Any:
     if hasattr(x, "dtype") and keras.backend.standardize_dtype(x.dtype) == dtype:
         return x
     return ops.cast(x, dtype)
-
-
-#: The smallest magnitudes that float16 and bfloat16 round to Inf (their
-#: largest value plus half a unit in the last place: a tie rounds to the
-#: even neighbour, Inf); float32 holds both exactly.
-_OVERFLOW = {"float16": 65520.0, "bfloat16": (2 - 2**-8) * 2.0**127}
-
-
-def _finite_in(dtype: str, x: Any, accumulator: Any = None) -> Any:
-    """Whether `x` (plus `accumulator`, if given) is finite everywhere once
-    stored in `dtype`. For float16 and bfloat16, computed in float32 (as
-    their kernels add, before rounding) and compared with the dtype's
-    overflow threshold: `torch.compile` keeps their arithmetic in float32
-    unrounded, where `isfinite` of a float16 sum of 80000 is True, and the
-    accumulator then stores Inf."""
-    wide = "float32" if dtype in _OVERFLOW else dtype
-    total = _in_dtype(x, wide)
-    if accumulator is not None:
-        total = total + _in_dtype(accumulator, wide)
-    if dtype in _OVERFLOW:
-        return ops.all(ops.abs(total) < _OVERFLOW[dtype])
-    return ops.all(ops.isfinite(total))
 
 
 def _float_momentum(momentum_dtype: str) -> str:

@@ -114,6 +114,14 @@ def dense(grads: list[Any]) -> list[Any]:
 
 
 @torch.compiler.disable
+def all_finite(optimizer: Any, grads: list[Any], variables: list[Any] | None) -> bool:
+    """`optimizer._all_finite`, run eagerly: `torch.compile` computes float16
+    and bfloat16 in float32 without their roundings (a cast, a division by
+    `loss_scale_factor`), and a value that overflows them is finite there."""
+    return bool(optimizer._all_finite(grads, variables))
+
+
+@torch.compiler.disable
 def unaliased(grads: list[Any], variables: list[Any]) -> list[Any]:
     """The (dense) gradients as tensors, converted before any weights change
     (Keras's plain path converts each in its variable's turn, and a NumPy

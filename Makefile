@@ -36,11 +36,13 @@ test: setup
 
 # Benchmark of the Lion step (bench/; BENCH_ARGS=--quick for a short run),
 # then the memory of a step on 100M parameters, one process per case, then
-# the int8 step fused into one kernel by PyTorch's compiler (a timing model).
+# the int8 step fused into one kernel by PyTorch's compiler, and JAX's step
+# with cheaper int8 codes (timing models).
 bench: setup
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 	$(PYTHON) bench/memory.py
 	$(PYTHON) bench/int8_fused.py
+	$(PYTHON) bench/int8_formats.py
 
 # The pkgdown site, built into docs/ offline (tools/build-site.R); its
 # examples and vignettes run with the Python above.

@@ -486,7 +486,8 @@ def check_apply(before: State, after: State, grads: list[np.ndarray], config: Co
     # A LossScaleOptimizer judges the gradients as it passes them on; the Lion,
     # as the step gets them: when accumulated, summed in the weight dtype.
     wrapper_skipped = config.wrapper_skips and not _all_finite(grads)
-    if wrapper_skipped or (config.skip_nonfinite and not _all_finite(sums or grads)):
+    judged = grads if sums is None else sums
+    if wrapper_skipped or (config.skip_nonfinite and not _all_finite(judged)):
         for kind in ("momentums", "scales", "accumulators", "averages",
                      *(() if finalized else ("weights",))):
             unchanged(kind)

@@ -298,11 +298,11 @@ def _core_cases() -> list[Case]:
                    accumulation=2, skip_nonfinite=True)]
     # torch.compile of blocks with a momentum narrower than the weights, one cut into blocks.
     cases += [Case("compile-bfloat16_momentum", momentum_dtype="bfloat16", compile=True),
-              # Inductor adds float16 in float32 unrounded: the sum's check must too.
+              # Inductor computes float16 in float32 without its roundings (of a
+              # sum, a cast, a division): the check must run eagerly.
               Case("compile-accumulation-overflowing_sum-float16-skip_nonfinite",
                    accumulation=2, overflowing_sum=True, skip_nonfinite=True,
                    weight_dtype="float16", compile=True),
-              # ... and drops the roundings of a cast and of a division.
               Case("compile-accumulation-overflowing_sum-float16-grad_float32-skip_nonfinite",
                    accumulation=2, overflowing_sum=True, skip_nonfinite=True,
                    weight_dtype="float16", gradient_dtype="float32", compile=True),

@@ -2,9 +2,13 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The int8 kernel is built anew for the tests (and their worker processes),
+# not taken from a user's cache.
+os.environ.setdefault("KERASLION_CACHE_DIR", tempfile.mkdtemp(prefix="keraslion-kernel-"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "inst" / "python"))
 
 import keras  # noqa: E402

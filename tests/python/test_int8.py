@@ -446,19 +446,28 @@ TORCH_CASES = {
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's int8 fast path")
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "pieces"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
 @pytest.mark.parametrize("case", list(TORCH_CASES))
-def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str,
+def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str, kernel: bool,
                                                       monkeypatch: Any) -> None:
-    """The in-place pieces (long rows cut, runs of rows, small variables
-    gathered) give the plain path's weights, codes and scales, bit for bit,
-    whatever the weights' dtype, with bfloat16 gradients, non-finite ones, a
-    variable left out of a step, and weight decay excluded for some."""
-    from keraslion._fastpaths import torch_int8
+    """The C kernel and PyTorch's in-place pieces (long rows cut, runs of
+    rows, small variables gathered) give the plain path's weights, codes and
+    scales, bit for bit, whatever the weights' dtype, with bfloat16
+    gradients, non-finite ones, a variable left out of a step, and weight
+    decay excluded for some; the kernel on two threads."""
+    import torch
+
+    from keraslion._fastpaths import native, torch_int8
 
     assert torch_int8.PIECE == 2**17  # The cases' shapes are made for its pieces.
-    steps_taken = []
+    monkeypatch.setenv("KERASLION_NATIVE", "1" if kernel else "0")
+    monkeypatch.setattr(native, "PER_THREAD", 2**10)  # Two threads for most pieces.
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    steps_taken, kernel_steps = [], []
     monkeypatch.setattr(torch_int8, "_step", _spy(torch_int8._step, steps_taken))
+    monkeypatch.setattr(torch_int8, "_kernel_step",
+                        _spy(torch_int8._kernel_step, kernel_steps))
     shapes = TORCH_CASES[case]
     rng = np.random.default_rng(6)
     init = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
@@ -486,6 +495,7 @@ def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str,
     for fast, plain in zip(state[True], state[False]):
         np.testing.assert_array_equal(fast, plain)
     assert bool(steps_taken) == (dtype != "float64")  # float64 weights: a float64 step
+    assert bool(kernel_steps) == (kernel and dtype != "float64")
 
 
 def _spy(function: Any, calls: list[Any]) -> Any:

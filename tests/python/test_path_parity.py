@@ -9,7 +9,8 @@ paths (RUNNERS); every (path, case) is a test, judged step by step by
 its docstring states the tolerances).
 
 Paths: `plain` (`update_step`, fast path off), `fast` (the backend's fast
-path, eager), `stateless` (`stateless_apply`, JAX and torch), `jit`
+path, eager; on PyTorch, int8 momentum takes the C kernel), `fast_pieces`
+(PyTorch's fast path with the kernel off, for int8 momentum), `stateless` (`stateless_apply`, JAX and torch), `jit`
 (`jax.jit(stateless_apply)` with donated buffers), `tf_function` and
 `tf_xla` (`tf.function` of `optimizer.apply`, without and with
 jit_compile), `fit` (`model.fit()` of a model whose gradient is a chosen
@@ -734,6 +735,15 @@ def run_fast(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) 
     return run_steps(case, init, grads, optimizer=optimizer)
 
 
+def run_fast_pieces(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
+    """`fast` with the int8 step's C kernel turned off: PyTorch's piecewise step."""
+    os.environ["KERASLION_NATIVE"] = "0"
+    try:
+        return run_fast(case, init, grads)
+    finally:
+        del os.environ["KERASLION_NATIVE"]
+
+
 def run_stateless(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]],
                   jit: bool = False) -> Run:
     """`stateless_apply` (under `jax.jit` with donated buffers if `jit`): its
@@ -936,6 +946,7 @@ def run_mirrored(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray
 RUNNERS: dict[str, tuple[Callable[..., Run], tuple[str, ...]]] = {
     "plain": (run_plain, ("jax", "tensorflow", "torch")),
     "fast": (run_fast, ("jax", "tensorflow", "torch")),
+    "fast_pieces": (run_fast_pieces, ("torch",)),
     "stateless": (run_stateless, ("jax", "torch")),
     "jit": (run_jit, ("jax",)),
     "tf_function": (run_tf_function, ("tensorflow",)),
@@ -950,9 +961,11 @@ NOT_ON = {"stateless": "Keras's TensorFlow optimizer has no stateless_apply"}
 def cases_for(path: str) -> list[Case]:
     """torch.compile, slow to compile, runs the paired edge cases (every edge
     value of each beta) and its own; the other paths run the rest, but for
-    `fit` those with gradients of another dtype (fit's have the weights')."""
+    `fit` those with gradients of another dtype (fit's have the weights'),
+    and `fast_pieces` only those with an int8 momentum (the rest are `fast`'s)."""
     return [case for case in CASES if case.compile == (path == "compile")
             and not (path == "fit" and case.gradient_dtype)
+            and not (path == "fast_pieces" and case.momentum_dtype != "int8")
             and not (case.loss_scale and path in LOSS_SCALE_LACKS)]
 
 

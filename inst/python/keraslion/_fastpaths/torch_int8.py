@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import int8
+from . import native
 from . import torch as blocked
 
 #: Elements per piece: with its weights, gradient and codes, its scratch
@@ -49,6 +50,7 @@ class Piece(NamedTuple):
     block: int  # elements per int8 block
     first: int  # a lone member's flat index of its first element (seeds its noise)
     decayed: bool  # not excluded from weight decay
+    first_of_rows: Any  # each row's flat index of its first element in its variable (int32)
     slots: Any = None  # gathered members' positions (int64), to pick their noise keys
     counts: Any = None  # gathered members' rows (int64)
 
@@ -62,14 +64,19 @@ class Plan(NamedTuple):
 @torch.compiler.disable  # Eager under torch.compile: in-place work on cached buffers.
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
-    plan = _plan(optimizer, variables)
+    device = variables[0]._value.device
+    kernel = native.int8_step() if native.enabled() and device.type == "cpu" else None
+    plan = _plan(optimizer, variables, whole=kernel is not None)
     *factors, weight_decay = optimizer._coefficients("float32", learning_rate)
+    if kernel is not None:
+        factors = [float(x) for x in factors]
+        weight_decay = None if weight_decay is None else float(weight_decay)
     keys = int8.noise_key(optimizer.iterations, plan.indices)
-    scratch, table, arange = _scratch(optimizer, plan.params[0].device)
+    scratch, table, arange = _scratch(optimizer, device)
     tensors = [_as_rows(optimizer, v, g) for v, g in zip(variables, grads)]
     for piece in plan.pieces:
         _step(piece, tensors, scratch, table, arange, keys,
-              (*factors, weight_decay if piece.decayed else None))
+              (*factors, weight_decay if piece.decayed else None), kernel)
 
 
 def _as_rows(optimizer: Any, variable: Any, gradient: Any) -> tuple[Any, Any, Any, Any]:
@@ -83,25 +90,60 @@ def _as_rows(optimizer: Any, variable: Any, gradient: Any) -> tuple[Any, Any, An
 
 
 def _step(piece: Piece, tensors: list[Any], scratch: dict[str, Any], table: Any, arange: Any,
-          keys: Any, coefficients: tuple[Any, ...]) -> None:
+          keys: Any, coefficients: tuple[Any, ...], kernel: Any) -> None:
     rows, width = sum(piece.rows), piece.width
-    buffer = {name: x[:rows * width].view(rows, width) for name, x in scratch.items()}
+    # (None for a whole variable, larger than the buffers: the kernel's.)
+    buffer = ({name: x[:rows * width].view(rows, width) for name, x in scratch.items()}
+              if rows * width <= PIECE else None)
     parts = [[x[r, c] for x in tensors[j][:3]]
              + [tensors[j][3][r, c.start // int8.BLOCK:-(-c.stop // int8.BLOCK)]]
              for j, r, c in piece.members]
     p, g, codes, scales = ([part[n] for part in parts] for n in range(4))
+    theta, gradient = (_float32(x, buffer, name, piece) for x, name in ((p, "p"), (g, "g")))
     lone = len(parts) == 1
-    theta = p[0] if lone and p[0].dtype == torch.float32 else _gather(p, buffer["p"], piece)
-    gradient = g[0] if lone and g[0].dtype == torch.float32 else _gather(g, buffer["g"], piece)
-    old_scales = scales[0] if lone else torch.cat(scales)
-    m = _decode(codes[0] if lone else torch.cat(codes), old_scales, buffer, table, piece.block)
-    _lion(theta, m, gradient, buffer, *coefficients)
-    if theta is not p[0]:
-        _scatter(theta, p, piece)
-    noise = _noise(piece, keys, arange, buffer)
-    new_codes, new_scales = _encode(m, noise, buffer, piece.block)
-    _scatter(new_codes, codes, piece)
-    _scatter(new_scales, scales, piece)
+    if kernel is None:
+        old_scales = scales[0] if lone else torch.cat(scales)
+        m = _decode(codes[0] if lone else torch.cat(codes), old_scales, buffer, table, piece.block)
+        _lion(theta, m, gradient, buffer, *coefficients)
+        noise = _noise(piece, keys, arange, buffer)
+        new_codes, new_scales = _encode(m, noise, buffer, piece.block)
+    else:
+        new_codes, new_scales = (x[0] if lone and x[0].is_contiguous() else torch.cat(x)
+                                 for x in (codes, scales))
+        _kernel_step(kernel, piece, theta, gradient, new_codes, new_scales, keys, coefficients)
+    for new, old in ((theta, p), (new_codes, codes), (new_scales, scales)):
+        if new is not old[0]:
+            _scatter(new, old, piece)
+
+
+def _float32(parts: list[Any], buffer: dict[str, Any] | None, name: str, piece: Piece) -> Any:
+    """The parts as one contiguous float32 tensor: a lone part itself if it
+    is one, else gathered into the scratch buffer `name` (or, for a whole
+    variable, copied)."""
+    if len(parts) == 1 and parts[0].dtype == torch.float32 and parts[0].is_contiguous():
+        return parts[0]
+    if buffer is None:
+        return parts[0].to(torch.float32).contiguous()
+    return _gather(parts, buffer[name], piece)
+
+
+def _kernel_step(kernel: Any, piece: Piece, theta: Any, gradient: Any, codes: Any, scales: Any,
+                 keys: Any, coefficients: tuple[Any, ...]) -> None:
+    """The piece's step in C (`native.py`), in place on contiguous weights,
+    codes and scales, its blocks shared among PyTorch's threads."""
+    if piece.slots is None:  # One variable: its key for every row.
+        key, key_stride = keys[piece.members[0][0]], 0
+    else:
+        key, key_stride = keys[piece.slots].repeat_interleave(piece.counts), 1
+    *factors, weight_decay = coefficients
+
+    def run(begin: int, end: int) -> None:
+        kernel(theta.data_ptr(), gradient.data_ptr(), codes.data_ptr(), scales.data_ptr(),
+               piece.width, piece.block, key.data_ptr(), key_stride,
+               piece.first_of_rows.data_ptr(), begin, end, *factors,
+               weight_decay is not None, weight_decay or 0.0, *blocked._TO_ONE[torch.float32])
+
+    native.in_parallel(run, scales.numel(), theta.numel())
 
 
 def _gather(parts: list[Any], into: Any, piece: Piece) -> Any:
@@ -221,19 +263,21 @@ def _scalar(like: Any, value: float) -> Any:
     return _SCALARS[key]
 
 
-def _plan(optimizer: Any, variables: list[Any]) -> Plan:
-    """The pieces for a set of variables, made once and cached."""
+def _plan(optimizer: Any, variables: list[Any], whole: bool) -> Plan:
+    """The pieces for a set of variables, made once and cached. `whole`: for
+    the kernel, a large float32 variable is one piece."""
 
     def make() -> Plan:
         params = [v._value for v in variables]
         indices = torch.tensor([optimizer._get_variable_index(v) for v in variables],
                                dtype=torch.int32, device=params[0].device)
-        return Plan(params, indices, _pieces(optimizer, variables))
+        return Plan(params, indices, _pieces(optimizer, variables, whole))
 
-    return blocked.cached_plan(optimizer, "_torch_int8_plans", variables, make)
+    name = "_torch_int8_whole_plans" if whole else "_torch_int8_plans"
+    return blocked.cached_plan(optimizer, name, variables, make)
 
 
-def _pieces(optimizer: Any, variables: list[Any]) -> list[Piece]:
+def _pieces(optimizer: Any, variables: list[Any], whole: bool) -> list[Piece]:
     pieces, groups = [], {}
     for j, variable in enumerate(variables):
         shape = tuple(variable.shape)
@@ -244,9 +288,15 @@ def _pieces(optimizer: Any, variables: list[Any]) -> list[Piece]:
             groups.setdefault((length, decayed), []).append((j, count // length))
             continue
         block = int8.block_size(shape)
-        for rows, columns, first in _cuts(count // length, length):
-            pieces.append(Piece([(j, rows, columns)], [rows.stop - rows.start],
-                                columns.stop - columns.start, block, first, decayed))
+        if whole and variable._value.dtype == torch.float32:
+            cuts = [(slice(0, count // length), slice(0, length), 0)]
+        else:
+            cuts = _cuts(count // length, length)
+        for rows, columns, first in cuts:
+            height = rows.stop - rows.start
+            pieces.append(Piece([(j, rows, columns)], [height], columns.stop - columns.start,
+                                block, first, decayed,
+                                _first_of_rows([height], length, first, variable)))
     for (length, decayed), members in groups.items():
         run: list[tuple[int, int]] = []
         for j, rows in [*members, (None, None)]:
@@ -261,10 +311,19 @@ def _pieces(optimizer: Any, variables: list[Any]) -> list[Piece]:
 def _gathered(run: list[tuple[int, int]], length: int, decayed: bool,
               variables: list[Any]) -> Piece:
     device = variables[run[0][0]]._value.device
-    return Piece([(j, slice(0, rows), slice(0, length)) for j, rows in run],
-                 [rows for _, rows in run], length, int8.block_size((length,)), 0, decayed,
+    heights = [rows for _, rows in run]
+    return Piece([(j, slice(0, rows), slice(0, length)) for j, rows in run], heights, length,
+                 int8.block_size((length,)), 0, decayed,
+                 _first_of_rows(heights, length, 0, variables[run[0][0]]),
                  slots=torch.tensor([j for j, _ in run], device=device),
-                 counts=torch.tensor([rows for _, rows in run], device=device))
+                 counts=torch.tensor(heights, device=device))
+
+
+def _first_of_rows(heights: list[int], length: int, first: int, variable: Any) -> Any:
+    """Each row's flat index of its first element, for members of these
+    heights (each counted from its own first row) whose first row starts at `first`."""
+    return torch.cat([torch.arange(height, dtype=torch.int32) * length + first
+                      for height in heights]).to(variable._value.device)
 
 
 def _cuts(rows: int, length: int) -> list[tuple[slice, slice, int]]:

@@ -1,0 +1,135 @@
+/* One Lion step of a float32 variable with an int8 momentum, in one pass.
+ *
+ * The same arithmetic as `torch_int8`'s piecewise step (and so as
+ * `int8.decode`, `lion_update` and `int8.encode`), in the same order and
+ * in float32, one rounding per operation: compiled without contraction
+ * into fused multiply-adds and without fast-math, its weights, codes and
+ * scales are those of the plain path bit for bit. Each block's new momenta
+ * wait in a buffer on the stack until the block's largest gives its scale.
+ *
+ * A piece is rows of `width` elements, cut into blocks of `block` (the last
+ * one of a row may be shorter): weights and gradient as float32, codes as
+ * int8, one scale per block. The noise of an element is the hash
+ * of its row's key (`keys[row * key_stride]`: its variable's) and its flat
+ * index in its variable (`first[row]` plus its column).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_BLOCK 256
+#define NOISE_BITS 20
+#define EXPONENT_OFFSET 896
+#define ONE_CODE 120
+#define NAN_CODE 127
+#define NAN_BITS 0x7FC00000
+#define SIGN_BIT ((int32_t)0x80000000u)
+#define INFINITY_BITS 0x7F800000
+#define FLOAT32_MAX_BITS 0x7F7FFFFF
+#define MANTISSA_BITS 0x7FFFFF
+#define LARGEST_SCALE_BITS (253 << 23)
+#define RECIPROCAL_BITS (254 << 23)
+#define MAGIC_BITS 0x4B000000
+#define SMALLEST_NORMAL_BITS 0x38800000
+
+/* Bits as int32: magnitudes of floats order as their bits, and SSE2 has
+ * signed comparisons only. */
+static inline int32_t bits_of(float x) { int32_t b; memcpy(&b, &x, 4); return b; }
+static inline float float_of(int32_t b) { float x; memcpy(&x, &b, 4); return x; }
+
+/* Wellons' lowbias32, as `int8._mix`. */
+static inline uint32_t mix(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
+}
+
+/* Each function below is written without branches, so that the compiler
+ * vectorizes the loops over a block (branches on the momenta's random
+ * signs, mispredicted, and scalar code made the step 7x slower). */
+
+/* `int8.decode` of one code, before its scale. */
+static inline float decode(int8_t code) {
+    int32_t signed_code = code, k = signed_code < 0 ? -signed_code : signed_code;
+    float small = (float_of(k + MAGIC_BITS) - 0x1p23f) * 0x1p-17f;
+    int32_t bits = k < 8 ? bits_of(small) : (k + EXPONENT_OFFSET) << 20;
+    bits = k == NAN_CODE ? NAN_BITS : bits;
+    return float_of(bits | (signed_code & SIGN_BIT));
+}
+
+/* sign(c) as `torch.sign_`: clamp(c * first * second, -1, 1), where the
+ * product is 2**149 (the smallest subnormal scales to 1); -0 stays -0 and
+ * NaN stays NaN. */
+static inline float sign_of(float c, float first, float second) {
+    float s = (c * first) * second;
+    s = s > 1.0f ? 1.0f : s;
+    return s < -1.0f ? -1.0f : s;
+}
+
+/* A magnitude's bits, infinity and NaN counted as the largest float32. */
+static inline int32_t capped_magnitude(int32_t bits) {
+    int32_t magnitude = bits & 0x7FFFFFFF;
+    return magnitude > FLOAT32_MAX_BITS ? FLOAT32_MAX_BITS : magnitude;
+}
+
+/* `int8.encode` of one momentum whose block's scale has reciprocal `inverse`. */
+static inline int8_t encode(float m, float inverse, uint32_t noise) {
+    int32_t bits = bits_of(m);
+    int32_t nan = -((bits & 0x7FFFFFFF) > INFINITY_BITS);
+    float r = float_of(capped_magnitude(bits)) * inverse;
+    int32_t normal = (int32_t)(((uint32_t)bits_of(r) + noise) >> NOISE_BITS) - EXPONENT_OFFSET;
+    normal = normal > ONE_CODE ? ONE_CODE : normal;
+    float shifted = r * 0x1p37f;
+    shifted = shifted + 0x1p23f;
+    int32_t subnormal = (int32_t)(((uint32_t)(bits_of(shifted) - MAGIC_BITS) + noise) >> NOISE_BITS);
+    int32_t k = bits_of(r) >= SMALLEST_NORMAL_BITS ? normal : subnormal;
+    int32_t negative = bits >> 31;
+    k = (k ^ negative) - negative;
+    return (int8_t)(k ^ ((k ^ NAN_CODE) & nan));
+}
+
+/* The step of blocks `begin` to `end` (counted along rows, `blocks` per row). */
+void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
+                         int8_t *restrict codes, float *restrict scales, int64_t width,
+                         int64_t block, const uint32_t *keys, int64_t key_stride,
+                         const uint32_t *first, int64_t begin, int64_t end, float learning_rate,
+                         float beta_1, float one_minus_beta_1, float beta_2,
+                         float one_minus_beta_2, int decayed, float weight_decay,
+                         float sign_first, float sign_second) {
+    float m[MAX_BLOCK];
+    int64_t blocks = (width + block - 1) / block;
+    for (int64_t unit = begin; unit < end; unit++) {
+        int64_t row = unit / blocks, start = unit % blocks * block;
+        int64_t count = width - start < block ? width - start : block;
+        float *p = theta + row * width + start;
+        const float *g = gradient + row * width + start;
+        int8_t *code = codes + row * width + start;
+        float scale = scales[unit];
+        int32_t largest = 0;
+        for (int64_t i = 0; i < count; i++) {
+            float old = decode(code[i]) * scale;
+            float c = old * beta_1;
+            c = c + g[i] * one_minus_beta_1;
+            float update = sign_of(c, sign_first, sign_second);
+            float decay = p[i] * weight_decay;
+            update = decayed ? update + decay : update;
+            p[i] = p[i] - update * learning_rate;
+            float fresh = old * beta_2;
+            fresh = fresh + g[i] * one_minus_beta_2;
+            m[i] = fresh;
+            int32_t magnitude = capped_magnitude(bits_of(fresh));
+            largest = magnitude > largest ? magnitude : largest;
+        }
+        /* `int8.power_of_two_scales`. */
+        int32_t scale_bits = (largest + MANTISSA_BITS) & INFINITY_BITS;
+        scale_bits = scale_bits > LARGEST_SCALE_BITS ? LARGEST_SCALE_BITS : scale_bits;
+        scales[unit] = float_of(scale_bits);
+        float inverse = float_of(RECIPROCAL_BITS - scale_bits);
+        uint32_t index = first[row] + (uint32_t)start, key = keys[row * key_stride];
+        for (int64_t i = 0; i < count; i++) {
+            uint32_t noise = mix((index + (uint32_t)i) ^ key) >> (32 - NOISE_BITS);
+            code[i] = encode(m[i], inverse, noise);
+        }
+    }
+}

@@ -10,8 +10,9 @@ its docstring states the tolerances).
 
 Paths: `plain` (`update_step`, fast path off), `fast` (the backend's fast
 path, eager; on PyTorch, int8 momentum takes the C kernel), `fast_pieces`
-(PyTorch's fast path with the kernel off, for int8 momentum), `stateless` (`stateless_apply`, JAX and torch), `jit`
-(`jax.jit(stateless_apply)` with donated buffers), `tf_function` and
+(PyTorch's fast path with the kernel off, for int8 momentum), `stateless`
+(`stateless_apply`, JAX and torch), `jit` (`jax.jit(stateless_apply)` with
+donated buffers), `tf_function` and
 `tf_xla` (`tf.function` of `optimizer.apply`, without and with
 jit_compile), `fit` (`model.fit()` of a model whose gradient is a chosen
 tensor), `mirrored` (`tf.distribute.MirroredStrategy` over 2 logical CPUs,

@@ -1,12 +1,15 @@
-"""What would another int8 code cost? The jitted JAX step, by code format.
+"""The jitted JAX step with an int8 momentum: the C kernel, XLA's ops, and
+what other codes would cost in XLA's ops.
 
-keraslion's int8 step runs at 0.5-0.6x float32's on XLA's CPU code, short
-of issue 14's 0.9x. XLA runs the step as three loops (the new weights; the
-blocks' maxima of the new momentum; the new codes), and each decodes the
-codes, so the code's arithmetic counts three times. This swaps
-`int8.decode` and `int8.encode` for two cheaper codes, with the same block
-scales (the smallest power of two at or above a block's largest |m|), and
-times the step against float32's and bfloat16's:
+Written in XLA's ops, keraslion's int8 step runs at 0.5-0.6x float32's on
+XLA's CPU code, short of issue 14's 0.9x: XLA runs it as three loops (the
+new weights; the blocks' maxima of the new momentum; the new codes), and
+each decodes the codes, so the code's arithmetic counts three times. The C
+kernel (`keraslion/_fastpaths/native.py`, the default where it builds)
+runs it in one pass. For XLA's ops, this swaps `int8.decode` and
+`int8.encode` for two cheaper codes, with the same block scales (the
+smallest power of two at or above a block's largest |m|), and times the
+step against float32's and bfloat16's:
 
 - "float-like, one path": r + 2**-15 coded by its float32 bits (4 exponent
   and 3 mantissa bits), so that the range below 2**-15 is linear without a
@@ -87,9 +90,10 @@ def linear_encode(m: Any, noise: Any) -> tuple[Any, Any]:
     return ops.cast(ops.view(shifted, "int32") - 0x4B400000, "int8"), scales * (1 / 127)
 
 
-def timer(momentum_dtype: str) -> Callable[[], float]:
+def timer(momentum_dtype: str, kernel: bool = True) -> Callable[[], float]:
     """A function timing a round of 8 jitted, donated steps (as `fit` runs
-    them), built with the codes `int8` has now."""
+    them), built with the codes `int8` has now, with or without the C kernel."""
+    os.environ["KERASLION_NATIVE"] = "1" if kernel else "0"
     rng = np.random.default_rng(0)
     variable = keras.Variable(rng.standard_normal(SHAPE, np.float32))
     grads = [ops.convert_to_tensor(rng.standard_normal(SHAPE, np.float32))]
@@ -120,12 +124,13 @@ def main() -> None:
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})
     timers = {"float32": timer("float32"), "bfloat16": timer("bfloat16"),
-              "int8 (keraslion's code)": timer("int8")}
-    for name, decode, encode in [("int8 float-like, one path", float_like_decode,
+              "int8, C kernel": timer("int8"),
+              "int8, XLA's ops": timer("int8", kernel=False)}
+    for name, decode, encode in [("int8 float-like, XLA's ops", float_like_decode,
                                   float_like_encode),
-                                 ("int8 linear", linear_decode, linear_encode)]:
+                                 ("int8 linear, XLA's ops", linear_decode, linear_encode)]:
         int8.decode, int8.encode = decode, encode  # traced now, in timer()
-        timers[name] = timer("int8")
+        timers[name] = timer("int8", kernel=False)
     times: dict[str, list[float]] = {name: [] for name in timers}
     for _ in range(args.rounds):
         for name, round_ in timers.items():

@@ -1,6 +1,7 @@
 """The int8 step's C kernel (`keraslion/_fastpaths/native.py`): how it is
-built and cached, and what runs without it. Its arithmetic is checked
-against the plain path in test_int8.py and in the path-parity matrix."""
+built and cached, when it runs, and what runs without it. Its arithmetic is
+checked against the plain path in test_int8.py and in the path-parity
+matrix (its `no_kernel` path runs the backends' own operations)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import keras
+import numpy as np
 import pytest
+from keras import ops
 
-BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
-pytestmark = pytest.mark.skipif(BACKEND != "torch", reason="the kernel is PyTorch's")
+from keraslion import Lion
+
+BACKEND = keras.backend.backend()
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's kernel (through ctypes)")
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="JAX's kernel (an XLA custom call)")
 PACKAGE = Path(__file__).resolve().parents[2] / "inst" / "python"
 
 # A few int8 steps of a 300x1000 variable; prints whether the kernel was
@@ -48,6 +56,7 @@ def result(process: subprocess.Popen) -> tuple[bool, str]:
     return built == "True", digest
 
 
+@torch_only
 def test_processes_building_at_once_share_one_library_and_agree(tmp_path: Path) -> None:
     """Four processes building into one empty cache directory each get a
     whole library (no partial files are left), and step identically."""
@@ -60,6 +69,7 @@ def test_processes_building_at_once_share_one_library_and_agree(tmp_path: Path) 
     assert [p.suffix for p in tmp_path.iterdir()] == [".so" if sys.platform != "win32" else ".dll"]
 
 
+@torch_only
 def test_without_a_compiler_or_when_turned_off_the_step_is_the_same(tmp_path: Path) -> None:
     """No compiler (and no library cached), or `KERASLION_NATIVE=0`:
     PyTorch's piecewise step runs, with the kernel's weights, codes and scales."""
@@ -71,6 +81,7 @@ def test_without_a_compiler_or_when_turned_off_the_step_is_the_same(tmp_path: Pa
     assert built[1] == no_compiler[1] == turned_off[1]
 
 
+@torch_only
 def test_a_cache_directory_that_cannot_be_made_falls_back_to_the_temporary_one(
         tmp_path: Path) -> None:
     if shutil.which(os.environ.get("CC", "cc")) is None:
@@ -79,3 +90,71 @@ def test_a_cache_directory_that_cannot_be_made_falls_back_to_the_temporary_one(
     blocker.write_text("")
     built, _ = result(steps_in_a_new_process(KERASLION_CACHE_DIR=str(blocker / "cache")))
     assert built
+
+
+def jitted_step_text(monkeypatch: Any, kernel: bool, **settings: Any) -> str:
+    """The compiled HLO of a jitted, donated `stateless_apply` of a 300x1000 variable."""
+    import jax
+
+    monkeypatch.setenv("KERASLION_NATIVE", "1" if kernel else "0")
+    variable = keras.Variable(np.ones((300, 1000), "float32"),
+                              dtype=settings.pop("dtype", "float32"))
+    optimizer = Lion(1e-3, momentum_dtype="int8", **settings)
+    optimizer.build([variable])
+    step = jax.jit(lambda weights, state, grads: optimizer.stateless_apply(state, grads, weights),
+                   donate_argnums=(0, 1))
+    grads = [ops.ones((300, 1000), variable.dtype)]
+    return step.lower([variable.value], [v.value for v in optimizer.variables],
+                      grads).compile().as_text()
+
+
+@jax_only
+def test_jitted_int8_step_is_the_custom_call_in_place(monkeypatch: Any) -> None:
+    """With donated buffers, the step is one custom call that writes the
+    weights, codes and scales where they lie (no copy of them)."""
+    from keraslion._fastpaths import native
+
+    assert native.xla_int8_step() is not None, "the kernel did not build"
+    text = jitted_step_text(monkeypatch, kernel=True)
+    assert text.count(f'custom_call_target="{native.TARGET}"') == 1
+    assert not [line for line in text.splitlines()
+                if " copy(" in line and ("300,1000" in line or "300,4" in line)]
+
+
+@jax_only
+@pytest.mark.parametrize("settings", [{"kernel": False}, {"cautious": True},
+                                      {"dtype": "bfloat16"}],
+                         ids=["turned_off", "cautious", "bfloat16_weights"])
+def test_jax_steps_without_the_kernel_where_it_does_not_apply(monkeypatch: Any,
+                                                              settings: dict) -> None:
+    from keraslion._fastpaths import native
+
+    text = jitted_step_text(monkeypatch, **{"kernel": True, **settings})
+    assert native.TARGET not in text
+
+
+@jax_only
+@pytest.mark.parametrize("shapes", [[(512, 256)], [(3, 3000)], [(40, 40), (64, 33), (7, 1000)]],
+                         ids=["whole_blocks", "short_last_block", "rows_of_a_block"])
+def test_jax_kernel_is_xla_s_ops_bit_for_bit_op_by_op(monkeypatch: Any, shapes: list) -> None:
+    """Eager `stateless_apply` (XLA's ops one by one: no fusion, and no
+    subnormal numbers in these gradients, which XLA flushes and the kernel
+    keeps) gives the kernel's weights, codes and scales, bit for bit;
+    weight decay excluded for one variable."""
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+    grads = [[(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 3, shape)).astype("float32")
+              for shape in shapes] for _ in range(4)]
+    states = {}
+    for kernel in (True, False):
+        monkeypatch.setenv("KERASLION_NATIVE", "1" if kernel else "0")
+        variables = [keras.Variable(x, name=f"v{i}") for i, x in enumerate(init)]
+        optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype="int8")
+        optimizer.exclude_from_weight_decay(var_names=["v0"])
+        optimizer.build(variables)
+        weights, state = [v.value for v in variables], [v.value for v in optimizer.variables]
+        for step in grads:
+            weights, state = optimizer.stateless_apply(state, step, weights)
+        states[kernel] = [np.asarray(x) for x in (*weights, *state)]
+    for with_kernel, without in zip(states[True], states[False]):
+        np.testing.assert_array_equal(with_kernel, without)

@@ -9,10 +9,10 @@ paths (RUNNERS); every (path, case) is a test, judged step by step by
 its docstring states the tolerances).
 
 Paths: `plain` (`update_step`, fast path off), `fast` (the backend's fast
-path, eager; on PyTorch, int8 momentum takes the C kernel), `fast_pieces`
-(PyTorch's fast path with the kernel off, for int8 momentum), `stateless`
-(`stateless_apply`, JAX and torch), `jit` (`jax.jit(stateless_apply)` with
-donated buffers), `tf_function` and
+path, eager), `stateless` (`stateless_apply`, JAX and torch), `jit`
+(`jax.jit(stateless_apply)` with donated buffers), `no_kernel` (an int8
+momentum's step without the C kernel that PyTorch's fast path and JAX's
+fast paths take: PyTorch's `fast` and JAX's `jit`), `tf_function` and
 `tf_xla` (`tf.function` of `optimizer.apply`, without and with
 jit_compile), `fit` (`model.fit()` of a model whose gradient is a chosen
 tensor), `mirrored` (`tf.distribute.MirroredStrategy` over 2 logical CPUs,
@@ -736,11 +736,12 @@ def run_fast(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) 
     return run_steps(case, init, grads, optimizer=optimizer)
 
 
-def run_fast_pieces(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
-    """`fast` with the int8 step's C kernel turned off: PyTorch's piecewise step."""
+def run_no_kernel(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
+    """The int8 step without its C kernel, in the backend's own operations:
+    PyTorch's fast path (its pieces), and JAX's `jit`."""
     os.environ["KERASLION_NATIVE"] = "0"
     try:
-        return run_fast(case, init, grads)
+        return (run_fast if BACKEND == "torch" else run_jit)(case, init, grads)
     finally:
         del os.environ["KERASLION_NATIVE"]
 
@@ -947,7 +948,7 @@ def run_mirrored(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray
 RUNNERS: dict[str, tuple[Callable[..., Run], tuple[str, ...]]] = {
     "plain": (run_plain, ("jax", "tensorflow", "torch")),
     "fast": (run_fast, ("jax", "tensorflow", "torch")),
-    "fast_pieces": (run_fast_pieces, ("torch",)),
+    "no_kernel": (run_no_kernel, ("jax", "torch")),
     "stateless": (run_stateless, ("jax", "torch")),
     "jit": (run_jit, ("jax",)),
     "tf_function": (run_tf_function, ("tensorflow",)),
@@ -963,10 +964,10 @@ def cases_for(path: str) -> list[Case]:
     """torch.compile, slow to compile, runs the paired edge cases (every edge
     value of each beta) and its own; the other paths run the rest, but for
     `fit` those with gradients of another dtype (fit's have the weights'),
-    and `fast_pieces` only those with an int8 momentum (the rest are `fast`'s)."""
+    and `no_kernel` only those with an int8 momentum (the others have no kernel)."""
     return [case for case in CASES if case.compile == (path == "compile")
             and not (path == "fit" and case.gradient_dtype)
-            and not (path == "fast_pieces" and case.momentum_dtype != "int8")
+            and not (path == "no_kernel" and case.momentum_dtype != "int8")
             and not (case.loss_scale and path in LOSS_SCALE_LACKS)]
 
 

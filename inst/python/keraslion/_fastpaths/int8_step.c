@@ -11,10 +11,15 @@
  * one of a row may be shorter): weights and gradient as float32, codes as
  * int8, one scale per block. The noise of an element is the hash
  * of its row's key (`keys[row * key_stride]`: its variable's) and its flat
- * index in its variable (`first[row]` plus its column).
+ * index in its variable (`first[row]` plus its column; without `first`,
+ * the piece is a whole variable: `row * width` plus its column).
  */
 #include <stdint.h>
 #include <string.h>
+
+#ifdef __cplusplus /* Included by int8_step_xla.cc. */
+#define restrict __restrict
+#endif
 
 #define MAX_BLOCK 256
 #define NOISE_BITS 20
@@ -52,7 +57,7 @@ static inline uint32_t mix(uint32_t x) {
 /* `int8.decode` of one code, before its scale. */
 static inline float decode(int8_t code) {
     int32_t signed_code = code, k = signed_code < 0 ? -signed_code : signed_code;
-    float small = (float_of(k + MAGIC_BITS) - 0x1p23f) * 0x1p-17f;
+    float small = (float)k * 0x1p-17f; /* exact, as int8.decode's bit trick */
     int32_t bits = k < 8 ? bits_of(small) : (k + EXPONENT_OFFSET) << 20;
     bits = k == NAN_CODE ? NAN_BITS : bits;
     return float_of(bits | (signed_code & SIGN_BIT));
@@ -126,7 +131,8 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
         scale_bits = scale_bits > LARGEST_SCALE_BITS ? LARGEST_SCALE_BITS : scale_bits;
         scales[unit] = float_of(scale_bits);
         float inverse = float_of(RECIPROCAL_BITS - scale_bits);
-        uint32_t index = first[row] + (uint32_t)start, key = keys[row * key_stride];
+        uint32_t index = (first ? first[row] : (uint32_t)(row * width)) + (uint32_t)start;
+        uint32_t key = keys[row * key_stride];
         for (int64_t i = 0; i < count; i++) {
             uint32_t noise = mix((index + (uint32_t)i) ^ key) >> (32 - NOISE_BITS);
             code[i] = encode(m[i], inverse, noise);

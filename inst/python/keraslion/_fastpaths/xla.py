@@ -26,7 +26,9 @@ from typing import Any
 import keras
 from keras import ops
 
+from .. import int8
 from ..lion import lion_update
+from . import native
 
 
 def supports(optimizer: Any, variables: list[Any]) -> bool:
@@ -44,15 +46,55 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     hyperparameters = hyperparameters or optimizer._hyperparameters()
     scalars: dict[Any, Any] = {}
     for i, (gradient, variable) in enumerate(zip(grads, variables)):
+        noise_index = None if noise_indices is None else noise_indices[i]
+        if _takes_kernel(optimizer, variable):
+            _kernel_step(optimizer, gradient, variable, learning_rate, hyperparameters, scalars,
+                         noise_index)
+            continue
         step = optimizer._step_inputs(variable, optimizer._momentum_value(variable), gradient,
                                       optimizer._use_weight_decay(variable), learning_rate,
                                       hyperparameters, scalars)
         again = (partial(_momentum_after, optimizer, variable)
                  if ordered and _orders(optimizer, variable) else None)
         theta, m = lion_update(step, optimizer.cautious, again)
-        optimizer._store_momentum(variable, m,
-                                  None if noise_indices is None else noise_indices[i])
+        optimizer._store_momentum(variable, m, noise_index)
         optimizer.assign(variable, ops.cast(theta, variable.dtype))
+
+
+def _takes_kernel(optimizer: Any, variable: Any) -> bool:
+    """Whether the variable's step is the int8 kernel's (`native.py`): on
+    JAX's CPU, for float32 weights with an int8 momentum, without caution,
+    unsharded."""
+    return (keras.backend.backend() == "jax" and not optimizer.cautious
+            and optimizer._momentum_scales[optimizer._get_variable_index(variable)] is not None
+            and keras.backend.standardize_dtype(variable.dtype) == "float32"
+            and getattr(variable, "_layout", None) is None
+            and _on_cpu() and native.enabled() and native.xla_int8_step() is not None)
+
+
+def _on_cpu() -> bool:
+    """Whether JAX computes on the CPU (the custom call has no GPU or TPU kernel)."""
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def _kernel_step(optimizer: Any, gradient: Any, variable: Any, learning_rate: Any,
+                 hyperparameters: Any, scalars: dict[Any, Any], noise_index: Any) -> None:
+    index = optimizer._get_variable_index(variable)
+    codes, scales = optimizer._momentums[index], optimizer._momentum_scales[index]
+    *factors, weight_decay = optimizer._coefficients("float32", learning_rate, hyperparameters,
+                                                     scalars)
+    decayed = weight_decay is not None and optimizer._use_weight_decay(variable)
+    coefficients = ops.stack([*factors, weight_decay if decayed else ops.zeros((), "float32")])
+    key = int8.noise_key(optimizer.iterations, index if noise_index is None else noise_index)
+    theta, new_codes, new_scales = native.xla_int8_step()(
+        ops.cast(gradient, "float32"), ops.reshape(key, (1,)), coefficients, variable.value,
+        codes.value, scales.value, block=int8.block_size(tuple(variable.shape)),
+        decayed=bool(decayed))
+    optimizer.assign(codes, new_codes)
+    optimizer.assign(scales, new_scales)
+    optimizer.assign(variable, theta)
 
 
 def _orders(optimizer: Any, variable: Any) -> bool:

@@ -158,3 +158,34 @@ def test_jax_kernel_is_xla_s_ops_bit_for_bit_op_by_op(monkeypatch: Any, shapes: 
         states[kernel] = [np.asarray(x) for x in (*weights, *state)]
     for with_kernel, without in zip(states[True], states[False]):
         np.testing.assert_array_equal(with_kernel, without)
+
+
+# Eight variables large enough for several threads each, in one jitted step.
+MANY = """
+import jax, keras, numpy as np
+from keraslion import Lion
+variables = [keras.Variable(np.full((512, 1024), 0.5, "float32")) for _ in range(8)]
+optimizer = Lion(1e-2, momentum_dtype="int8")
+optimizer.build(variables)
+step = jax.jit(lambda w, s, g: optimizer.stateless_apply(s, g, w), donate_argnums=(0, 1))
+weights, state = [v.value for v in variables], [v.value for v in optimizer.variables]
+grads = [jax.numpy.ones((512, 1024)) for _ in variables]
+for _ in range(20):
+    weights, state = step(weights, state, grads)
+print(sorted({float(w[0, 0]) for w in weights}))
+"""
+
+
+@jax_only
+def test_custom_calls_that_xla_runs_at_once_all_finish() -> None:
+    """XLA may run the variables' custom calls at once on its thread pool,
+    each handing blocks to the pool: each caller steps the blocks no task
+    has begun, rather than wait for tasks queued behind the other calls."""
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE), "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-c", MANY], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = np.float32(0.5)
+    for _ in range(20):  # Every element of every variable moves by -lr each step.
+        expected = np.float32(expected - np.float32(1e-2))
+    assert done.stdout.split("\n")[-2] == str([float(expected)])

@@ -6,9 +6,11 @@
 // still read afterwards. Blocks are shared among XLA's intra-op threads.
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 
 #include "xla/ffi/api/ffi.h"
@@ -31,6 +33,36 @@ void CopyUnlessAliased(const In& input, Out& output) {
   }
 }
 
+// Runs `run(begin, end)` over `units` in chunks, on the calling thread and
+// on up to `threads - 1` tasks of XLA's pool. The caller takes chunks too and
+// waits only for chunks that tasks have begun: XLA may run several custom
+// calls at once on its pool, and a caller waiting for tasks still queued
+// behind them would wait for good.
+template <typename Run>
+void InParallel(ffi::ThreadPool& pool, int64_t threads, int64_t units, Run run) {
+  struct Shared {
+    std::atomic<int64_t> next{0};
+    int64_t finished = 0;
+    std::mutex mutex;
+    std::condition_variable done;
+  };
+  int64_t chunks = threads == 1 ? 1 : std::min(units, threads * 4);
+  auto shared = std::make_shared<Shared>();
+  // A task that begins after the last chunk was taken returns at once; it
+  // holds `shared`, and reaches `run` (and the buffers) only for a chunk.
+  auto work = [shared, chunks, units, run] {
+    for (int64_t chunk; (chunk = shared->next.fetch_add(1)) < chunks;) {
+      run(units * chunk / chunks, units * (chunk + 1) / chunks);
+      std::lock_guard<std::mutex> lock(shared->mutex);
+      if (++shared->finished == chunks) shared->done.notify_all();
+    }
+  };
+  for (int64_t t = 1; t < threads; t++) pool.Schedule(decltype(work)(work));
+  work();
+  std::unique_lock<std::mutex> lock(shared->mutex);
+  shared->done.wait(lock, [&] { return shared->finished == chunks; });
+}
+
 ffi::Error Int8Step(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gradient,
                     ffi::Buffer<ffi::S32> key, ffi::Buffer<ffi::F32> coefficients,
                     ffi::Buffer<ffi::F32> theta, ffi::Buffer<ffi::S8> codes,
@@ -51,26 +83,13 @@ ffi::Error Int8Step(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gradient,
   float* s = new_scales->typed_data();
   const float* g = gradient.typed_data();
   const uint32_t* keys = reinterpret_cast<const uint32_t*>(key.typed_data());
-  auto run = [=](int64_t begin, int64_t end) {
-    keraslion_int8_step(p, g, c, s, width, block, keys, 0, nullptr, begin, end, k[0], k[1], k[2],
-                        k[3], k[4], decayed, k[5], 0x1p127f, 0x1p22f);
-  };
   // XLA's pool counts the machine's CPUs, not those this process may use.
   int64_t threads = std::max<int64_t>(
       1, std::min({pool.num_threads() + 1, cpus, units, elements / kPerThread}));
-  std::mutex mutex;
-  std::condition_variable done;
-  int64_t left = threads - 1;
-  for (int64_t t = 1; t < threads; t++) {
-    pool.Schedule([&, t] {
-      run(units * t / threads, units * (t + 1) / threads);
-      std::lock_guard<std::mutex> lock(mutex);
-      if (--left == 0) done.notify_one();
-    });
-  }
-  run(0, units / threads);
-  std::unique_lock<std::mutex> lock(mutex);
-  done.wait(lock, [&] { return left == 0; });
+  InParallel(pool, threads, units, [=](int64_t begin, int64_t end) {
+    keraslion_int8_step(p, g, c, s, width, block, keys, 0, nullptr, begin, end, k[0], k[1], k[2],
+                        k[3], k[4], decayed, k[5], 0x1p127f, 0x1p22f);
+  });
   return ffi::Error::Success();
 }
 

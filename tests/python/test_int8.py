@@ -455,7 +455,8 @@ def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str, ke
     rows, small variables gathered) give the plain path's weights, codes and
     scales, bit for bit, whatever the weights' dtype, with bfloat16
     gradients, non-finite ones, a variable left out of a step, and weight
-    decay excluded for some; the kernel on two threads."""
+    decay excluded for some; the kernel on two threads, its runs cutting
+    variables between threads."""
     import torch
 
     from keraslion._fastpaths import native, torch_int8
@@ -466,8 +467,8 @@ def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str, ke
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     steps_taken, kernel_steps = [], []
     monkeypatch.setattr(torch_int8, "_step", _spy(torch_int8._step, steps_taken))
-    monkeypatch.setattr(torch_int8, "_kernel_step",
-                        _spy(torch_int8._kernel_step, kernel_steps))
+    for name in ("_kernel_step", "_whole_variables"):  # pieces, and float32 variables
+        monkeypatch.setattr(torch_int8, name, _spy(getattr(torch_int8, name), kernel_steps))
     shapes = TORCH_CASES[case]
     rng = np.random.default_rng(6)
     init = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
@@ -494,7 +495,9 @@ def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str, ke
                        for v in quantized for x in (v, *_momentum_state(optimizer, v))]
     for fast, plain in zip(state[True], state[False]):
         np.testing.assert_array_equal(fast, plain)
-    assert bool(steps_taken) == (dtype != "float64")  # float64 weights: a float64 step
+    # Float64 weights take a float64 step (the plain path's); the kernel
+    # takes float32 ones whole, and the others by pieces.
+    assert bool(steps_taken) == (dtype != "float64" and not (kernel and dtype == "float32"))
     assert bool(kernel_steps) == (kernel and dtype != "float64")
 
 

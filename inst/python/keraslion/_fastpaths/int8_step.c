@@ -139,3 +139,24 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
         }
     }
 }
+
+/* The steps of runs of blocks of several whole variables, one after another:
+ * run j steps blocks `begins[j]` to `ends[j]` of variable `variables[j]`,
+ * whose weights, gradient, codes and scales are at `thetas[v]` and so on,
+ * with its own row length, block and noise key (`keys[v]`), decayed or not. */
+void keraslion_int8_steps(int64_t runs, const int64_t *variables, const int64_t *begins,
+                          const int64_t *ends, float *const *thetas,
+                          const float *const *gradients, int8_t *const *codes,
+                          float *const *scales, const int64_t *widths, const int64_t *blocks,
+                          const uint32_t *keys, const int32_t *decayed, float learning_rate,
+                          float beta_1, float one_minus_beta_1, float beta_2,
+                          float one_minus_beta_2, float weight_decay, float sign_first,
+                          float sign_second) {
+    for (int64_t j = 0; j < runs; j++) {
+        int64_t v = variables[j];
+        keraslion_int8_step(thetas[v], gradients[v], codes[v], scales[v], widths[v], blocks[v],
+                            keys + v, 0, NULL, begins[j], ends[j], learning_rate, beta_1,
+                            one_minus_beta_1, beta_2, one_minus_beta_2, decayed[v],
+                            weight_decay, sign_first, sign_second);
+    }
+}

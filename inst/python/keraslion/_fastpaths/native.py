@@ -40,9 +40,12 @@ HERE = Path(__file__).parent
 #: the selects into vector blends and vectorizes the loops.
 FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared")
 
-_POINTER = ctypes.c_void_p
-_ARGUMENTS = ([_POINTER] * 4 + [ctypes.c_int64] * 2 + [_POINTER, ctypes.c_int64, _POINTER]
-              + [ctypes.c_int64] * 2 + [ctypes.c_float] * 5 + [ctypes.c_int] + [ctypes.c_float] * 3)
+_POINTER, _INT64, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_ARGUMENTS = {
+    "keraslion_int8_step": [_POINTER] * 4 + [_INT64] * 2 + [_POINTER, _INT64, _POINTER]
+                           + [_INT64] * 2 + [_FLOAT] * 5 + [ctypes.c_int] + [_FLOAT] * 3,
+    "keraslion_int8_steps": [_INT64] + [_POINTER] * 11 + [_FLOAT] * 8,
+}
 
 #: Elements per thread at least: fewer take longer to hand out than to step
 #: (`kPerThread` in int8_step_xla.cc).
@@ -58,34 +61,49 @@ def enabled() -> bool:
 
 
 @functools.cache
-def int8_step() -> Any:
-    """The compiled `keraslion_int8_step` for ctypes, or None where it cannot be built."""
+def int8_library() -> Any:
+    """The compiled `int8_step.c` for ctypes (its functions `keraslion_int8_step`,
+    for a piece, and `keraslion_int8_steps`, for runs of whole variables), or
+    None where it cannot be built."""
     try:
         library = ctypes.CDLL(str(_built("CC", "cc", ["-std=c11"], HERE / "int8_step.c")))
     except (OSError, subprocess.SubprocessError):
         return None
-    function = library.keraslion_int8_step
-    function.argtypes = _ARGUMENTS
-    function.restype = None
-    return function
+    for name, arguments in _ARGUMENTS.items():
+        getattr(library, name).argtypes = arguments
+        getattr(library, name).restype = None
+    return library
+
+
+def threads_for(elements: int) -> int:
+    """Threads for a step of this many elements: PyTorch's intra-op threads
+    (`torch.get_num_threads()`), as many as the process may use, each with
+    at least PER_THREAD elements."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), usable_cpus(), elements // PER_THREAD))
 
 
 def in_parallel(run: Callable[[int, int], None], units: int, elements: int) -> None:
-    """`run(begin, end)` over `units` (of `elements` in all), cut into runs
-    for PyTorch's intra-op threads (`torch.get_num_threads()`); ctypes
-    releases the GIL while the kernel runs."""
-    import torch
+    """`run(begin, end)` over `units` (of `elements` in all), cut into runs,
+    one per thread (`threads_for`); ctypes releases the GIL while the kernel runs."""
+    threads = min(units, threads_for(elements))
+    bounds = [units * i // threads for i in range(threads + 1)]
+    all_of([lambda b=b, e=e: run(b, e) for b, e in zip(bounds[:-1], bounds[1:])])
 
-    threads = max(1, min(torch.get_num_threads(), usable_cpus(), units, elements // PER_THREAD))
-    if threads == 1:
-        run(0, units)
+
+def all_of(calls: list[Callable[[], None]]) -> None:
+    """Runs the calls, the first on this thread and the others on a pool's."""
+    if len(calls) == 1:
+        calls[0]()
         return
     # One pool per process: a forked child has its parent's pool without its threads.
     if os.getpid() not in _POOLS:
         _POOLS[os.getpid()] = ThreadPoolExecutor(os.cpu_count())
-    pool = _POOLS[os.getpid()]
-    bounds = [units * i // threads for i in range(threads + 1)]
-    list(pool.map(run, bounds[:-1], bounds[1:]))
+    others = [_POOLS[os.getpid()].submit(call) for call in calls[1:]]
+    calls[0]()
+    for other in others:
+        other.result()
 
 
 @functools.cache

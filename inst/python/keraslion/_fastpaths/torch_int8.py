@@ -1,5 +1,11 @@
 """PyTorch: the step of variables with an int8 momentum, in place, piece by piece.
 
+On the CPU, where it builds, the C kernel of `native.py` steps each piece
+in one pass, on PyTorch's threads: a float32 variable is one piece, and
+the pieces below gather or widen the others into float32. Otherwise (no C
+compiler, `KERASLION_NATIVE=0`, another device) PyTorch's operations run
+the same arithmetic: bit for bit the kernel's, more slowly.
+
 The plain path decodes, steps and encodes with about 80 Keras operations,
 each paying Keras's dispatch and allocating a temporary (page faults, for
 large ones): 25-150x float32's step. Here the same arithmetic, in the same
@@ -24,6 +30,8 @@ Float64 weights (a float64 step) take the plain path.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -65,12 +73,20 @@ class Plan(NamedTuple):
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     device = variables[0]._value.device
-    kernel = native.int8_step() if native.enabled() and device.type == "cpu" else None
-    plan = _plan(optimizer, variables, whole=kernel is not None)
+    kernel = native.int8_library() if native.enabled() and device.type == "cpu" else None
     *factors, weight_decay = optimizer._coefficients("float32", learning_rate)
     if kernel is not None:
         factors = [float(x) for x in factors]
         weight_decay = None if weight_decay is None else float(weight_decay)
+        whole = [v._value.dtype == torch.float32 for v in variables]
+        if any(whole):
+            _whole_variables(optimizer, kernel, [g for g, w in zip(grads, whole) if w],
+                             [v for v, w in zip(variables, whole) if w], factors, weight_decay)
+        grads = [g for g, w in zip(grads, whole) if not w]
+        variables = [v for v, w in zip(variables, whole) if not w]
+        if not variables:
+            return
+    plan = _plan(optimizer, variables)
     keys = int8.noise_key(optimizer.iterations, plan.indices)
     scratch, table, arange = _scratch(optimizer, device)
     tensors = [_as_rows(optimizer, v, g) for v, g in zip(variables, grads)]
@@ -92,9 +108,7 @@ def _as_rows(optimizer: Any, variable: Any, gradient: Any) -> tuple[Any, Any, An
 def _step(piece: Piece, tensors: list[Any], scratch: dict[str, Any], table: Any, arange: Any,
           keys: Any, coefficients: tuple[Any, ...], kernel: Any) -> None:
     rows, width = sum(piece.rows), piece.width
-    # (None for a whole variable, larger than the buffers: the kernel's.)
-    buffer = ({name: x[:rows * width].view(rows, width) for name, x in scratch.items()}
-              if rows * width <= PIECE else None)
+    buffer = {name: x[:rows * width].view(rows, width) for name, x in scratch.items()}
     parts = [[x[r, c] for x in tensors[j][:3]]
              + [tensors[j][3][r, c.start // int8.BLOCK:-(-c.stop // int8.BLOCK)]]
              for j, r, c in piece.members]
@@ -116,14 +130,11 @@ def _step(piece: Piece, tensors: list[Any], scratch: dict[str, Any], table: Any,
             _scatter(new, old, piece)
 
 
-def _float32(parts: list[Any], buffer: dict[str, Any] | None, name: str, piece: Piece) -> Any:
+def _float32(parts: list[Any], buffer: dict[str, Any], name: str, piece: Piece) -> Any:
     """The parts as one contiguous float32 tensor: a lone part itself if it
-    is one, else gathered into the scratch buffer `name` (or, for a whole
-    variable, copied)."""
+    is one, else gathered into the scratch buffer `name`."""
     if len(parts) == 1 and parts[0].dtype == torch.float32 and parts[0].is_contiguous():
         return parts[0]
-    if buffer is None:
-        return parts[0].to(torch.float32).contiguous()
     return _gather(parts, buffer[name], piece)
 
 
@@ -138,12 +149,88 @@ def _kernel_step(kernel: Any, piece: Piece, theta: Any, gradient: Any, codes: An
     *factors, weight_decay = coefficients
 
     def run(begin: int, end: int) -> None:
-        kernel(theta.data_ptr(), gradient.data_ptr(), codes.data_ptr(), scales.data_ptr(),
+        kernel.keraslion_int8_step(theta.data_ptr(), gradient.data_ptr(), codes.data_ptr(), scales.data_ptr(),
                piece.width, piece.block, key.data_ptr(), key_stride,
                piece.first_of_rows.data_ptr(), begin, end, *factors,
                weight_decay is not None, weight_decay or 0.0, *blocked._TO_ONE[torch.float32])
 
     native.in_parallel(run, scales.numel(), theta.numel())
+
+
+class Runs(NamedTuple):
+    params: list[Any]  # kept so that their ids, the cache key, stay theirs
+    indices: Any  # each variable's index in the optimizer (seeds its noise), int32
+    widths: Any  # row length (int64), block and decay (int32) of each variable
+    blocks: Any
+    decayed: Any
+    runs: dict[int, list[tuple[Any, Any, Any]]]  # by threads: each thread's (variables, begins, ends)
+
+
+def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: list[Any],
+                     factors: list[float], weight_decay: float | None) -> None:
+    """The step of float32 variables in C, in place, each whole, a thread
+    stepping runs of their blocks (one call for many small variables)."""
+    plan = _runs(optimizer, variables)
+    keys = int8.noise_key(optimizer.iterations, plan.indices)
+    grads = [g if g.dtype == torch.float32 and g.is_contiguous()
+             else g.to(torch.float32).contiguous() for g in grads]
+    index = [optimizer._get_variable_index(v) for v in variables]
+    # Read at every step: a variable's tensors may be replaced (loading weights).
+    pointers = torch.tensor([[x.data_ptr() for x in (v._value, g, optimizer._momentums[i]._value,
+                                                      optimizer._momentum_scales[i]._value)]
+                             for v, g, i in zip(variables, grads, index)], dtype=torch.int64)
+    pointers = pointers.T.contiguous()
+    decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
+    total = sum(v._value.numel() for v in variables)
+    threads = native.threads_for(total)
+    if threads not in plan.runs:
+        plan.runs[threads] = _split(variables, threads)
+
+    def call(owners: Any, begins: Any, ends: Any) -> Callable[[], None]:
+        return lambda: kernel.keraslion_int8_steps(
+            owners.numel(), owners.data_ptr(), begins.data_ptr(), ends.data_ptr(),
+            *(p.data_ptr() for p in pointers), plan.widths.data_ptr(), plan.blocks.data_ptr(),
+            keys.data_ptr(), decayed.data_ptr(), *factors, weight_decay or 0.0,
+            *blocked._TO_ONE[torch.float32])
+
+    native.all_of([call(*run) for run in plan.runs[threads]])
+
+
+def _runs(optimizer: Any, variables: list[Any]) -> Runs:
+    def make() -> Runs:
+        shapes = [tuple(v.shape) for v in variables]
+        return Runs([v._value for v in variables],
+                    torch.tensor([optimizer._get_variable_index(v) for v in variables],
+                                 dtype=torch.int32),
+                    torch.tensor([shape[-1] for shape in shapes], dtype=torch.int64),
+                    torch.tensor([int8.block_size(shape) for shape in shapes], dtype=torch.int64),
+                    torch.tensor([optimizer._use_weight_decay(v) for v in variables],
+                                 dtype=torch.int32), {})
+
+    return blocked.cached_plan(optimizer, "_torch_int8_runs", variables, make)
+
+
+def _split(variables: list[Any], threads: int) -> list[tuple[Any, Any, Any]]:
+    """The variables' blocks in `threads` runs of about as many elements,
+    a variable cut between two runs at a block."""
+    sizes = [(v._value.numel(), math.prod(int8.scale_shape(tuple(v.shape)))) for v in variables]
+    share = -(-sum(elements for elements, _ in sizes) // threads)
+    runs: list[list[tuple[int, int, int]]] = [[]]
+    room = share
+    for j, (elements, units) in enumerate(sizes):
+        begin = 0
+        while begin < units:
+            if room <= 0 and len(runs) < threads:
+                runs.append([])
+                room = share
+            # The blocks that fill the run (at least one); the last run takes the rest.
+            fill = -(-room * units // elements)
+            end = units if len(runs) == threads else min(units, begin + max(1, fill))
+            runs[-1].append((j, begin, end))
+            room -= (end - begin) * elements // units
+            begin = end
+    return [tuple(torch.tensor(column, dtype=torch.int64) for column in zip(*run))
+            for run in runs if run]
 
 
 def _gather(parts: list[Any], into: Any, piece: Piece) -> Any:
@@ -263,21 +350,19 @@ def _scalar(like: Any, value: float) -> Any:
     return _SCALARS[key]
 
 
-def _plan(optimizer: Any, variables: list[Any], whole: bool) -> Plan:
-    """The pieces for a set of variables, made once and cached. `whole`: for
-    the kernel, a large float32 variable is one piece."""
+def _plan(optimizer: Any, variables: list[Any]) -> Plan:
+    """The pieces for a set of variables, made once and cached."""
 
     def make() -> Plan:
         params = [v._value for v in variables]
         indices = torch.tensor([optimizer._get_variable_index(v) for v in variables],
                                dtype=torch.int32, device=params[0].device)
-        return Plan(params, indices, _pieces(optimizer, variables, whole))
+        return Plan(params, indices, _pieces(optimizer, variables))
 
-    name = "_torch_int8_whole_plans" if whole else "_torch_int8_plans"
-    return blocked.cached_plan(optimizer, name, variables, make)
+    return blocked.cached_plan(optimizer, "_torch_int8_plans", variables, make)
 
 
-def _pieces(optimizer: Any, variables: list[Any], whole: bool) -> list[Piece]:
+def _pieces(optimizer: Any, variables: list[Any]) -> list[Piece]:
     pieces, groups = [], {}
     for j, variable in enumerate(variables):
         shape = tuple(variable.shape)
@@ -288,11 +373,7 @@ def _pieces(optimizer: Any, variables: list[Any], whole: bool) -> list[Piece]:
             groups.setdefault((length, decayed), []).append((j, count // length))
             continue
         block = int8.block_size(shape)
-        if whole and variable._value.dtype == torch.float32:
-            cuts = [(slice(0, count // length), slice(0, length), 0)]
-        else:
-            cuts = _cuts(count // length, length)
-        for rows, columns, first in cuts:
+        for rows, columns, first in _cuts(count // length, length):
             height = rows.stop - rows.start
             pieces.append(Piece([(j, rows, columns)], [height], columns.stop - columns.start,
                                 block, first, decayed,

@@ -149,10 +149,11 @@ def _kernel_step(kernel: Any, piece: Piece, theta: Any, gradient: Any, codes: An
     *factors, weight_decay = coefficients
 
     def run(begin: int, end: int) -> None:
-        kernel.keraslion_int8_step(theta.data_ptr(), gradient.data_ptr(), codes.data_ptr(), scales.data_ptr(),
-               piece.width, piece.block, key.data_ptr(), key_stride,
-               piece.first_of_rows.data_ptr(), begin, end, *factors,
-               weight_decay is not None, weight_decay or 0.0, *blocked._TO_ONE[torch.float32])
+        kernel.keraslion_int8_step(
+            theta.data_ptr(), gradient.data_ptr(), codes.data_ptr(), scales.data_ptr(),
+            piece.width, piece.block, key.data_ptr(), key_stride, piece.first_of_rows.data_ptr(),
+            begin, end, *factors, weight_decay is not None, weight_decay or 0.0,
+            *blocked._TO_ONE[torch.float32])
 
     native.in_parallel(run, scales.numel(), theta.numel())
 
@@ -163,7 +164,8 @@ class Runs(NamedTuple):
     widths: Any  # row length (int64), block and decay (int32) of each variable
     blocks: Any
     decayed: Any
-    runs: dict[int, list[tuple[Any, Any, Any]]]  # by threads: each thread's (variables, begins, ends)
+    # By thread count: each thread's run, as (variables, first blocks, ends).
+    runs: dict[int, list[tuple[Any, Any, Any]]]
 
 
 def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: list[Any],

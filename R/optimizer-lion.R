@@ -123,14 +123,23 @@
 #' beyond 2^126 (8.5e37) saturates at 2^126; either makes 2^126 its block's
 #' scale, so that the block's other momenta are stored as 0 (a `NaN` or
 #' infinite gradient does this unless `skip_nonfinite = TRUE`); and encoding is more work
-#' than storing a float, so on a CPU a step takes longer than with float32
-#' (steps on 16.7 million parameters): measured by
-#' `make bench` in the package sources on a 2-core x86 CPU, 1.7 to 2 times
-#' as long with JAX and with TensorFlow, and 3 to 7 times with PyTorch,
-#' whose eager operations each make a pass (over a
-#' cache-sized piece); and the first step takes longer to
-#' compile (a 200-tensor transformer: about 30 s with JAX and 90 s with
-#' TensorFlow, against 3 to 8 s). Variables whose last axis
+#' than storing a float. On the CPU, the step with PyTorch, and with JAX for
+#' float32 weights (without `cautious`, not sharded), runs in a C kernel that
+#' reads and writes each element once: it is compiled on first use with the
+#' system's C compiler (`cc`; `c++` for JAX), for this CPU, and kept in
+#' `~/.cache/keraslion` (the environment variable `KERASLION_CACHE_DIR` sets
+#' another place, and `KERASLION_NATIVE=0` turns the kernel off). Its
+#' results are those of the backends' own operations, bit for bit (with JAX,
+#' those of XLA's operations one by one: XLA's compiled step may differ by a
+#' unit in the last place, and flushes subnormal numbers to zero). Measured by `make bench`
+#' in the package sources on a 2-core x86 CPU (steps on 16.7 million
+#' parameters, one thread), a step then takes about 0.55 times float32's time
+#' with PyTorch and about as long as float32's with JAX; where the backends'
+#' operations run it (TensorFlow, bfloat16 or float16 weights with JAX, no C
+#' compiler), 1.5 to 2 times as long with JAX and TensorFlow, and 3 to 7
+#' times with PyTorch. The first step takes longer to compile (a 200-tensor
+#' transformer: about 30 s with JAX and 90 s with TensorFlow, against 3 to
+#' 8 s; the kernel's first build about 2 s). Variables whose last axis
 #' is shorter than 32, or with fewer than 256 elements, gain little and keep
 #' a float32 momentum. Checkpoints load between int8 and float momentums.
 #' The vignette `vignette("lion-vs-adamw")` compares training quality and

@@ -73,6 +73,28 @@ def test_processes_building_at_once_share_one_library_and_agree(tmp_path: Path) 
 
 
 @torch_only
+def test_the_cache_keeps_the_newest_libraries(tmp_path: Path) -> None:
+    """Libraries of other versions (or compilers, or CPUs) pile up with
+    upgrades: building one keeps the `KEPT` newest, the new one among them."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler")
+    from keraslion._fastpaths import native
+
+    suffix = ".so" if sys.platform != "win32" else ".dll"
+    old = [tmp_path / f"int8_step-old{i:02d}{suffix}" for i in range(native.KEPT + 3)]
+    for age, path in enumerate(old):
+        path.write_bytes(b"")
+        os.utime(path, (1e9 + age, 1e9 + age))
+    other = tmp_path / f"int8_step_xla-old{suffix}"  # another source's: not counted
+    other.write_bytes(b"")
+    built, _ = result(steps_in_a_new_process(KERASLION_CACHE_DIR=str(tmp_path)))
+    assert built
+    left = sorted(p.name for p in tmp_path.iterdir())
+    newest = [p.name for p in old[-(native.KEPT - 1):]]
+    assert len(left) == native.KEPT + 1 and set(newest) <= set(left) and other.name in left
+
+
+@torch_only
 def test_without_a_compiler_or_when_turned_off_the_step_is_the_same(tmp_path: Path) -> None:
     """No compiler (and no library cached), or `KERASLION_NATIVE=0`:
     PyTorch's piecewise step runs, with the kernel's weights, codes and scales."""

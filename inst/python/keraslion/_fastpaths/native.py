@@ -9,9 +9,9 @@ kernel reads each weight, gradient and code once and writes each once.
 It is compiled on first use with the system's compiler (`$CC`, else `cc`;
 for JAX, `$CXX`, else `c++`, with the FFI headers jaxlib ships) for this
 CPU, and kept in a cache directory, one file per version of its source,
-compiler and CPU (`$KERASLION_CACHE_DIR`, else `$XDG_CACHE_HOME/keraslion`
-or `~/.cache/keraslion`; the system's temporary directory where these
-cannot be written). Without a compiler, or with `KERASLION_NATIVE=0`, the
+compiler and CPU, the newest `KEPT` of each source (`$KERASLION_CACHE_DIR`,
+else `$XDG_CACHE_HOME/keraslion` or `~/.cache/keraslion`; the system's
+temporary directory where these cannot be written). Without a compiler, or with `KERASLION_NATIVE=0`, the
 backend's own operations run the step: on PyTorch the same weights, codes
 and scales, bit for bit; on XLA the same but where XLA flushes subnormal
 numbers to zero, which the kernel keeps, as PyTorch does.
@@ -177,8 +177,26 @@ def _built(variable: str, default: str, flags: list[str], source: Path, *parts: 
         finally:
             if os.path.exists(partial):
                 os.remove(partial)
+        _forget_old(directory, f"{source.stem}-*{suffix}")
         return library
     raise OSError("no writable directory for the int8 kernel")
+
+
+#: Libraries of one source kept in the cache (other versions, compilers and
+#: CPUs sharing it), the most recently built.
+KEPT = 8
+
+
+def _forget_old(directory: Path, pattern: str) -> None:
+    """Removes all but the KEPT newest libraries matching `pattern`, so that
+    upgrades do not fill the cache. (A process that loaded one keeps it; one
+    removed by another process at the same time is no error.)"""
+    try:
+        built = sorted(directory.glob(pattern), key=lambda path: path.stat().st_mtime)
+        for path in built[:-KEPT]:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _target(compiler: list[str]) -> tuple[list[str], bytes]:

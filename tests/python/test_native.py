@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,12 @@ def steps_in_a_new_process(**environment: str) -> subprocess.Popen:
 
 
 def result(process: subprocess.Popen) -> tuple[bool, str]:
+    """Whether the kernel was built, and the digest; a KernelWarning printed
+    must say that it was not."""
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     built, digest = out.split()
+    assert ("KernelWarning" in err) == (built == "False"), err[-2000:]
     return built == "True", digest
 
 
@@ -101,9 +105,23 @@ def test_without_a_compiler_or_when_turned_off_the_step_is_the_same(tmp_path: Pa
     built = result(steps_in_a_new_process(KERASLION_CACHE_DIR=str(tmp_path / "a")))
     no_compiler = result(steps_in_a_new_process(KERASLION_CACHE_DIR=str(tmp_path / "b"),
                                                 CC="/nonexistent/cc"))
-    turned_off = result(steps_in_a_new_process(KERASLION_NATIVE="0"))
-    assert no_compiler[0] is False
-    assert built[1] == no_compiler[1] == turned_off[1]
+    broken_compiler = result(steps_in_a_new_process(KERASLION_CACHE_DIR=str(tmp_path / "c"),
+                                                    CC="true"))
+    turned_off = result(steps_in_a_new_process(KERASLION_NATIVE="0", CC="/nonexistent/cc"))
+    assert no_compiler[0] is False and broken_compiler[0] is False
+    assert built[1] == no_compiler[1] == broken_compiler[1] == turned_off[1]
+    assert not list((tmp_path / "c").glob("*.so"))  # Nothing that cannot load is kept.
+
+
+@torch_only
+def test_a_cached_library_that_does_not_load_is_built_anew(tmp_path: Path) -> None:
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler")
+    assert result(steps_in_a_new_process(KERASLION_CACHE_DIR=str(tmp_path)))[0]
+    [library] = tmp_path.iterdir()
+    library.write_bytes(b"")  # Cut short (a full disk, a killed build).
+    assert result(steps_in_a_new_process(KERASLION_CACHE_DIR=str(tmp_path)))[0]
+    assert library.stat().st_size > 0
 
 
 @torch_only
@@ -115,6 +133,10 @@ def test_a_cache_directory_that_cannot_be_made_falls_back_to_the_temporary_one(
     blocker.write_text("")
     built, _ = result(steps_in_a_new_process(KERASLION_CACHE_DIR=str(blocker / "cache")))
     assert built
+    if hasattr(os, "getuid"):  # This user's own: no one else can put a library there.
+        private = Path(tempfile.gettempdir()) / f"keraslion-{os.getuid()}"
+        assert private.stat().st_mode & 0o777 == 0o700
+        assert list(private.glob("int8_step-*"))
 
 
 def jitted_step_text(monkeypatch: Any, kernel: bool, **settings: Any) -> str:
@@ -214,3 +236,68 @@ def test_custom_calls_that_xla_runs_at_once_all_finish() -> None:
     for _ in range(20):  # Every element of every variable moves by -lr each step.
         expected = np.float32(expected - np.float32(1e-2))
     assert done.stdout.split("\n")[-2] == str([float(expected)])
+
+
+def run_eagerly(monkeypatch: Any, kernel: bool, function: Any) -> list[np.ndarray]:
+    monkeypatch.setenv("KERASLION_NATIVE", "1" if kernel else "0")
+    return [np.asarray(x) for x in function()]
+
+
+@jax_only
+def test_vmap_and_grad_through_the_kernel_are_those_of_xla_s_ops(monkeypatch: Any) -> None:
+    """`jax.vmap` over an ensemble's states (one call per member) and
+    `jax.grad` through `stateless_apply` (the derivative of the step in
+    XLA's operations) give what they give without the kernel."""
+    import jax
+
+    rng = np.random.default_rng(5)
+    variable = keras.Variable(rng.standard_normal((64, 512)).astype("float32"))
+    optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype="int8")
+    optimizer.build([variable])
+    state = [jax.numpy.stack([v.value] * 3) for v in optimizer.variables]
+    weights = jax.numpy.asarray(rng.standard_normal((3, 64, 512)).astype("float32"))
+    grads = jax.numpy.asarray(rng.standard_normal((3, 64, 512)).astype("float32"))
+
+    def member(state: Any, gradient: Any, weight: Any) -> Any:
+        new_weights, new_state = optimizer.stateless_apply(state, [gradient], [weight])
+        return [*new_weights, *new_state]
+
+    def loss(weight: Any) -> Any:
+        new_weights, _ = optimizer.stateless_apply([v.value for v in optimizer.variables],
+                                                   [grads[0]], [weight])
+        return (new_weights[0] ** 2).sum()
+
+    for function in (lambda: jax.vmap(member)(state, grads, weights),
+                     lambda: [jax.grad(loss)(weights[0])]):
+        with_kernel = run_eagerly(monkeypatch, True, function)
+        without = run_eagerly(monkeypatch, False, function)
+        for a, b in zip(with_kernel, without):
+            np.testing.assert_array_equal(a, b)
+
+
+@jax_only
+def test_with_several_devices_xla_s_ops_step_a_sharded_variable() -> None:
+    """With more than one device, a variable's sharding is not known while
+    tracing, and XLA would gather it to each device for the custom call:
+    XLA's operations step it, and it stays sharded."""
+    script = """
+import jax, keras, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from keraslion import Lion
+variable = keras.Variable(np.ones((512, 512), "float32"))
+optimizer = Lion(1e-2, momentum_dtype="int8")
+optimizer.build([variable])
+sharding = NamedSharding(Mesh(jax.devices(), ("d",)), PartitionSpec("d"))
+weights = [jax.device_put(variable.value, sharding)]
+step = jax.jit(lambda w, s, g: optimizer.stateless_apply(s, g, w))
+new_weights, _ = step(weights, [v.value for v in optimizer.variables],
+                      [jax.device_put(np.ones((512, 512), "float32"), sharding)])
+print(new_weights[0].sharding.spec, "keraslion_int8_step" in step.lower(
+    weights, [v.value for v in optimizer.variables], weights).as_text())
+"""
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE), "KERAS_BACKEND": "jax",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[-2] == "PartitionSpec('d',) False"

@@ -255,7 +255,11 @@ def noise_bits(step: Any, variable_index: Any, shape: tuple[int, ...], offset: i
     `variable_index`: an int, or an int32 scalar tensor. `offset`: the flat
     index of the first element, for a part of a variable.
     """
-    key = noise_key(step, variable_index)
+    return noise_from_key(noise_key(step, variable_index), shape, offset)
+
+
+def noise_from_key(key: Any, shape: tuple[int, ...], offset: int = 0) -> Any:
+    """`noise_bits` of a variable whose `noise_key` is `key`."""
     size = math.prod(shape)
     index = ops.reshape(ops.arange(offset, offset + size, dtype="int32"), shape)
     return _shift_right(_mix(ops.bitwise_xor(index, key)), 32 - NOISE_BITS)

@@ -10,11 +10,13 @@ It is compiled on first use with the system's compiler (`$CC`, else `cc`;
 for JAX, `$CXX`, else `c++`, with the FFI headers jaxlib ships) for this
 CPU, and kept in a cache directory, one file per version of its source,
 compiler and CPU, the newest `KEPT` of each source (`$KERASLION_CACHE_DIR`,
-else `$XDG_CACHE_HOME/keraslion` or `~/.cache/keraslion`; the system's
-temporary directory where these cannot be written). Without a compiler, or with `KERASLION_NATIVE=0`, the
-backend's own operations run the step: on PyTorch the same weights, codes
-and scales, bit for bit; on XLA the same but where XLA flushes subnormal
-numbers to zero, which the kernel keeps, as PyTorch does.
+else `$XDG_CACHE_HOME/keraslion` or `~/.cache/keraslion`; where it cannot
+be written or run from, a directory of this user's own in the system's
+temporary one). Without a compiler (with a `KernelWarning`), or with
+`KERASLION_NATIVE=0`, the backend's own operations run the step: on
+PyTorch the same weights, codes and scales, bit for bit; on XLA the same
+as its operations one by one, but where XLA flushes subnormal numbers to
+zero, which the kernel keeps, as PyTorch does.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import hashlib
 import os
 import platform
 import shlex
+import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,9 +69,8 @@ def int8_library() -> Any:
     """The compiled `int8_step.c` for ctypes (its functions `keraslion_int8_step`,
     for a piece, and `keraslion_int8_steps`, for runs of whole variables), or
     None where it cannot be built."""
-    try:
-        library = ctypes.CDLL(str(_built("CC", "cc", ["-std=c11"], HERE / "int8_step.c")))
-    except (OSError, subprocess.SubprocessError):
+    library = _loaded("CC", "cc", ["-std=c11"], HERE / "int8_step.c")
+    if library is None:
         return None
     for name, arguments in _ARGUMENTS.items():
         getattr(library, name).argtypes = arguments
@@ -117,19 +120,19 @@ def xla_int8_step() -> Callable[..., tuple[Any, Any, Any]] | None:
     ffi = getattr(jax, "ffi", None)
     if ffi is None:  # JAX before 0.4.38
         return None
-    try:
-        flags = ["-std=c++17", f"-I{ffi.include_dir()}"]
-        library = ctypes.CDLL(str(_built("CXX", "c++", flags, HERE / "int8_step_xla.cc",
-                                         HERE / "int8_step.c", jax.__version__.encode())))
-        ffi.register_ffi_target(TARGET, ffi.pycapsule(library.KeraslionInt8Step),
-                                platform="cpu")
-    except (OSError, subprocess.SubprocessError):
+    flags = ["-std=c++17", f"-I{ffi.include_dir()}"]
+    library = _loaded("CXX", "c++", flags, HERE / "int8_step_xla.cc", HERE / "int8_step.c",
+                      jax.__version__.encode())
+    if library is None:
         return None
+    ffi.register_ffi_target(TARGET, ffi.pycapsule(library.KeraslionInt8Step), platform="cpu")
 
     def step(gradient: Any, key: Any, coefficients: Any, theta: Any, codes: Any, scales: Any,
              block: int, decayed: bool) -> tuple[Any, Any, Any]:
         results = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (theta, codes, scales)]
-        call = ffi.ffi_call(TARGET, results, input_output_aliases={3: 0, 4: 1, 5: 2})
+        # Under `jax.vmap` (an ensemble of optimizers), one call per member.
+        call = ffi.ffi_call(TARGET, results, input_output_aliases={3: 0, 4: 1, 5: 2},
+                            vmap_method="sequential")
         return call(gradient, key, coefficients, theta, codes, scales, block=block,
                     decayed=decayed, cpus=usable_cpus())
 
@@ -144,42 +147,94 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _built(variable: str, default: str, flags: list[str], source: Path, *parts: Path | bytes,
-           ) -> Path:
+class KernelWarning(UserWarning):
+    """The int8 step's C kernel could not be built or loaded: the backend's
+    operations run the step (the same results, more slowly)."""
+
+
+def _loaded(variable: str, default: str, flags: list[str], source: Path,
+            *parts: Path | bytes) -> Any:
     """The library built from `source` (which includes `parts`, files or
-    other bytes that decide it) by the compiler `$variable` (else `default`)."""
-    compiler = shlex.split(os.environ.get(variable, default))
-    target, macros = _target(compiler)
-    flags = [*FLAGS, *flags, *target]
-    # The compiler's predefined macros name its version and the instruction
-    # sets it targets: a cache shared by machines of other CPUs (a home on a
-    # network drive) holds a library for each.
-    decided = [source.read_bytes(), *(p.read_bytes() if isinstance(p, Path) else p for p in parts),
-               macros, " ".join(flags).encode(), platform.machine().encode()]
-    key = hashlib.sha256(b"\0".join(decided)).hexdigest()[:16]
+    other bytes that decide it) by the compiler `$variable` (else `default`),
+    loaded; None, with a `KernelWarning`, where it cannot be."""
+    try:
+        compiler = shlex.split(os.environ.get(variable, default))
+        target, macros = _target(compiler)
+        flags = [*FLAGS, *flags, *target]
+        # The compiler's predefined macros name its version and the
+        # instruction sets it targets: a cache shared by machines of other
+        # CPUs (a home on a network drive) holds a library for each.
+        decided = [source.read_bytes(),
+                   *(p.read_bytes() if isinstance(p, Path) else p for p in parts),
+                   macros, " ".join(flags).encode(), platform.machine().encode()]
+        key = hashlib.sha256(b"\0".join(decided)).hexdigest()[:16]
+    except (OSError, subprocess.SubprocessError) as error:
+        return _unavailable(source, f"no working compiler ({error})")
     suffix = ".dll" if sys.platform == "win32" else ".so"
-    for directory in (_cache_directory(), Path(tempfile.gettempdir()) / "keraslion"):
+    problems = []
+    for directory in _directories():
         library = directory / f"{source.stem}-{key}{suffix}"
-        if library.exists():
-            return library
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            # Built under a name of its own, then renamed: processes building
-            # at once each rename a whole library into place.
-            handle, partial = tempfile.mkstemp(suffix=suffix, dir=directory)
+            if library.exists():
+                try:
+                    return ctypes.CDLL(str(library))
+                except OSError as error:  # Cut short, say: built anew.
+                    problems.append(f"{library}: {error}")
+                    library.unlink(missing_ok=True)
+            _build(compiler, flags, source, library)
+            _forget_old(directory, f"{source.stem}-*{suffix}")
+            return ctypes.CDLL(str(library))
+        except subprocess.SubprocessError as error:  # The compiler failed: anywhere.
+            output = getattr(error, "stderr", b"") or b""
+            problems.append(f"{error} {output.decode(errors='replace')[-500:]}")
+            break
+        except OSError as error:  # Not writable, or not executable (noexec): the next one.
+            problems.append(f"{directory}: {error}")
+    return _unavailable(source, "; ".join(problems))
+
+
+def _unavailable(source: Path, reason: str) -> None:
+    warnings.warn(f"keraslion: the int8 step's C kernel ({source.name}) could not be built "
+                  f"or loaded, so the backend's operations run the int8 step: the same "
+                  f"results, more slowly. {reason}. (Set KERASLION_NATIVE=0 to not try.)",
+                  KernelWarning, stacklevel=3)
+    return None
+
+
+def _build(compiler: list[str], flags: list[str], source: Path, library: Path) -> None:
+    """Builds `library` under a name of its own, loads it (so that a library
+    that cannot run is not kept), then renames it into place: processes
+    building at once each rename a whole, working library there."""
+    library.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=library.suffix, dir=library.parent)
+    os.close(handle)
+    try:
+        subprocess.run([*compiler, *flags, "-o", partial, str(source)], capture_output=True,
+                       check=True, timeout=300)
+        ctypes.CDLL(partial)
+        os.replace(partial, library)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _directories() -> list[Path]:
+    """Where libraries are kept: the cache directory, else a temporary one
+    of this user's own (others cannot put a library there)."""
+    directories = [_cache_directory()]
+    if hasattr(os, "getuid"):
+        private = Path(tempfile.gettempdir()) / f"keraslion-{os.getuid()}"
+        try:
+            private.mkdir(mode=0o700, exist_ok=True)
+            status = private.lstat()
+            if (stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid()
+                    and not status.st_mode & 0o077):
+                directories.append(private)
         except OSError:
-            continue
-        os.close(handle)
-        try:
-            subprocess.run([*compiler, *flags, "-o", partial, str(source)], capture_output=True,
-                           check=True, timeout=300)
-            os.replace(partial, library)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
-        _forget_old(directory, f"{source.stem}-*{suffix}")
-        return library
-    raise OSError("no writable directory for the int8 kernel")
+            pass
+    else:  # Windows: the temporary directory is the user's.
+        directories.append(Path(tempfile.gettempdir()) / "keraslion")
+    return directories
 
 
 #: Libraries of one source kept in the cache (other versions, compilers and

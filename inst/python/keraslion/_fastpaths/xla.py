@@ -20,6 +20,7 @@ bytes per element, and an int8 momentum's codes are rewritten in place.
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,7 @@ import keras
 from keras import ops
 
 from .. import int8
-from ..lion import lion_update
+from ..lion import StepInputs, lion_update
 from . import native
 
 
@@ -63,20 +64,21 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
 
 def _takes_kernel(optimizer: Any, variable: Any) -> bool:
     """Whether the variable's step is the int8 kernel's (`native.py`): on
-    JAX's CPU, for float32 weights with an int8 momentum, without caution,
-    unsharded."""
+    JAX with one CPU device, for float32 weights with an int8 momentum,
+    without caution."""
     return (keras.backend.backend() == "jax" and not optimizer.cautious
             and optimizer._momentum_scales[optimizer._get_variable_index(variable)] is not None
             and keras.backend.standardize_dtype(variable.dtype) == "float32"
-            and getattr(variable, "_layout", None) is None
-            and _on_cpu() and native.enabled() and native.xla_int8_step() is not None)
+            and _one_cpu() and native.enabled() and native.xla_int8_step() is not None)
 
 
-def _on_cpu() -> bool:
-    """Whether JAX computes on the CPU (the custom call has no GPU or TPU kernel)."""
+def _one_cpu() -> bool:
+    """Whether JAX computes on one CPU device: the custom call has no GPU or
+    TPU kernel, and across devices XLA would gather a sharded variable to
+    each of them for it (a variable's sharding is not known while tracing)."""
     import jax
 
-    return jax.default_backend() == "cpu"
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
 def _kernel_step(optimizer: Any, gradient: Any, variable: Any, learning_rate: Any,
@@ -88,13 +90,44 @@ def _kernel_step(optimizer: Any, gradient: Any, variable: Any, learning_rate: An
     decayed = weight_decay is not None and optimizer._use_weight_decay(variable)
     coefficients = ops.stack([*factors, weight_decay if decayed else ops.zeros((), "float32")])
     key = int8.noise_key(optimizer.iterations, index if noise_index is None else noise_index)
-    theta, new_codes, new_scales = native.xla_int8_step()(
-        ops.cast(gradient, "float32"), ops.reshape(key, (1,)), coefficients, variable.value,
-        codes.value, scales.value, block=int8.block_size(tuple(variable.shape)),
-        decayed=bool(decayed))
+    step = _differentiable_kernel(int8.block_size(tuple(variable.shape)), bool(decayed))
+    theta, new_codes, new_scales = step(ops.cast(gradient, "float32"), ops.reshape(key, (1,)),
+                                        coefficients, variable.value, codes.value, scales.value)
     optimizer.assign(codes, new_codes)
     optimizer.assign(scales, new_scales)
     optimizer.assign(variable, theta)
+
+
+@functools.cache
+def _differentiable_kernel(block: int, decayed: bool) -> Any:
+    """The kernel's step, whose derivative (for `jax.grad` or `jax.jvp`
+    through `stateless_apply`) is that of the same step in XLA's operations."""
+    import jax
+
+    kernel = native.xla_int8_step()
+
+    @jax.custom_jvp
+    def step(*inputs: Any) -> Any:
+        return tuple(kernel(*inputs, block=block, decayed=decayed))
+
+    @step.defjvp
+    def step_jvp(primals: Any, tangents: Any) -> Any:
+        in_ops = partial(_step_in_ops, decayed=decayed)
+        return step(*primals), jax.jvp(in_ops, primals, tangents)[1]
+
+    return step
+
+
+def _step_in_ops(gradient: Any, key: Any, coefficients: Any, theta: Any, codes: Any, scales: Any,
+                 decayed: bool) -> tuple[Any, Any, Any]:
+    """The kernel's step, in XLA's operations (as `update` computes it)."""
+    learning_rate, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, weight_decay = (
+        coefficients[i] for i in range(6))
+    step = StepInputs(theta, int8.decode(codes, scales), gradient, learning_rate, beta_1,
+                      one_minus_beta_1, beta_2, one_minus_beta_2,
+                      weight_decay if decayed else None)
+    theta, m = lion_update(step, cautious=False)
+    return (theta, *int8.encode(m, int8.noise_from_key(key[0], tuple(theta.shape))))
 
 
 def _orders(optimizer: Any, variable: Any) -> bool:

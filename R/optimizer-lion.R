@@ -124,11 +124,13 @@
 #' scale, so that the block's other momenta are stored as 0 (a `NaN` or
 #' infinite gradient does this unless `skip_nonfinite = TRUE`); and encoding is more work
 #' than storing a float. On the CPU, the step with PyTorch, and with JAX for
-#' float32 weights (without `cautious`, not sharded), runs in a C kernel that
-#' reads and writes each element once: it is compiled on first use with the
-#' system's C compiler (`cc`; `c++` for JAX), for this CPU, and kept in
-#' `~/.cache/keraslion` (the environment variable `KERASLION_CACHE_DIR` sets
-#' another place, and `KERASLION_NATIVE=0` turns the kernel off). Its
+#' float32 weights (without `cautious`, with one JAX device), runs in a C
+#' kernel that reads and writes each element once: it is compiled on first
+#' use with the system's C compiler (`cc`; `c++` for JAX), for this CPU, and
+#' kept in `~/.cache/keraslion` (the environment variable
+#' `KERASLION_CACHE_DIR` sets another place, and `KERASLION_NATIVE=0` turns
+#' the kernel off); where it cannot be built, a Python `KernelWarning` says
+#' so and the backend's operations run the step. Its
 #' results are those of the backends' own operations, bit for bit (with JAX,
 #' those of XLA's operations one by one: XLA's compiled step may differ by a
 #' unit in the last place, and flushes subnormal numbers to zero). Measured by `make bench`

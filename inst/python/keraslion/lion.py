@@ -299,11 +299,13 @@ class Lion(keras.optimizers.Optimizer):
     block's other momenta are then stored as 0 (a NaN or infinite gradient
     does this unless `skip_nonfinite=True`); and encoding takes more work than a
     float store. On the CPU, PyTorch's step, and JAX's for float32 weights
-    (without `cautious`, unsharded), run in a C kernel that reads and
-    writes each element once: it is compiled on first use with the system's
-    C compiler (`cc`; `c++` and jaxlib's FFI headers for JAX), for this CPU,
-    and kept in `~/.cache/keraslion` (`KERASLION_CACHE_DIR` sets another
-    place; `KERASLION_NATIVE=0` turns it off). Its results are the
+    (without `cautious`, with one JAX device), run in a C kernel that reads
+    and writes each element once: it is compiled on first use with the
+    system's C compiler (`cc`; `c++` and jaxlib's FFI headers for JAX), for
+    this CPU, and kept in `~/.cache/keraslion` (`KERASLION_CACHE_DIR` sets
+    another place; `KERASLION_NATIVE=0` turns it off); where it cannot be
+    built, a `KernelWarning` says so and the backend's operations run the
+    step. `jax.vmap` and `jax.grad` go through it as through those. Its results are the
     backends' operations' bit for bit (on JAX, those of XLA's operations
     one by one: XLA's compiled step may differ by a unit in the last
     place, and flushes subnormal numbers to zero). On a 2-core x86 CPU (`make bench`, 16.7M

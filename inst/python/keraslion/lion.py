@@ -305,7 +305,8 @@ class Lion(keras.optimizers.Optimizer):
     this CPU, and kept in `~/.cache/keraslion` (`KERASLION_CACHE_DIR` sets
     another place; `KERASLION_NATIVE=0` turns it off); where it cannot be
     built, a `KernelWarning` says so and the backend's operations run the
-    step. `jax.vmap` and `jax.grad` go through it as through those. Its results are the
+    step. `jax.vmap` and `jax.grad` work through the kernel as through
+    XLA's operations. Its results are the
     backends' operations' bit for bit (on JAX, those of XLA's operations
     one by one: XLA's compiled step may differ by a unit in the last
     place, and flushes subnormal numbers to zero). On a 2-core x86 CPU (`make bench`, 16.7M

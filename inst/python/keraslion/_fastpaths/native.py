@@ -31,6 +31,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -171,16 +172,19 @@ def _loaded(variable: str, default: str, flags: list[str], source: Path,
     except (OSError, subprocess.SubprocessError) as error:
         return _unavailable(source, f"no working compiler ({error})")
     suffix = ".dll" if sys.platform == "win32" else ".so"
-    problems = []
-    for directory in _directories():
+    directories, problems = _directories()
+    for directory in directories:
         library = directory / f"{source.stem}-{key}{suffix}"
         try:
             if library.exists():
                 try:
                     return ctypes.CDLL(str(library))
-                except OSError as error:  # Cut short, say: built anew.
+                except OSError as error:
+                    # Cut short, say: built anew, and replaced once the new
+                    # one loads (on a drive that does not run programs, it
+                    # is kept for the machines that can, and the next
+                    # directory is tried).
                     problems.append(f"{library}: {error}")
-                    library.unlink(missing_ok=True)
             _build(compiler, flags, source, library)
             _forget_old(directory, f"{source.stem}-*{suffix}")
             return ctypes.CDLL(str(library))
@@ -195,9 +199,9 @@ def _loaded(variable: str, default: str, flags: list[str], source: Path,
 
 def _unavailable(source: Path, reason: str) -> None:
     warnings.warn(f"keraslion: the int8 step's C kernel ({source.name}) could not be built "
-                  f"or loaded, so the backend's operations run the int8 step: the same "
-                  f"results, more slowly. {reason}. (Set KERASLION_NATIVE=0 to not try.)",
-                  KernelWarning, stacklevel=3)
+                  f"or loaded, so the backend's operations run the int8 step, more slowly "
+                  f"(the same results on PyTorch; on JAX, within a unit in the last place). "
+                  f"{reason}. (Set KERASLION_NATIVE=0 to not try.)", KernelWarning, stacklevel=3)
     return None
 
 
@@ -218,10 +222,11 @@ def _build(compiler: list[str], flags: list[str], source: Path, library: Path) -
             os.remove(partial)
 
 
-def _directories() -> list[Path]:
+def _directories() -> tuple[list[Path], list[str]]:
     """Where libraries are kept: the cache directory, else a temporary one
-    of this user's own (others cannot put a library there)."""
-    directories = [_cache_directory()]
+    of this user's own (others cannot put a library there); and why a
+    temporary one was refused."""
+    directories, refused = [_cache_directory()], []
     if hasattr(os, "getuid"):
         private = Path(tempfile.gettempdir()) / f"keraslion-{os.getuid()}"
         try:
@@ -230,11 +235,13 @@ def _directories() -> list[Path]:
             if (stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid()
                     and not status.st_mode & 0o077):
                 directories.append(private)
-        except OSError:
-            pass
+            else:
+                refused.append(f"{private}: not a directory of this user's alone")
+        except OSError as error:
+            refused.append(f"{private}: {error}")
     else:  # Windows: the temporary directory is the user's.
         directories.append(Path(tempfile.gettempdir()) / "keraslion")
-    return directories
+    return directories, refused
 
 
 #: Libraries of one source kept in the cache (other versions, compilers and
@@ -244,11 +251,14 @@ KEPT = 8
 
 def _forget_old(directory: Path, pattern: str) -> None:
     """Removes all but the KEPT newest libraries matching `pattern`, so that
-    upgrades do not fill the cache. (A process that loaded one keeps it; one
-    removed by another process at the same time is no error.)"""
+    upgrades do not fill the cache, and what builds killed midway left
+    there an hour ago or more. (A process that loaded a library keeps it;
+    one removed by another process at the same time is no error.)"""
     try:
         built = sorted(directory.glob(pattern), key=lambda path: path.stat().st_mtime)
-        for path in built[:-KEPT]:
+        left = [path for path in directory.glob("tmp*")
+                if path.stat().st_mtime < time.time() - 3600]
+        for path in built[:-KEPT] + left:
             path.unlink(missing_ok=True)
     except OSError:
         pass

@@ -43,6 +43,8 @@ bench: setup
 	$(PYTHON) bench/memory.py
 	$(PYTHON) bench/int8_fused.py
 	$(PYTHON) bench/int8_formats.py
+	KERAS_BACKEND=torch $(PYTHON) bench/int8_kernel.py
+	KERAS_BACKEND=jax $(PYTHON) bench/int8_kernel.py
 
 # The pkgdown site, built into docs/ offline (tools/build-site.R); its
 # examples and vignettes run with the Python above.

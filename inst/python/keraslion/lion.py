@@ -304,21 +304,22 @@ class Lion(keras.optimizers.Optimizer):
     system's C compiler (`cc`; `c++` and jaxlib's FFI headers for JAX), for
     this CPU, and kept in `~/.cache/keraslion` (`KERASLION_CACHE_DIR` sets
     another place; `KERASLION_NATIVE=0` turns it off); where it cannot be
-    built, a `KernelWarning` says so and the backend's operations run the
-    step. `jax.vmap` and `jax.grad` work through the kernel as through
-    XLA's operations. Its results are the
-    backends' operations' bit for bit (on JAX, those of XLA's operations
-    one by one: XLA's compiled step may differ by a unit in the last
-    place, and flushes subnormal numbers to zero). On a 2-core x86 CPU (`make bench`, 16.7M
-    parameters, one thread) the step then takes about 0.55x float32's time
-    on PyTorch and about as long as float32's on JAX; where the backends'
-    operations run it (TensorFlow, bfloat16 or float16 weights on JAX, no
-    C compiler) 1.5-2x as long on JAX and TensorFlow, and 3-7x on PyTorch.
-    The first step compiles longer (a 200-tensor transformer: about 30 s
-    on JAX and 90 s on TensorFlow, against 3-8 s; the kernel's first build
-    takes about 2 s). Variables whose last axis is
-    shorter than 32, or with fewer than 256 elements, gain little and keep
-    a float32 momentum. Checkpoints load between int8 and float momentums
+    built, a `keraslion.KernelWarning` says so and the backend's operations
+    run the step. `jax.vmap` and `jax.grad` work through the kernel as
+    through XLA's operations. Its results are the backends' operations' bit
+    for bit (on JAX, those of XLA's operations one by one: XLA's compiled
+    step may differ by a unit in the last place, and flushes subnormal
+    numbers to zero). On one thread of a 2-core x86 CPU (16.7M parameters,
+    `bench/int8_kernel.py`) the step then takes 0.55-0.85x float32's time
+    on PyTorch, and 1.2-1.4x on JAX (whose float32 step is bound by memory,
+    the kernel by its arithmetic; on two threads it is faster than
+    float32's); where the backends' operations run it (TensorFlow, bfloat16
+    or float16 weights on JAX, no C compiler), 1.5-2x as long on JAX and
+    TensorFlow, and 3-7x on PyTorch. The first step compiles longer (a
+    200-tensor transformer: about 30 s on JAX and 90 s on TensorFlow,
+    against 3-8 s; the kernel's first build takes about 2 s). Variables
+    whose last axis is shorter than 32, or with fewer than 256 elements,
+    gain little and keep a float32 momentum. Checkpoints load between int8 and float momentums
     (decoded, or rounded to the nearest code).
 
     Args:

@@ -137,8 +137,8 @@
 #' in the package sources on a 2-core x86 CPU (steps on 16.7 million
 #' parameters, one thread; `bench/int8_kernel.py`), a step then takes 0.55 to
 #' 0.85 times float32's time with PyTorch, and 1.2 to 1.4 times with JAX
-#' (whose float32 step is bound by memory, the kernel by its arithmetic; on
-#' two threads it is faster than float32's); where the backends'
+#' (whose float32 step is bound by memory, the kernel by its arithmetic);
+#' where the backends'
 #' operations run it (TensorFlow, bfloat16 or float16 weights with JAX, no C
 #' compiler), 1.5 to 2 times as long with JAX and TensorFlow, and 3 to 7
 #' times with PyTorch. The first step takes longer to compile (a 200-tensor

@@ -312,8 +312,7 @@ class Lion(keras.optimizers.Optimizer):
     numbers to zero). On one thread of a 2-core x86 CPU (16.7M parameters,
     `bench/int8_kernel.py`) the step then takes 0.55-0.85x float32's time
     on PyTorch, and 1.2-1.4x on JAX (whose float32 step is bound by memory,
-    the kernel by its arithmetic; on two threads it is faster than
-    float32's); where the backends' operations run it (TensorFlow, bfloat16
+    the kernel by its arithmetic); where the backends' operations run it (TensorFlow, bfloat16
     or float16 weights on JAX, no C compiler), 1.5-2x as long on JAX and
     TensorFlow, and 3-7x on PyTorch. The first step compiles longer (a
     200-tensor transformer: about 30 s on JAX and 90 s on TensorFlow,

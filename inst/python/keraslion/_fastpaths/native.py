@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -172,8 +172,8 @@ def _loaded(variable: str, default: str, flags: list[str], source: Path,
     except (OSError, subprocess.SubprocessError) as error:
         return _unavailable(source, f"no working compiler ({error})")
     suffix = ".dll" if sys.platform == "win32" else ".so"
-    directories, problems = _directories()
-    for directory in directories:
+    problems: list[str] = []
+    for directory in _directories(problems):
         library = directory / f"{source.stem}-{key}{suffix}"
         try:
             if library.exists():
@@ -222,26 +222,26 @@ def _build(compiler: list[str], flags: list[str], source: Path, library: Path) -
             os.remove(partial)
 
 
-def _directories() -> tuple[list[Path], list[str]]:
+def _directories(refused: list[str]) -> Iterator[Path]:
     """Where libraries are kept: the cache directory, else a temporary one
-    of this user's own (others cannot put a library there); and why a
-    temporary one was refused."""
-    directories, refused = [_cache_directory()], []
-    if hasattr(os, "getuid"):
-        private = Path(tempfile.gettempdir()) / f"keraslion-{os.getuid()}"
-        try:
-            private.mkdir(mode=0o700, exist_ok=True)
-            status = private.lstat()
-            if (stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid()
-                    and not status.st_mode & 0o077):
-                directories.append(private)
-            else:
-                refused.append(f"{private}: not a directory of this user's alone")
-        except OSError as error:
-            refused.append(f"{private}: {error}")
-    else:  # Windows: the temporary directory is the user's.
-        directories.append(Path(tempfile.gettempdir()) / "keraslion")
-    return directories, refused
+    of this user's own (others cannot put a library there), made only when
+    it is needed; why that one was refused goes into `refused`."""
+    yield _cache_directory()
+    if not hasattr(os, "getuid"):  # Windows: the temporary directory is the user's.
+        yield Path(tempfile.gettempdir()) / "keraslion"
+        return
+    private = Path(tempfile.gettempdir()) / f"keraslion-{os.getuid()}"
+    try:
+        private.mkdir(mode=0o700, exist_ok=True)
+        status = private.lstat()
+    except OSError as error:
+        refused.append(f"{private}: {error}")
+        return
+    if (stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid()
+            and not status.st_mode & 0o077):
+        yield private
+    else:
+        refused.append(f"{private}: not a directory of this user's alone")
 
 
 #: Libraries of one source kept in the cache (other versions, compilers and

@@ -1,8 +1,9 @@
 """PyTorch: the step of variables with an int8 momentum, in place, piece by piece.
 
-On the CPU, where it builds, the C kernel of `native.py` steps each piece
-in one pass, on PyTorch's threads: a float32 variable is one piece, and
-the pieces below gather or widen the others into float32. Otherwise (no C
+On the CPU, where it builds, the C kernel of `native.py` steps in one
+pass, on PyTorch's threads: float32 variables whole, in runs of their
+blocks (`_whole_variables`), and the others by the pieces below, which
+widen them into float32. Otherwise (no C
 compiler, `KERASLION_NATIVE=0`, another device) PyTorch's operations run
 the same arithmetic: bit for bit the kernel's, more slowly.
 

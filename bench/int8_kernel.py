@@ -2,11 +2,13 @@
 
     KERAS_BACKEND=torch python bench/int8_kernel.py [--rounds 6] [--cpu 1]
     KERAS_BACKEND=jax python bench/int8_kernel.py
+    KERAS_BACKEND=tensorflow python bench/int8_kernel.py
 
 One thread, pinned to one CPU (`--cpu -1`: not pinned, all threads). The
 cases are bench.py's: one 4096x4096 variable, a 200-tensor transformer
 (16.7M parameters), 2000 vectors of 1024. PyTorch: `optimizer.apply`;
-JAX: a jitted, donated `stateless_apply` (as `fit` runs it). Prints ms per
+JAX: a jitted, donated `stateless_apply` (as `fit` runs it); TensorFlow:
+`optimizer.apply` in a function XLA compiles (as `fit` runs it). Prints ms per
 step (the median over interleaved rounds of each round's median of 5
 steps) and float32's ms divided by int8's, with the kernel
 (`KERASLION_NATIVE=1`) and with the backend's operations (`=0`).
@@ -55,6 +57,10 @@ def timer(shapes: list[tuple[int, ...]], momentum_dtype: str, kernel: bool) -> C
         def one() -> None:
             held[0], held[1] = step(held[0], held[1], grads)
             jax.block_until_ready(held[0])
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        one = tf.function(lambda: optimizer.apply(grads, variables), jit_compile=True)
     else:
         def one() -> None:
             optimizer.apply(grads, variables)

@@ -23,15 +23,18 @@ from keraslion import Lion
 BACKEND = keras.backend.backend()
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's kernel (through ctypes)")
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="JAX's kernel (an XLA custom call)")
+tf_only = pytest.mark.skipif(BACKEND != "tensorflow",
+                             reason="TensorFlow's kernel (a custom call in TensorFlow's XLA)")
 PACKAGE = Path(__file__).resolve().parents[2] / "inst" / "python"
 
 # A few int8 steps of a 300x1000 variable, without weight decay, and of a
-# bfloat16 one; prints whether the kernel was built, then a digest of the
-# weights, codes and scales.
+# bfloat16 one; prints whether the backend's kernel was built, then a digest
+# of the weights, codes and scales.
 STEPS = """
 import hashlib, keras, numpy as np
 from keraslion import Lion
 from keraslion._fastpaths import native
+kernel = native.int8_library if keras.backend.backend() == "torch" else native.tf_int8_step
 rng = np.random.default_rng(0)
 variables = [keras.Variable(rng.standard_normal((300, 1000)).astype("float32"), dtype=dtype)
              for dtype in ("float32", "bfloat16")]
@@ -43,11 +46,12 @@ for _ in range(3):
 digest = hashlib.sha256()
 for x in [*variables, *optimizer.variables]:
     digest.update(keras.ops.convert_to_numpy(x).tobytes())
-print(native.int8_library() is not None, digest.hexdigest())
+print(kernel() is not None, digest.hexdigest())
 """
 
 
 def steps_in_a_new_process(**environment: str) -> subprocess.Popen:
+    """STEPS, on PyTorch unless `KERAS_BACKEND` is given."""
     env = {**os.environ, "PYTHONPATH": str(PACKAGE), "KERAS_BACKEND": "torch", **environment}
     return subprocess.Popen([sys.executable, "-c", STEPS], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -116,6 +120,22 @@ def test_without_a_compiler_or_when_turned_off_the_step_is_the_same(tmp_path: Pa
     assert no_compiler[0] is False and broken_compiler[0] is False
     assert built[1] == no_compiler[1] == broken_compiler[1] == turned_off[1]
     assert not list((tmp_path / "c").glob("*.so"))  # Nothing that cannot load is kept.
+
+
+@tf_only
+def test_tensorflow_without_a_compiler_or_when_turned_off_steps_the_same(tmp_path: Path) -> None:
+    """No C++ compiler (and no library cached), or `KERASLION_NATIVE=0`:
+    TensorFlow's operations run the step, with a `KernelWarning` (but when
+    turned off), and with the kernel's codes and scales, and weights (here,
+    without weight decay, where XLA's fused operations can round otherwise)."""
+    def steps(**environment: str) -> tuple[bool, str]:
+        return result(steps_in_a_new_process(KERAS_BACKEND="tensorflow", **environment))
+
+    built = steps(KERASLION_CACHE_DIR=str(tmp_path / "a"))
+    no_compiler = steps(KERASLION_CACHE_DIR=str(tmp_path / "b"), CXX="/nonexistent/c++")
+    turned_off = steps(KERASLION_NATIVE="0", CXX="/nonexistent/c++")
+    assert built[0] is True and no_compiler[0] is False
+    assert built[1] == no_compiler[1] == turned_off[1]
 
 
 @torch_only
@@ -306,3 +326,70 @@ print(new_weights[0].sharding.spec, "keraslion_int8_step" in step.lower(
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n")[-2] == "PartitionSpec('d',) False"
+
+
+def tf_step_text(monkeypatch: Any, kernel: bool, **settings: Any) -> str:
+    """The optimized HLO of `optimizer.apply` on a 300x1000 variable, in a
+    function that XLA compiles (as `fit` runs it on TensorFlow)."""
+    import tensorflow as tf
+
+    monkeypatch.setenv("KERASLION_NATIVE", "1" if kernel else "0")
+    variable = keras.Variable(np.ones((300, 1000), "float32"),
+                              dtype=settings.pop("dtype", "float32"))
+    optimizer = Lion(1e-3, momentum_dtype="int8", **settings)
+    optimizer.build([variable])
+    grads = [ops.ones((300, 1000), variable.dtype)]
+    step = tf.function(lambda: optimizer.apply(grads, [variable]), jit_compile=True)
+    return step.experimental_get_compiler_ir()(stage="optimized_hlo")
+
+
+@tf_only
+def test_tensorflow_int8_step_is_the_custom_call_in_place(monkeypatch: Any) -> None:
+    """On TensorFlow, the step is one custom call that writes the weights,
+    codes and scales where they lie (no copy of them)."""
+    from keraslion._fastpaths import native
+
+    assert native.tf_int8_step() is not None, "the kernel did not build"
+    text = tf_step_text(monkeypatch, kernel=True)
+    assert text.count(f'custom_call_target="{native.TARGET}"') == 1
+    assert not [line for line in text.splitlines()
+                if " copy(" in line and ("300,1000" in line or "300,4" in line)]
+
+
+@tf_only
+@pytest.mark.parametrize("settings", [{"kernel": False}, {"cautious": True},
+                                      {"dtype": "bfloat16"}],
+                         ids=["turned_off", "cautious", "bfloat16_weights"])
+def test_tensorflow_steps_without_the_kernel_where_it_does_not_apply(monkeypatch: Any,
+                                                                     settings: dict) -> None:
+    from keraslion._fastpaths import native
+
+    assert native.TARGET not in tf_step_text(monkeypatch, **{"kernel": True, **settings})
+
+
+@tf_only
+@pytest.mark.parametrize("shapes", [[(512, 256)], [(3, 3000)], [(40, 40), (64, 33), (7, 1000)]],
+                         ids=["whole_blocks", "short_last_block", "rows_of_a_block"])
+def test_tensorflow_kernel_is_the_plain_path_bit_for_bit(monkeypatch: Any, shapes: list) -> None:
+    """TensorFlow's fast path with the kernel gives the plain path's weights,
+    codes and scales (TensorFlow's operations one by one, eagerly), bit for
+    bit, with weight decay excluded for one variable; without the kernel,
+    XLA's fused operations may round the decayed weights otherwise."""
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+    grads = [[(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 3, shape)).astype("float32")
+              for shape in shapes] for _ in range(4)]
+    monkeypatch.setenv("KERASLION_NATIVE", "1")
+    states = {}
+    for fast in (True, False):
+        variables = [keras.Variable(x, name=f"v{i}") for i, x in enumerate(init)]
+        optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype="int8")
+        optimizer.exclude_from_weight_decay(var_names=["v0"])
+        if not fast:
+            optimizer._fast_path = None
+        optimizer.build(variables)
+        for step in grads:
+            optimizer.apply(step, variables)
+        states[fast] = [ops.convert_to_numpy(x) for x in (*variables, *optimizer.variables)]
+    for with_kernel, plain in zip(states[True], states[False]):
+        np.testing.assert_array_equal(with_kernel, plain)

@@ -11,8 +11,8 @@ its docstring states the tolerances).
 Paths: `plain` (`update_step`, fast path off), `fast` (the backend's fast
 path, eager), `stateless` (`stateless_apply`, JAX and torch), `jit`
 (`jax.jit(stateless_apply)` with donated buffers), `no_kernel` (an int8
-momentum's step without the C kernel that PyTorch's fast path and JAX's
-fast paths take: PyTorch's `fast` and JAX's `jit`), `tf_function` and
+momentum's step without the C kernel that the fast paths take: PyTorch's
+and TensorFlow's `fast`, and JAX's `jit`), `tf_function` and
 `tf_xla` (`tf.function` of `optimizer.apply`, without and with
 jit_compile), `fit` (`model.fit()` of a model whose gradient is a chosen
 tensor), `mirrored` (`tf.distribute.MirroredStrategy` over 2 logical CPUs,
@@ -738,10 +738,10 @@ def run_fast(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) 
 
 def run_no_kernel(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
     """The int8 step without its C kernel, in the backend's own operations:
-    PyTorch's fast path (its pieces), and JAX's `jit`."""
+    PyTorch's and TensorFlow's fast paths, and JAX's `jit`."""
     os.environ["KERASLION_NATIVE"] = "0"
     try:
-        return (run_fast if BACKEND == "torch" else run_jit)(case, init, grads)
+        return (run_jit if BACKEND == "jax" else run_fast)(case, init, grads)
     finally:
         del os.environ["KERASLION_NATIVE"]
 
@@ -948,7 +948,7 @@ def run_mirrored(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray
 RUNNERS: dict[str, tuple[Callable[..., Run], tuple[str, ...]]] = {
     "plain": (run_plain, ("jax", "tensorflow", "torch")),
     "fast": (run_fast, ("jax", "tensorflow", "torch")),
-    "no_kernel": (run_no_kernel, ("jax", "torch")),
+    "no_kernel": (run_no_kernel, ("jax", "tensorflow", "torch")),
     "stateless": (run_stateless, ("jax", "torch")),
     "jit": (run_jit, ("jax",)),
     "tf_function": (run_tf_function, ("tensorflow",)),

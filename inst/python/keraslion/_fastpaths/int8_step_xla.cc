@@ -1,4 +1,7 @@
-// The int8 step (`int8_step.c`) as an XLA custom call, for JAX on the CPU.
+// The int8 step (`int8_step.c`) as an XLA custom call, for JAX and TensorFlow
+// on the CPU. Each has an XLA of its own, and this file is built for each
+// against that XLA's FFI headers: JAX registers the handler it exports,
+// TensorFlow through `keraslion_register_int8_step`.
 //
 // The weights, codes and scales are aliased to the results: with donated
 // buffers (as `fit` and a jitted, donated `stateless_apply` give them) the
@@ -110,3 +113,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(KeraslionInt8Step, Int8Step,
                                   .Attr<int64_t>("block")
                                   .Attr<bool>("decayed")
                                   .Attr<int64_t>("cpus"));
+
+// Registers the handler as `name` for `platform` with the XLA whose FFI API
+// is `api` (TensorFlow's `xla::ffi::GetXlaFfiApi()`); whether it could be.
+extern "C" int keraslion_register_int8_step(const XLA_FFI_Api* api, const char* name,
+                                            const char* platform) {
+  return ffi::Ffi::RegisterStaticHandler(api, name, platform, KeraslionInt8Step) == nullptr;
+}

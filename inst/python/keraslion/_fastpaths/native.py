@@ -1,5 +1,5 @@
 """The int8 step in C (`int8_step.c`): for PyTorch's CPU tensors, and as an
-XLA custom call for JAX on the CPU (`int8_step_xla.cc`).
+XLA custom call for JAX and TensorFlow on the CPU (`int8_step_xla.cc`).
 
 Written with the backends' operations, the int8 step decodes, steps and
 encodes in many passes over memory (PyTorch: about 50 operations per piece,
@@ -7,16 +7,16 @@ encodes in many passes over memory (PyTorch: about 50 operations per piece,
 kernel reads each weight, gradient and code once and writes each once.
 
 It is compiled on first use with the system's compiler (`$CC`, else `cc`;
-for JAX, `$CXX`, else `c++`, with the FFI headers jaxlib ships) for this
-CPU, and kept in a cache directory, one file per version of its source,
-compiler and CPU, the newest `KEPT` of each source (`$KERASLION_CACHE_DIR`,
-else `$XDG_CACHE_HOME/keraslion` or `~/.cache/keraslion`; where it cannot
-be written or run from, a directory of this user's own in the system's
-temporary one). Without a compiler (with a `KernelWarning`), or with
-`KERASLION_NATIVE=0`, the backend's own operations run the step: on
-PyTorch the same weights, codes and scales, bit for bit; on XLA the same
-as its operations one by one, but where XLA flushes subnormal numbers to
-zero, which the kernel keeps, as PyTorch does.
+for XLA, `$CXX`, else `c++`, with the FFI headers jaxlib or TensorFlow
+ships) for this CPU, and kept in a cache directory, one file per version
+of its source, compiler and CPU, the newest `KEPT` of each source
+(`$KERASLION_CACHE_DIR`, else `$XDG_CACHE_HOME/keraslion` or
+`~/.cache/keraslion`; where it cannot be written or run from, a directory
+of this user's own in the system's temporary one). Without a compiler
+(with a `KernelWarning`), or with `KERASLION_NATIVE=0`, the backend's own
+operations run the step: on PyTorch the same weights, codes and scales,
+bit for bit; on XLA the same as its operations one by one, but where XLA
+flushes subnormal numbers to zero, which the kernel keeps, as PyTorch does.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,116 @@ def xla_int8_step() -> Callable[..., tuple[Any, Any, Any]] | None:
                     decayed=decayed, cpus=usable_cpus())
 
     return step
+
+
+@functools.cache
+def tf_int8_step() -> Callable[..., tuple[Any, Any, Any]] | None:
+    """`xla_int8_step` for TensorFlow, inside a function that XLA compiles
+    (`jit_compile=True`); None where it cannot be built or run.
+
+    TensorFlow's XLA has no Python API to register a custom call, so the
+    handler is registered through the FFI API its library exports, and
+    called from a StableHLO module (`XlaCallModule`, as jax2tf calls JAX
+    code), which can alias the results to the weights, codes and scales:
+    XLA then updates the variables where they lie. (TensorFlow's own
+    `XlaCustomCallV2` cannot: it took a copy of the weights at every step.)
+    """
+    import tensorflow as tf
+    from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
+    api = _tensorflow_ffi_api(tf.sysconfig.get_lib())
+    if api is None:
+        return _unavailable(HERE / "int8_step_xla.cc",
+                            f"TensorFlow {tf.__version__} does not export its XLA's FFI API")
+    flags = ["-std=c++17", f"-I{tf.sysconfig.get_include()}"]
+    library = _loaded("CXX", "c++", flags, HERE / "int8_step_xla.cc", HERE / "int8_step.c",
+                      tf.__version__.encode())
+    if library is None:
+        return None
+    library.keraslion_register_int8_step.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
+                                                     ctypes.c_char_p]
+    if not library.keraslion_register_int8_step(api, TARGET.encode(), b"Host"):
+        return _unavailable(HERE / "int8_step_xla.cc",
+                            f"TensorFlow {tf.__version__}'s XLA refused the custom call")
+
+    def step(gradient: Any, key: Any, coefficients: Any, theta: Any, codes: Any, scales: Any,
+             block: int, decayed: bool) -> tuple[Any, Any, Any]:
+        shapes = (tuple(theta.shape), tuple(scales.shape))
+        module = _stablehlo_call(*shapes, block=block, decayed=decayed, cpus=usable_cpus())
+        return tuple(gen_xla_ops.xla_call_module(
+            [gradient, key, coefficients, theta, codes, scales], version=XLA_CALL_MODULE_VERSION,
+            module=module, Sout=[shapes[0], shapes[0], shapes[1]],
+            Tout=[tf.float32, tf.int8, tf.float32], platforms=["CPU"]))
+
+    problem = _first_step_problem(step)
+    if problem:
+        return _unavailable(HERE / "int8_step_xla.cc", f"TensorFlow {tf.__version__}'s XLA "
+                            f"could not run the custom call: {problem}")
+    return step
+
+
+#: The version of `XlaCallModule`'s serialization used (9: TensorFlow 2.15
+#: and later read it).
+XLA_CALL_MODULE_VERSION = 9
+
+
+def _tensorflow_ffi_api(directory: str) -> int | None:
+    """The address of TensorFlow's XLA FFI API (`xla::ffi::GetXlaFfiApi()`,
+    which its library exports), or None."""
+    for path in sorted(Path(directory).glob("libtensorflow_cc*")):
+        try:
+            function = ctypes.CDLL(str(path))._ZN3xla3ffi12GetXlaFfiApiEv
+        except (OSError, AttributeError):
+            continue
+        function.restype = ctypes.c_void_p
+        return function()
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _stablehlo_call(shape: tuple[int, ...], scale_shape: tuple[int, ...], block: int,
+                    decayed: bool, cpus: int) -> str:
+    """A StableHLO module whose function is the custom call, its results
+    aliased to the weights, codes and scales (operands 3, 4 and 5)."""
+    def tensor(dims: tuple[int, ...], dtype: str) -> str:
+        return f"tensor<{''.join(f'{d}x' for d in dims)}{dtype}>"
+
+    weights, codes, scales = tensor(shape, "f32"), tensor(shape, "i8"), tensor(scale_shape, "f32")
+    operands = ", ".join([weights, "tensor<1xi32>", "tensor<6xf32>", weights, codes, scales])
+    results = f"{weights}, {codes}, {scales}"
+    aliases = ", ".join(f"#stablehlo.output_operand_alias<output_tuple_indices = [{i}], "
+                        f"operand_index = {i + 3}, operand_tuple_indices = []>" for i in range(3))
+    attributes = f"block = {block} : i64, decayed = {str(decayed).lower()}, cpus = {cpus} : i64"
+    return f"""module @keraslion {{
+  func.func public @main(%gradient: {weights}, %key: tensor<1xi32>,
+                         %coefficients: tensor<6xf32>, %theta: {weights}, %codes: {codes},
+                         %scales: {scales}) -> ({results}) {{
+    %0:3 = stablehlo.custom_call @{TARGET}(%gradient, %key, %coefficients, %theta, %codes,
+                                           %scales)
+      {{api_version = 4 : i32, backend_config = {{{attributes}}},
+        output_operand_aliases = [{aliases}]}}
+      : ({operands}) -> ({results})
+    return %0#0, %0#1, %0#2 : {results}
+  }}
+}}"""
+
+
+def _first_step_problem(step: Callable[..., tuple[Any, Any, Any]]) -> str | None:
+    """Why a step of one block cannot be compiled and run (an older
+    TensorFlow may not read the module), or None; run eagerly, even where
+    TensorFlow is tracing a function."""
+    import tensorflow as tf
+
+    with tf.init_scope():
+        inputs = (tf.ones((1, 256)), tf.zeros((1,), tf.int32), tf.fill((6,), 0.5),
+                  tf.zeros((1, 256)), tf.zeros((1, 256), tf.int8), tf.zeros((1, 1)))
+        try:
+            theta = tf.function(partial(step, block=256, decayed=False),
+                                jit_compile=True)(*inputs)[0]
+        except tf.errors.OpError as error:
+            return error.message.splitlines()[0]
+        # p - lr * sign(beta_1 * 0 + (1 - beta_1) * 1): every weight moves by -0.5.
+        return None if bool(tf.reduce_all(theta == -0.5)) else "the step computed other weights"
 
 
 def usable_cpus() -> int:

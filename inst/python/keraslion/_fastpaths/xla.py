@@ -42,13 +42,15 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     """`hyperparameters`: read once for all variables (a compiled caller
     passes them in as tensors). `ordered`: whether the momentum is read again
     after the weights (for XLA; a TensorFlow graph runs in program order).
+    On TensorFlow, `ordered` also says that XLA compiles the caller (the
+    int8 kernel's custom call runs only there).
     `noise_indices`: the variables' indices that seed int8 rounding, as
     tensors (a compiled function shared by several variables)."""
     hyperparameters = hyperparameters or optimizer._hyperparameters()
     scalars: dict[Any, Any] = {}
     for i, (gradient, variable) in enumerate(zip(grads, variables)):
         noise_index = None if noise_indices is None else noise_indices[i]
-        if _takes_kernel(optimizer, variable):
+        if _takes_kernel(optimizer, variable, ordered):
             _kernel_step(optimizer, gradient, variable, learning_rate, hyperparameters, scalars,
                          noise_index)
             continue
@@ -62,14 +64,20 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
         optimizer.assign(variable, ops.cast(theta, variable.dtype))
 
 
-def _takes_kernel(optimizer: Any, variable: Any) -> bool:
-    """Whether the variable's step is the int8 kernel's (`native.py`): on
-    JAX with one CPU device, for float32 weights with an int8 momentum,
-    without caution."""
-    return (keras.backend.backend() == "jax" and not optimizer.cautious
+def _takes_kernel(optimizer: Any, variable: Any, compiled: bool) -> bool:
+    """Whether the variable's step is the int8 kernel's (`native.py`): for
+    float32 weights with an int8 momentum, without caution, on JAX with one
+    CPU device, or on TensorFlow on the CPU in a function that XLA compiles
+    (`compiled`)."""
+    backend = keras.backend.backend()
+    if not (backend in ("jax", "tensorflow") and not optimizer.cautious
             and optimizer._momentum_scales[optimizer._get_variable_index(variable)] is not None
             and keras.backend.standardize_dtype(variable.dtype) == "float32"
-            and _one_cpu() and native.enabled() and native.xla_int8_step() is not None)
+            and native.enabled()):
+        return False
+    if backend == "jax":
+        return _one_cpu() and native.xla_int8_step() is not None
+    return compiled and _on_cpu(variable) and native.tf_int8_step() is not None
 
 
 def _one_cpu() -> bool:
@@ -81,6 +89,16 @@ def _one_cpu() -> bool:
     return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
+def _on_cpu(variable: Any) -> bool:
+    """Whether TensorFlow keeps the variable (a `tf.Variable`, as the
+    TensorFlow fast path passes it, or Keras's) on the CPU: the custom call
+    has no GPU kernel."""
+    import tensorflow as tf
+
+    device = variable.value.device if isinstance(variable, keras.Variable) else variable.device
+    return tf.DeviceSpec.from_string(device).device_type == "CPU"
+
+
 def _kernel_step(optimizer: Any, gradient: Any, variable: Any, learning_rate: Any,
                  hyperparameters: Any, scalars: dict[Any, Any], noise_index: Any) -> None:
     index = optimizer._get_variable_index(variable)
@@ -90,9 +108,13 @@ def _kernel_step(optimizer: Any, gradient: Any, variable: Any, learning_rate: An
     decayed = weight_decay is not None and optimizer._use_weight_decay(variable)
     coefficients = ops.stack([*factors, weight_decay if decayed else ops.zeros((), "float32")])
     key = int8.noise_key(optimizer.iterations, index if noise_index is None else noise_index)
-    step = _differentiable_kernel(int8.block_size(tuple(variable.shape)), bool(decayed))
+    block = int8.block_size(tuple(variable.shape))
+    step = (_differentiable_kernel(block, bool(decayed)) if keras.backend.backend() == "jax"
+            else partial(native.tf_int8_step(), block=block, decayed=bool(decayed)))
+    # (On TensorFlow, `variable` is the `tf.Variable` itself: read as tensors.)
+    state = [ops.convert_to_tensor(x) for x in (variable, codes, scales)]
     theta, new_codes, new_scales = step(ops.cast(gradient, "float32"), ops.reshape(key, (1,)),
-                                        coefficients, variable.value, codes.value, scales.value)
+                                        coefficients, *state)
     optimizer.assign(codes, new_codes)
     optimizer.assign(scales, new_scales)
     optimizer.assign(variable, theta)

@@ -123,27 +123,33 @@
 #' beyond 2^126 (8.5e37) saturates at 2^126; either makes 2^126 its block's
 #' scale, so that the block's other momenta are stored as 0 (a `NaN` or
 #' infinite gradient does this unless `skip_nonfinite = TRUE`); and encoding is more work
-#' than storing a float. On the CPU, the step with PyTorch, and with JAX for
-#' float32 weights (without `cautious`, with one JAX device), runs in a C
-#' kernel that reads and writes each element once: it is compiled on first
-#' use with the system's C compiler (`cc`; `c++` for JAX), for this CPU, and
-#' kept in `~/.cache/keraslion` (the environment variable
-#' `KERASLION_CACHE_DIR` sets another place, and `KERASLION_NATIVE=0` turns
-#' the kernel off); where it cannot be built, a Python `KernelWarning` says
-#' so and the backend's operations run the step. Its
-#' results are those of the backends' own operations, bit for bit (with JAX,
-#' those of XLA's operations one by one: XLA's compiled step may differ by a
-#' unit in the last place, and flushes subnormal numbers to zero). Measured by `make bench`
-#' in the package sources on a 2-core x86 CPU (steps on 16.7 million
-#' parameters, one thread; `bench/int8_kernel.py`), a step then takes 0.55 to
-#' 0.85 times float32's time with PyTorch, and 1.2 to 1.4 times with JAX
-#' (whose float32 step is bound by memory, the kernel by its arithmetic);
-#' where the backends'
-#' operations run it (TensorFlow, bfloat16 or float16 weights with JAX, no C
-#' compiler), 1.5 to 2 times as long with JAX and TensorFlow, and 3 to 7
+#' than storing a float. On the CPU, the step with PyTorch, and with JAX and
+#' TensorFlow for float32 weights (without `cautious`; with one JAX device;
+#' with TensorFlow in the functions XLA compiles, as `fit()` and keraslion's
+#' own step run it), runs in a C kernel that reads and writes each element
+#' once (with JAX and TensorFlow, an XLA custom call that updates the
+#' variables in place): it is compiled on first use with the system's C
+#' compiler (`cc`; `c++` for JAX and TensorFlow), for this CPU, and kept in
+#' `~/.cache/keraslion` (the environment variable `KERASLION_CACHE_DIR` sets
+#' another place, and `KERASLION_NATIVE=0` turns the kernel off); where it
+#' cannot be built, a Python `KernelWarning` says so and the backend's
+#' operations run the step. Its results are those of the backends' own
+#' operations, bit for bit (with JAX, those of XLA's operations one by one:
+#' XLA's compiled step may differ by a unit in the last place, and flushes
+#' subnormal numbers to zero; with TensorFlow, its operations' one by one,
+#' from which XLA's fused ones may differ by a unit in the last place).
+#' Measured by `make bench` in the package sources on a 2-core x86 CPU
+#' (steps on 16.7 million parameters, one thread; `bench/int8_kernel.py`), a
+#' step then takes 0.55 to 0.85 times float32's time with PyTorch, 1.2 to
+#' 1.4 times with JAX and 1.2 to 1.5 times with TensorFlow (whose float32
+#' steps are bound by memory, the kernel by its arithmetic); where the
+#' backends' operations run it (bfloat16 or float16 weights with JAX and
+#' TensorFlow, no C compiler), 1.5 to 2 times as long with JAX and
+#' TensorFlow, and 3 to 7
 #' times with PyTorch. The first step takes longer to compile (a 200-tensor
 #' transformer: about 30 s with JAX and 90 s with TensorFlow, against 3 to
-#' 8 s; the kernel's first build about 2 s). Variables whose last axis
+#' 8 s; the kernel's first build about 2 s, 3 s for TensorFlow's).
+#' Variables whose last axis
 #' is shorter than 32, or with fewer than 256 elements, gain little and keep
 #' a float32 momentum. Checkpoints load between int8 and float momentums.
 #' The vignette `vignette("lion-vs-adamw")` compares training quality and

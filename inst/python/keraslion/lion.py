@@ -298,25 +298,32 @@ class Lion(keras.optimizers.Optimizer):
     saturates at 2^126; either makes 2^126 its block's scale, and the
     block's other momenta are then stored as 0 (a NaN or infinite gradient
     does this unless `skip_nonfinite=True`); and encoding takes more work than a
-    float store. On the CPU, PyTorch's step, and JAX's for float32 weights
-    (without `cautious`, with one JAX device), run in a C kernel that reads
-    and writes each element once: it is compiled on first use with the
-    system's C compiler (`cc`; `c++` and jaxlib's FFI headers for JAX), for
-    this CPU, and kept in `~/.cache/keraslion` (`KERASLION_CACHE_DIR` sets
-    another place; `KERASLION_NATIVE=0` turns it off); where it cannot be
-    built, a `keraslion.KernelWarning` says so and the backend's operations
-    run the step. `jax.vmap` and `jax.grad` work through the kernel as
-    through XLA's operations. Its results are the backends' operations' bit
-    for bit (on JAX, those of XLA's operations one by one: XLA's compiled
-    step may differ by a unit in the last place, and flushes subnormal
-    numbers to zero). On one thread of a 2-core x86 CPU (16.7M parameters,
-    `bench/int8_kernel.py`) the step then takes 0.55-0.85x float32's time
-    on PyTorch, and 1.2-1.4x on JAX (whose float32 step is bound by memory,
-    the kernel by its arithmetic); where the backends' operations run it (TensorFlow, bfloat16
-    or float16 weights on JAX, no C compiler), 1.5-2x as long on JAX and
+    float store. On the CPU, PyTorch's step, and JAX's and TensorFlow's
+    for float32 weights (without `cautious`; on JAX with one device, on
+    TensorFlow in the functions XLA compiles, as its fast path and `fit`
+    run it), run in a C kernel that reads and writes each element once
+    (on JAX and TensorFlow, an XLA custom call that updates the variables
+    in place): it is compiled on first use with the system's C compiler
+    (`cc`; `c++` and the FFI headers jaxlib or TensorFlow ships for XLA),
+    for this CPU, and kept in `~/.cache/keraslion` (`KERASLION_CACHE_DIR`
+    sets another place; `KERASLION_NATIVE=0` turns it off); where it
+    cannot be built, a `keraslion.KernelWarning` says so and the backend's
+    operations run the step. `jax.vmap` and `jax.grad` work through the
+    kernel as through XLA's operations. Its results are the backends'
+    operations' bit for bit (on JAX, those of XLA's operations one by one:
+    XLA's compiled step may differ by a unit in the last place, and flushes
+    subnormal numbers to zero; on TensorFlow, the plain path's, from which
+    XLA's fused operations may differ by a unit in the last place). On one
+    thread of a 2-core x86 CPU (16.7M parameters, `bench/int8_kernel.py`)
+    the step then takes 0.55-0.85x float32's time on PyTorch, 1.2-1.4x on
+    JAX and 1.2-1.5x on TensorFlow (whose float32 steps are bound by
+    memory, the kernel by its arithmetic); where the backends' operations
+    run it (bfloat16 or float16 weights on JAX and TensorFlow, no C
+    compiler), 1.5-2x as long on JAX and
     TensorFlow, and 3-7x on PyTorch. The first step compiles longer (a
     200-tensor transformer: about 30 s on JAX and 90 s on TensorFlow,
-    against 3-8 s; the kernel's first build takes about 2 s). Variables
+    against 3-8 s; the kernel's first build takes about 2 s, 3 s for
+    TensorFlow's). Variables
     whose last axis is shorter than 32, or with fewer than 256 elements,
     gain little and keep a float32 momentum. Checkpoints load between int8 and float momentums
     (decoded, or rounded to the nearest code).

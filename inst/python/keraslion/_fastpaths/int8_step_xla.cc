@@ -91,7 +91,7 @@ ffi::Error Int8Step(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gradient,
       1, std::min({pool.num_threads() + 1, cpus, units, elements / kPerThread}));
   InParallel(pool, threads, units, [=](int64_t begin, int64_t end) {
     keraslion_int8_step(p, g, c, s, width, block, keys, 0, nullptr, begin, end, k[0], k[1], k[2],
-                        k[3], k[4], decayed, k[5], 0x1p127f, 0x1p22f);
+                        k[3], k[4], decayed, k[5]);
   });
   return ffi::Error::Success();
 }

@@ -49,8 +49,8 @@ FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared")
 _POINTER, _INT64, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _ARGUMENTS = {
     "keraslion_int8_step": [_POINTER] * 4 + [_INT64] * 2 + [_POINTER, _INT64, _POINTER]
-                           + [_INT64] * 2 + [_FLOAT] * 5 + [ctypes.c_int] + [_FLOAT] * 3,
-    "keraslion_int8_steps": [_INT64] + [_POINTER] * 11 + [_FLOAT] * 8,
+                           + [_INT64] * 2 + [_FLOAT] * 5 + [ctypes.c_int, _FLOAT],
+    "keraslion_int8_steps": [_INT64] + [_POINTER] * 11 + [_FLOAT] * 6,
 }
 
 #: Elements per thread at least: fewer take longer to hand out than to step

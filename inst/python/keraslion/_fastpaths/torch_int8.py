@@ -153,8 +153,7 @@ def _kernel_step(kernel: Any, piece: Piece, theta: Any, gradient: Any, codes: An
         kernel.keraslion_int8_step(
             theta.data_ptr(), gradient.data_ptr(), codes.data_ptr(), scales.data_ptr(),
             piece.width, piece.block, key.data_ptr(), key_stride, piece.first_of_rows.data_ptr(),
-            begin, end, *factors, weight_decay is not None, weight_decay or 0.0,
-            *blocked._TO_ONE[torch.float32])
+            begin, end, *factors, weight_decay is not None, weight_decay or 0.0)
 
     native.in_parallel(run, scales.numel(), theta.numel())
 
@@ -193,8 +192,7 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
         return lambda: kernel.keraslion_int8_steps(
             owners.numel(), owners.data_ptr(), begins.data_ptr(), ends.data_ptr(),
             *(p.data_ptr() for p in pointers), plan.widths.data_ptr(), plan.blocks.data_ptr(),
-            keys.data_ptr(), decayed.data_ptr(), *factors, weight_decay or 0.0,
-            *blocked._TO_ONE[torch.float32])
+            keys.data_ptr(), decayed.data_ptr(), *factors, weight_decay or 0.0)
 
     native.all_of([call(*run) for run in plan.runs[threads]])
 

@@ -329,7 +329,10 @@
 #'   `max` makes a step where nothing is kept a zero step). The momentum
 #'   update and the weight decay are unchanged. On PyTorch a cautious step
 #'   takes the plain path, a few Keras operations per variable, which is
-#'   slower than the fast path, most on many small variables.
+#'   slower than the fast path, most on many small variables. It may be
+#'   set between steps (`optimizer$cautious <- TRUE`); a step that
+#'   TensorFlow or JAX has compiled (the train step of `fit()`) keeps the
+#'   value it was compiled with, until the model is compiled again.
 #' @param exclude_from_weight_decay `NULL` (or an empty vector or list, as
 #'   `get_config()` gives it back) or a character vector (or a list of
 #'   strings) of regular expressions: a weight whose path (such as `"dense/bias"`) or name

@@ -277,6 +277,26 @@ def test_a_variable_listed_twice_is_refused():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), 1.0)
 
 
+def test_a_variable_that_is_not_keras_s_is_refused():
+    # A tf.Variable (or a backend's tensor) has no path to name its momentum
+    # by: apply failed with an AttributeError, build too.
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        foreign = tf.Variable(np.ones((40, 64), np.float32), name="raw")
+    else:
+        foreign = keras.ops.ones((40, 64))
+    kept = keras.Variable(np.ones((40, 64), np.float32), name="kept")
+    optimizer = Lion(learning_rate=0.1, momentum_dtype="int8")
+    with pytest.raises(TypeError, match="position 2.*keras.Variable.*Nothing was updated"):
+        optimizer.apply([keras.ops.ones((40, 64))] * 2, [kept, foreign])
+    with pytest.raises(TypeError, match="position 1.*keras.Variable"):
+        optimizer.build([foreign])
+    assert not optimizer.built
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(kept), 1.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(foreign), 1.0)
+
+
 def test_a_meta_device_gradient_is_refused():
     # Keras read it as uninitialised memory: with cautious, weights changed at random.
     if keras.backend.backend() != "torch":

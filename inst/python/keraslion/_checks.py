@@ -413,6 +413,18 @@ def _name(variable: Any) -> str:
     return getattr(variable, "path", None) or getattr(variable, "name", "?")
 
 
+def keras_variables(variables: list[Any]) -> None:
+    """Refuses what is not a `keras.Variable` (a `tf.Variable`, say), whose
+    momentum keraslion could not name, save or step on its fast paths."""
+    for i, variable in enumerate(variables):
+        if not isinstance(variable, keras.Variable):
+            raise TypeError(
+                f"Argument `trainable_variables` holds a {type(variable).__name__} at position "
+                f"{i + 1} ('{_name(variable)}'): keraslion steps `keras.Variable`s, such as a "
+                "model's `trainable_variables`; make one with `keras.Variable(value)`. "
+                "Nothing was updated.")
+
+
 def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
     """Refuses a gradient whose shape is not its variable's (dimensions not
     known while tracing pass), before anything is updated: broadcast, or
@@ -420,6 +432,7 @@ def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
     Refuses as well another count of gradients than of variables (with
     none, Keras's apply gives its own error): zipped, some would not step;
     and a variable listed twice."""
+    keras_variables(variables)
     if variables and len(grads) != len(variables):
         raise ValueError(
             f"Argument `grads` holds {len(grads)} gradients for {len(variables)} variables: "

@@ -393,8 +393,10 @@ class Lion(keras.optimizers.Optimizer):
             of the kept fraction of their tensor. The momentum update and the
             weight decay are unchanged. On PyTorch a cautious step takes the
             plain path, a few Keras operations per variable, which is slower
-            than the fast path, most on many small variables. Defaults to
-            `False`.
+            than the fast path, most on many small variables. It may be set
+            between steps; a step that TensorFlow or JAX has compiled (the
+            train step of `fit()`) keeps the value it was compiled with,
+            until the model is compiled again. Defaults to `False`.
         exclude_from_weight_decay: `None`, a string or a list of strings:
             Python regular expressions (module `re`); a variable whose path
             (e.g. `"dense/bias"`), or name, matches any of them gets no weight
@@ -493,6 +495,7 @@ class Lion(keras.optimizers.Optimizer):
     def build(self, variables: list[keras.Variable]) -> None:
         if self.built:
             return
+        _checks.keras_variables(variables)
         super().build(variables)
         # Per variable, the block scales of an int8 momentum (None: a float one).
         self._momentum_scales: list[keras.Variable | None] = [None] * len(variables)

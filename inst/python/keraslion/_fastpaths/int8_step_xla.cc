@@ -49,7 +49,11 @@ void InParallel(ffi::ThreadPool& pool, int64_t threads, int64_t units, Run run) 
     std::mutex mutex;
     std::condition_variable done;
   };
-  int64_t chunks = threads == 1 ? 1 : std::min(units, threads * 4);
+  if (threads == 1) {  // A small variable, or one CPU: nothing to share.
+    run(0, units);
+    return;
+  }
+  int64_t chunks = std::min(units, threads * 4);
   auto shared = std::make_shared<Shared>();
   // A task that begins after the last chunk was taken returns at once; it
   // holds `shared`, and reaches `run` (and the buffers) only for a chunk.

@@ -28,6 +28,7 @@ import os
 import platform
 import shlex
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -289,6 +290,8 @@ def _loaded(variable: str, default: str, flags: list[str], source: Path,
         try:
             if library.exists():
                 try:
+                    if _cut_short(library):  # Loading it could crash the process.
+                        raise OSError("the file is shorter than its headers say")
                     return ctypes.CDLL(str(library))
                 except OSError as error:
                     # Cut short, say: built anew, and replaced once the new
@@ -308,10 +311,27 @@ def _loaded(variable: str, default: str, flags: list[str], source: Path,
     return _unavailable(source, "; ".join(problems))
 
 
+def _cut_short(library: Path) -> bool:
+    """Whether an ELF library ends before its section headers, which the
+    linker writes last (a copy or sync of the cache cut short: the dynamic
+    loader can crash on such a file, where a shorter one makes it fail)."""
+    with open(library, "rb") as file:
+        header = file.read(64)
+    if header[:4] != b"\x7fELF" or len(header) < 52:
+        return False
+    order = "<" if header[5] == 1 else ">"
+    wide = header[4] == 2  # 64-bit
+    # e_shoff, then e_shentsize and e_shnum.
+    offset = struct.unpack_from(order + ("Q" if wide else "I"), header, 0x28 if wide else 0x20)[0]
+    size, count = struct.unpack_from(order + "2H", header, 0x3A if wide else 0x2E)
+    return library.stat().st_size < offset + size * count
+
+
 def _unavailable(source: Path, reason: str) -> None:
     warnings.warn(f"keraslion: the int8 step's C kernel ({source.name}) could not be built "
                   f"or loaded, so the backend's operations run the int8 step, more slowly "
-                  f"(the same results on PyTorch; on JAX, within a unit in the last place). "
+                  f"(the same results on PyTorch; on JAX and TensorFlow, within a unit in the "
+                  f"last place). "
                   f"{reason}. (Set KERASLION_NATIVE=0 to not try.)", KernelWarning, stacklevel=3)
     return None
 

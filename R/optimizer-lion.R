@@ -147,7 +147,8 @@
 #' TensorFlow, no C compiler), 1.5 to 2 times as long with JAX and
 #' TensorFlow, and 3 to 7
 #' times with PyTorch. The first step takes longer to compile (a 200-tensor
-#' transformer: about 30 s with JAX and 90 s with TensorFlow, against 3 to
+#' transformer: up to 30 s with JAX, 13 s with TensorFlow with the kernel
+#' and 90 s with its operations, against 3 to
 #' 8 s; the kernel's first build about 2 s, 3 s for TensorFlow's).
 #' Variables whose last axis
 #' is shorter than 32, or with fewer than 256 elements, gain little and keep

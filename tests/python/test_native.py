@@ -25,6 +25,7 @@ torch_only = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's kernel (th
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="JAX's kernel (an XLA custom call)")
 tf_only = pytest.mark.skipif(BACKEND != "tensorflow",
                              reason="TensorFlow's kernel (a custom call in TensorFlow's XLA)")
+xla_only = pytest.mark.skipif(BACKEND == "torch", reason="an XLA custom call (JAX, TensorFlow)")
 PACKAGE = Path(__file__).resolve().parents[2] / "inst" / "python"
 
 # A few int8 steps of a 300x1000 variable, without weight decay, and of a
@@ -168,45 +169,79 @@ def test_a_cache_directory_that_cannot_be_made_falls_back_to_the_temporary_one(
         assert list(private.glob("int8_step-*"))
 
 
-def jitted_step_text(monkeypatch: Any, kernel: bool, **settings: Any) -> str:
-    """The compiled HLO of a jitted, donated `stateless_apply` of a 300x1000 variable."""
-    import jax
-
+def compiled_step_text(monkeypatch: Any, kernel: bool, **settings: Any) -> str:
+    """The compiled HLO of a step of a 300x1000 variable as `fit` runs it:
+    on JAX a jitted, donated `stateless_apply`; on TensorFlow `apply` in a
+    function that XLA compiles."""
     monkeypatch.setenv("KERASLION_NATIVE", "1" if kernel else "0")
     variable = keras.Variable(np.ones((300, 1000), "float32"),
                               dtype=settings.pop("dtype", "float32"))
     optimizer = Lion(1e-3, momentum_dtype="int8", **settings)
     optimizer.build([variable])
+    grads = [ops.ones((300, 1000), variable.dtype)]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        step = tf.function(lambda: optimizer.apply(grads, [variable]), jit_compile=True)
+        return step.experimental_get_compiler_ir()(stage="optimized_hlo")
+    import jax
+
     step = jax.jit(lambda weights, state, grads: optimizer.stateless_apply(state, grads, weights),
                    donate_argnums=(0, 1))
-    grads = [ops.ones((300, 1000), variable.dtype)]
     return step.lower([variable.value], [v.value for v in optimizer.variables],
                       grads).compile().as_text()
 
 
-@jax_only
-def test_jitted_int8_step_is_the_custom_call_in_place(monkeypatch: Any) -> None:
-    """With donated buffers, the step is one custom call that writes the
-    weights, codes and scales where they lie (no copy of them)."""
+def xla_kernel() -> Any:
+    """The backend's XLA kernel (None where it could not be built)."""
     from keraslion._fastpaths import native
 
-    assert native.xla_int8_step() is not None, "the kernel did not build"
-    text = jitted_step_text(monkeypatch, kernel=True)
+    return native.xla_int8_step() if BACKEND == "jax" else native.tf_int8_step()
+
+
+@xla_only
+def test_compiled_int8_step_is_the_custom_call_in_place(monkeypatch: Any) -> None:
+    """With donated buffers (JAX), or the variables' own (TensorFlow), the
+    step is one custom call that writes the weights, codes and scales where
+    they lie (no copy of them)."""
+    from keraslion._fastpaths import native
+
+    assert xla_kernel() is not None, "the kernel did not build"
+    text = compiled_step_text(monkeypatch, kernel=True)
     assert text.count(f'custom_call_target="{native.TARGET}"') == 1
     assert not [line for line in text.splitlines()
                 if " copy(" in line and ("300,1000" in line or "300,4" in line)]
 
 
-@jax_only
+@xla_only
 @pytest.mark.parametrize("settings", [{"kernel": False}, {"cautious": True},
                                       {"dtype": "bfloat16"}],
                          ids=["turned_off", "cautious", "bfloat16_weights"])
-def test_jax_steps_without_the_kernel_where_it_does_not_apply(monkeypatch: Any,
-                                                              settings: dict) -> None:
+def test_compiled_steps_without_the_kernel_where_it_does_not_apply(monkeypatch: Any,
+                                                                  settings: dict) -> None:
     from keraslion._fastpaths import native
 
-    text = jitted_step_text(monkeypatch, **{"kernel": True, **settings})
+    text = compiled_step_text(monkeypatch, **{"kernel": True, **settings})
     assert native.TARGET not in text
+
+
+def random_steps(shapes: list) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """Initial weights, and gradients for 4 steps spanning 7 binades (no
+    subnormal numbers, which XLA flushes and the kernel keeps)."""
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+    grads = [[(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 3, shape)).astype("float32")
+              for shape in shapes] for _ in range(4)]
+    return init, grads
+
+
+def decayed_but_v0(init: list[np.ndarray]) -> tuple[Lion, list[Any]]:
+    """An int8 optimizer with weight decay, not yet built, and variables made
+    from `init`, the first excluded from weight decay."""
+    variables = [keras.Variable(x, name=f"v{i}") for i, x in enumerate(init)]
+    optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype="int8")
+    optimizer.exclude_from_weight_decay(var_names=["v0"])
+    return optimizer, variables
 
 
 @jax_only
@@ -217,16 +252,11 @@ def test_jax_kernel_is_xla_s_ops_bit_for_bit_op_by_op(monkeypatch: Any, shapes: 
     subnormal numbers in these gradients, which XLA flushes and the kernel
     keeps) gives the kernel's weights, codes and scales, bit for bit;
     weight decay excluded for one variable."""
-    rng = np.random.default_rng(3)
-    init = [rng.standard_normal(shape).astype("float32") for shape in shapes]
-    grads = [[(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 3, shape)).astype("float32")
-              for shape in shapes] for _ in range(4)]
+    init, grads = random_steps(shapes)
     states = {}
     for kernel in (True, False):
         monkeypatch.setenv("KERASLION_NATIVE", "1" if kernel else "0")
-        variables = [keras.Variable(x, name=f"v{i}") for i, x in enumerate(init)]
-        optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype="int8")
-        optimizer.exclude_from_weight_decay(var_names=["v0"])
+        optimizer, variables = decayed_but_v0(init)
         optimizer.build(variables)
         weights, state = [v.value for v in variables], [v.value for v in optimizer.variables]
         for step in grads:
@@ -332,45 +362,6 @@ print(new_weights[0].sharding.spec, "keraslion_int8_step" in step.lower(
     assert done.stdout.split("\n")[-2] == "PartitionSpec('d',) False"
 
 
-def tf_step_text(monkeypatch: Any, kernel: bool, **settings: Any) -> str:
-    """The optimized HLO of `optimizer.apply` on a 300x1000 variable, in a
-    function that XLA compiles (as `fit` runs it on TensorFlow)."""
-    import tensorflow as tf
-
-    monkeypatch.setenv("KERASLION_NATIVE", "1" if kernel else "0")
-    variable = keras.Variable(np.ones((300, 1000), "float32"),
-                              dtype=settings.pop("dtype", "float32"))
-    optimizer = Lion(1e-3, momentum_dtype="int8", **settings)
-    optimizer.build([variable])
-    grads = [ops.ones((300, 1000), variable.dtype)]
-    step = tf.function(lambda: optimizer.apply(grads, [variable]), jit_compile=True)
-    return step.experimental_get_compiler_ir()(stage="optimized_hlo")
-
-
-@tf_only
-def test_tensorflow_int8_step_is_the_custom_call_in_place(monkeypatch: Any) -> None:
-    """On TensorFlow, the step is one custom call that writes the weights,
-    codes and scales where they lie (no copy of them)."""
-    from keraslion._fastpaths import native
-
-    assert native.tf_int8_step() is not None, "the kernel did not build"
-    text = tf_step_text(monkeypatch, kernel=True)
-    assert text.count(f'custom_call_target="{native.TARGET}"') == 1
-    assert not [line for line in text.splitlines()
-                if " copy(" in line and ("300,1000" in line or "300,4" in line)]
-
-
-@tf_only
-@pytest.mark.parametrize("settings", [{"kernel": False}, {"cautious": True},
-                                      {"dtype": "bfloat16"}],
-                         ids=["turned_off", "cautious", "bfloat16_weights"])
-def test_tensorflow_steps_without_the_kernel_where_it_does_not_apply(monkeypatch: Any,
-                                                                     settings: dict) -> None:
-    from keraslion._fastpaths import native
-
-    assert native.TARGET not in tf_step_text(monkeypatch, **{"kernel": True, **settings})
-
-
 @tf_only
 @pytest.mark.parametrize("shapes", [[(512, 256)], [(3, 3000)], [(40, 40), (64, 33), (7, 1000)]],
                          ids=["whole_blocks", "short_last_block", "rows_of_a_block"])
@@ -379,16 +370,11 @@ def test_tensorflow_kernel_is_the_plain_path_bit_for_bit(monkeypatch: Any, shape
     codes and scales (TensorFlow's operations one by one, eagerly), bit for
     bit, with weight decay excluded for one variable; without the kernel,
     XLA's fused operations may round the decayed weights otherwise."""
-    rng = np.random.default_rng(3)
-    init = [rng.standard_normal(shape).astype("float32") for shape in shapes]
-    grads = [[(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 3, shape)).astype("float32")
-              for shape in shapes] for _ in range(4)]
+    init, grads = random_steps(shapes)
     monkeypatch.setenv("KERASLION_NATIVE", "1")
     states = {}
     for fast in (True, False):
-        variables = [keras.Variable(x, name=f"v{i}") for i, x in enumerate(init)]
-        optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype="int8")
-        optimizer.exclude_from_weight_decay(var_names=["v0"])
+        optimizer, variables = decayed_but_v0(init)
         if not fast:
             optimizer._fast_path = None
         optimizer.build(variables)

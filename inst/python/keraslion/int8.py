@@ -85,8 +85,9 @@ RECIPROCAL_BITS = 254 << 23
 #: The bits of a quiet NaN, and the sign bit.
 NAN_BITS = 0x7FC00000
 SIGN_BIT = -(1 << 31)
-#: r below this is a "subnormal" code: k * 2**-17, k < 8.
+#: r below this is a "subnormal" code: k * 2**-17, k < 8; and its float32 bits.
 SMALLEST_NORMAL = 2.0**-14
+SMALLEST_NORMAL_BITS = 0x38800000
 #: A normal code k is float32 bits `(k + EXPONENT_OFFSET) << 20` (3 mantissa bits kept).
 EXPONENT_OFFSET = 896
 #: The bits of float32 2**23, whose last mantissa bit counts ones.
@@ -200,14 +201,18 @@ def encode(m: Any, noise: Any) -> tuple[Any, Any]:
     scales, inverse = power_of_two_scales(_block_max(magnitude_bits, shape))
     # Exact, a product by a power of two (unless r is subnormal: its code is 0 either way).
     r = magnitude * _per_element(inverse, shape)
-    # Normal codes: the noise added below the 3 kept mantissa bits carries
-    # into them with the probability of the dropped fraction.
-    normal = ops.right_shift(ops.view(r, "int32") + noise, NOISE_BITS) - EXPONENT_OFFSET
-    # Below 2**-14, steps of 2**-17: r * 2**37 counts units of 2**-20 of a
-    # step, read from the bits of r * 2**37 + 2**23 (rounded to the nearest unit).
-    fixed_point = ops.view(r * 2.0**37 + 2.0**23, "int32") - MAGIC_BITS
-    subnormal = ops.right_shift(fixed_point + noise, NOISE_BITS)
-    k = _choose(ops.minimum(normal, _int32(ONE_CODE)), subnormal, r >= SMALLEST_NORMAL)
+    # The code times 2**20 before rounding: from 2**-14 up, the bits of r past
+    # those of 2**-15 (a normal code k has bits (k + EXPONENT_OFFSET) << 20);
+    # below, in steps of 2**-17, the bits of r + 2**-14 past those of 2**-14
+    # (the sum holds r in units of 2**-37, 2**-20 of a step). The two agree
+    # at 2**-14 (8 << 20), the second is larger below it and the first above,
+    # so their maximum serves every r (one select fewer: the step is faster).
+    normal = ops.view(r, "int32") - (EXPONENT_OFFSET << NOISE_BITS)
+    subnormal = ops.view(r + SMALLEST_NORMAL, "int32") - SMALLEST_NORMAL_BITS
+    # The noise added below the kept bits carries into them with the
+    # probability of the dropped fraction.
+    unrounded = ops.maximum(normal, subnormal) + noise
+    k = ops.minimum(ops.right_shift(unrounded, NOISE_BITS), _int32(ONE_CODE))
     # Negated where m is negative: -1 there from an arithmetic shift of the sign.
     negative = ops.right_shift(bits, 31)
     k = _choose(NAN_CODE, ops.bitwise_xor(k, negative) - negative, nan)

@@ -33,7 +33,7 @@
 #define MANTISSA_BITS 0x7FFFFF
 #define LARGEST_SCALE_BITS (253 << 23)
 #define RECIPROCAL_BITS (254 << 23)
-#define MAGIC_BITS 0x4B000000
+#define SMALLEST_NORMAL 0x1p-14f
 #define SMALLEST_NORMAL_BITS 0x38800000
 #define ONE_BITS 0x3F800000
 
@@ -82,20 +82,18 @@ static inline int32_t capped_magnitude(int32_t bits) {
     return magnitude > FLOAT32_MAX_BITS ? FLOAT32_MAX_BITS : magnitude;
 }
 
-/* `int8.encode` of one momentum whose block's scale has reciprocal `inverse`. */
+/* `int8.encode` of one momentum whose block's scale has reciprocal `inverse`.
+ * (Infinities need no cap here: r is then at least 1, whose code they get.) */
 static inline int8_t encode(float m, float inverse, uint32_t noise) {
-    int32_t bits = bits_of(m);
-    int32_t nan = -((bits & 0x7FFFFFFF) > INFINITY_BITS);
-    float r = float_of(capped_magnitude(bits)) * inverse;
-    int32_t normal = (int32_t)(((uint32_t)bits_of(r) + noise) >> NOISE_BITS) - EXPONENT_OFFSET;
-    normal = normal > ONE_CODE ? ONE_CODE : normal;
-    float shifted = r * 0x1p37f;
-    shifted = shifted + 0x1p23f;
-    int32_t subnormal = (int32_t)(((uint32_t)(bits_of(shifted) - MAGIC_BITS) + noise) >> NOISE_BITS);
-    int32_t k = bits_of(r) >= SMALLEST_NORMAL_BITS ? normal : subnormal;
-    int32_t negative = bits >> 31;
-    k = (k ^ negative) - negative;
-    return (int8_t)(k ^ ((k ^ NAN_CODE) & nan));
+    int32_t bits = bits_of(m), magnitude = bits & 0x7FFFFFFF;
+    float r = float_of(magnitude) * inverse;
+    int32_t normal = bits_of(r) - (EXPONENT_OFFSET << NOISE_BITS);
+    int32_t subnormal = bits_of(r + SMALLEST_NORMAL) - SMALLEST_NORMAL_BITS;
+    int32_t unrounded = (normal > subnormal ? normal : subnormal) + (int32_t)noise;
+    int32_t k = unrounded >> NOISE_BITS;
+    k = k > ONE_CODE ? ONE_CODE : k;
+    k = bits < 0 ? -k : k;
+    return (int8_t)(magnitude > INFINITY_BITS ? NAN_CODE : k);
 }
 
 /* The step of blocks `begin` to `end` (counted along rows, `blocks` per row). */

@@ -48,8 +48,6 @@ from . import torch as blocked
 PIECE = 1 << 17
 #: A variable with at most this many elements is gathered with others.
 GATHERED = PIECE // 2
-#: The float32 bits of 2**-14, r's smallest normal code.
-_SMALLEST_NORMAL_BITS = 0x38800000
 
 
 class Piece(NamedTuple):
@@ -320,16 +318,14 @@ def _encode(m: Any, noise: Any, buffer: dict[str, Any], block: int) -> tuple[Any
     for view, blocks in _by_block(magnitude, block):
         view.mul_(inverse[:, blocks, None])
     r, r_bits = magnitude, magnitude_bits
-    noise_shift = _scalar(bits, int8.NOISE_BITS)
-    # Normal codes, capped at r = 1, and the steps of 2**-17 below 2**-14.
-    k = torch.add(r_bits, noise, out=buffer["k"]).bitwise_right_shift_(noise_shift)
-    k.sub_(_scalar(k, int8.EXPONENT_OFFSET)).clamp_max_(_scalar(k, int8.ONE_CODE))
-    fixed_point = torch.mul(r, _scalar(r, 2.0**37), out=buffer["t"])
-    fixed_point = fixed_point.add_(_scalar(r, 2.0**23)).view(torch.int32)
-    subnormal = fixed_point.sub_(_scalar(k, int8.MAGIC_BITS)).add_(noise)
-    subnormal.bitwise_right_shift_(noise_shift)
-    below = torch.sub(r_bits, _scalar(k, _SMALLEST_NORMAL_BITS), out=noise)
-    k.add_(subnormal.sub_(k).bitwise_and_(below.bitwise_right_shift_(_scalar(k, 31))))
+    # The larger of a normal and a subnormal code, times 2**20, rounded
+    # with the noise and capped at r = 1's code.
+    k = torch.sub(r_bits, _scalar(bits, int8.EXPONENT_OFFSET << int8.NOISE_BITS),
+                  out=buffer["k"])
+    subnormal = torch.add(r, _scalar(r, int8.SMALLEST_NORMAL), out=buffer["t"]).view(torch.int32)
+    subnormal.sub_(_scalar(bits, int8.SMALLEST_NORMAL_BITS))
+    k = torch.maximum(k, subnormal, out=k).add_(noise)
+    k.bitwise_right_shift_(_scalar(k, int8.NOISE_BITS)).clamp_max_(_scalar(k, int8.ONE_CODE))
     negative = torch.bitwise_right_shift(bits, _scalar(k, 31), out=noise)
     k.bitwise_xor_(negative).sub_(negative)
     # NaN (magnitude bits above infinity's) as NAN_CODE.

@@ -36,8 +36,9 @@ test: setup
 
 # Benchmark of the Lion step (bench/; BENCH_ARGS=--quick for a short run),
 # then the memory of a step on 100M parameters, one process per case, then
-# the int8 step fused into one kernel by PyTorch's compiler, and JAX's step
-# with cheaper int8 codes (timing models).
+# the int8 step fused into one kernel by PyTorch's compiler, JAX's step
+# with cheaper int8 codes (timing models), and the int8 step with and
+# without its C kernel on each backend.
 bench: setup
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 	$(PYTHON) bench/memory.py
@@ -45,6 +46,7 @@ bench: setup
 	$(PYTHON) bench/int8_formats.py
 	KERAS_BACKEND=torch $(PYTHON) bench/int8_kernel.py
 	KERAS_BACKEND=jax $(PYTHON) bench/int8_kernel.py
+	KERAS_BACKEND=tensorflow $(PYTHON) bench/int8_kernel.py
 
 # The pkgdown site, built into docs/ offline (tools/build-site.R); its
 # examples and vignettes run with the Python above.

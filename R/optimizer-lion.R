@@ -139,10 +139,11 @@
 #' subnormal numbers to zero; with TensorFlow, its operations' one by one,
 #' from which XLA's fused ones may differ by a unit in the last place).
 #' Measured by `make bench` in the package sources on a 2-core x86 CPU
-#' (steps on 16.7 million parameters, one thread; `bench/int8_kernel.py`), a
-#' step then takes 0.55 to 0.85 times float32's time with PyTorch, 1.2 to
-#' 1.4 times with JAX and 1.2 to 1.5 times with TensorFlow (whose float32
-#' steps are bound by memory, the kernel by its arithmetic); where the
+#' (steps on 16.7 million parameters, one thread; `bench/bench.py` and
+#' `bench/int8_kernel.py`), a step then takes 0.55 to 0.85 times float32's
+#' time with PyTorch, 0.8 to 1.2 times with JAX and 0.95 to 1.45 times with
+#' TensorFlow (whose float32 steps are bound by memory, the kernel by its
+#' arithmetic: the ratio moves with the machine's memory bandwidth); where the
 #' backends' operations run it (bfloat16 or float16 weights with JAX and
 #' TensorFlow, no C compiler), 1.5 to 2 times as long with JAX and
 #' TensorFlow, and 3 to 7

@@ -314,10 +314,11 @@ class Lion(keras.optimizers.Optimizer):
     XLA's compiled step may differ by a unit in the last place, and flushes
     subnormal numbers to zero; on TensorFlow, the plain path's, from which
     XLA's fused operations may differ by a unit in the last place). On one
-    thread of a 2-core x86 CPU (16.7M parameters, `bench/int8_kernel.py`)
-    the step then takes 0.55-0.85x float32's time on PyTorch, 1.2-1.4x on
-    JAX and 1.2-1.5x on TensorFlow (whose float32 steps are bound by
-    memory, the kernel by its arithmetic); where the backends' operations
+    thread of a 2-core x86 CPU (16.7M parameters, `bench/bench.py` and
+    `bench/int8_kernel.py`) the step then takes 0.55-0.85x float32's time
+    on PyTorch, 0.8-1.2x on JAX and 0.95-1.45x on TensorFlow (whose
+    float32 steps are bound by memory, the kernel by its arithmetic: the
+    ratio moves with the machine's memory bandwidth); where the backends' operations
     run it (bfloat16 or float16 weights on JAX and TensorFlow, no C
     compiler), 1.5-2x as long on JAX and
     TensorFlow, and 3-7x on PyTorch. The first step compiles longer (a

@@ -99,10 +99,9 @@ def lion_int8(p: torch.Tensor, g: torch.Tensor, codes: torch.Tensor, scales: tor
     else:
         index = torch.arange(m.numel(), dtype=torch.int32, device=m.device).view(m.shape)
         noise = shift_right(mix(index ^ key), 32 - int8.NOISE_BITS)
-    normal = (((r.view(torch.int32) + noise) >> int8.NOISE_BITS) - int8.EXPONENT_OFFSET)
-    fixed_point = (r * 2.0**37 + 2.0**23).view(torch.int32) - int8.MAGIC_BITS
-    subnormal = (fixed_point + noise) >> int8.NOISE_BITS
-    k = torch.where(r >= int8.SMALLEST_NORMAL, normal.clamp_max(int8.ONE_CODE), subnormal)
+    normal = r.view(torch.int32) - (int8.EXPONENT_OFFSET << int8.NOISE_BITS)
+    subnormal = (r + int8.SMALLEST_NORMAL).view(torch.int32) - int8.SMALLEST_NORMAL_BITS
+    k = ((torch.maximum(normal, subnormal) + noise) >> int8.NOISE_BITS).clamp_max(int8.ONE_CODE)
     negative = m_bits >> 31
     k = torch.where(nan, int8.NAN_CODE, (k ^ negative) - negative)
     codes.copy_(k.to(torch.int8))

@@ -15,8 +15,9 @@ of its source, compiler and CPU, the newest `KEPT` of each source
 of this user's own in the system's temporary one). Without a compiler
 (with a `KernelWarning`), or with `KERASLION_NATIVE=0`, the backend's own
 operations run the step: on PyTorch the same weights, codes and scales,
-bit for bit; on XLA the same as its operations one by one, but where XLA
-flushes subnormal numbers to zero, which the kernel keeps, as PyTorch does.
+bit for bit; on XLA the same as its operations one by one (the custom call
+runs on XLA's threads, which flush subnormal numbers to zero, as XLA's
+operations do; PyTorch keeps them).
 """
 
 from __future__ import annotations

@@ -227,7 +227,8 @@ def test_compiled_steps_without_the_kernel_where_it_does_not_apply(monkeypatch: 
 
 def random_steps(shapes: list) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """Initial weights, and gradients for 4 steps spanning 7 binades (no
-    subnormal numbers, which XLA flushes and the kernel keeps)."""
+    subnormal numbers: whether they are flushed to zero depends on the
+    thread that runs the step, not on the path)."""
     rng = np.random.default_rng(3)
     init = [rng.standard_normal(shape).astype("float32") for shape in shapes]
     grads = [[(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 3, shape)).astype("float32")
@@ -248,10 +249,9 @@ def decayed_but_v0(init: list[np.ndarray]) -> tuple[Lion, list[Any]]:
 @pytest.mark.parametrize("shapes", [[(512, 256)], [(3, 3000)], [(40, 40), (64, 33), (7, 1000)]],
                          ids=["whole_blocks", "short_last_block", "rows_of_a_block"])
 def test_jax_kernel_is_xla_s_ops_bit_for_bit_op_by_op(monkeypatch: Any, shapes: list) -> None:
-    """Eager `stateless_apply` (XLA's ops one by one: no fusion, and no
-    subnormal numbers in these gradients, which XLA flushes and the kernel
-    keeps) gives the kernel's weights, codes and scales, bit for bit;
-    weight decay excluded for one variable."""
+    """Eager `stateless_apply` (XLA's ops one by one: no fusion) gives the
+    kernel's weights, codes and scales, bit for bit; weight decay excluded
+    for one variable."""
     init, grads = random_steps(shapes)
     states = {}
     for kernel in (True, False):

@@ -10,9 +10,11 @@ its docstring states the tolerances).
 
 Paths: `plain` (`update_step`, fast path off), `fast` (the backend's fast
 path, eager), `stateless` (`stateless_apply`, JAX and torch), `jit`
-(`jax.jit(stateless_apply)` with donated buffers), `no_kernel` (an int8
-momentum's step without the C kernel that the fast paths take: PyTorch's
-and TensorFlow's `fast`, and JAX's `jit`), `tf_function` and
+(`jax.jit(stateless_apply)` with donated buffers), `no_kernel` (the step
+without the C kernel that the fast paths take, in the backend's own
+operations: an int8 momentum's on PyTorch's and TensorFlow's `fast` and
+JAX's `jit`, and float32 weights' with a float32 or bfloat16 momentum on
+PyTorch's `fast`), `tf_function` and
 `tf_xla` (`tf.function` of `optimizer.apply`, without and with
 jit_compile), `fit` (`model.fit()` of a model whose gradient is a chosen
 tensor), `mirrored` (`tf.distribute.MirroredStrategy` over 2 logical CPUs,
@@ -737,8 +739,8 @@ def run_fast(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) 
 
 
 def run_no_kernel(case: Case, init: list[np.ndarray], grads: list[list[np.ndarray]]) -> Run:
-    """The int8 step without its C kernel, in the backend's own operations:
-    PyTorch's and TensorFlow's fast paths, and JAX's `jit`."""
+    """The step without its C kernel (`has_kernel`), in the backend's own
+    operations: PyTorch's and TensorFlow's fast paths, and JAX's `jit`."""
     os.environ["KERASLION_NATIVE"] = "0"
     try:
         return (run_jit if BACKEND == "jax" else run_fast)(case, init, grads)
@@ -964,11 +966,20 @@ def cases_for(path: str) -> list[Case]:
     """torch.compile, slow to compile, runs the paired edge cases (every edge
     value of each beta) and its own; the other paths run the rest, but for
     `fit` those with gradients of another dtype (fit's have the weights'),
-    and `no_kernel` only those with an int8 momentum (the others have no kernel)."""
+    and `no_kernel` only those that a kernel steps (`has_kernel`)."""
     return [case for case in CASES if case.compile == (path == "compile")
             and not (path == "fit" and case.gradient_dtype)
-            and not (path == "no_kernel" and case.momentum_dtype != "int8")
+            and not (path == "no_kernel" and not has_kernel(case))
             and not (case.loss_scale and path in LOSS_SCALE_LACKS)]
+
+
+def has_kernel(case: Case) -> bool:
+    """Whether a C kernel takes the case's step on the backend's fast path:
+    an int8 momentum's, and on PyTorch float32 weights' with a float32 or
+    bfloat16 momentum (without caution, which takes the plain path)."""
+    float_kernel = (BACKEND == "torch" and case.weight_dtype == "float32" and not case.cautious
+                    and case.momentum_dtype in (None, "float32", "bfloat16"))
+    return case.momentum_dtype == "int8" or float_kernel
 
 
 # Keras's LossScaleOptimizer under MirroredStrategy checks only the first

@@ -14,12 +14,7 @@
  * index in its variable (`first[row]` plus its column; without `first`,
  * the piece is a whole variable: `row * width` plus its column).
  */
-#include <stdint.h>
-#include <string.h>
-
-#ifdef __cplusplus /* Included by int8_step_xla.cc. */
-#define restrict __restrict
-#endif
+#include "lion_step.h"
 
 #define MAX_BLOCK 256
 #define NOISE_BITS 20
@@ -27,20 +22,12 @@
 #define ONE_CODE 120
 #define NAN_CODE 127
 #define NAN_BITS 0x7FC00000
-#define SIGN_BIT ((int32_t)0x80000000u)
-#define INFINITY_BITS 0x7F800000
 #define FLOAT32_MAX_BITS 0x7F7FFFFF
 #define MANTISSA_BITS 0x7FFFFF
 #define LARGEST_SCALE_BITS (253 << 23)
 #define RECIPROCAL_BITS (254 << 23)
 #define SMALLEST_NORMAL 0x1p-14f
 #define SMALLEST_NORMAL_BITS 0x38800000
-#define ONE_BITS 0x3F800000
-
-/* Bits as int32: magnitudes of floats order as their bits, and SSE2 has
- * signed comparisons only. */
-static inline int32_t bits_of(float x) { int32_t b; memcpy(&b, &x, 4); return b; }
-static inline float float_of(int32_t b) { float x; memcpy(&x, &b, 4); return x; }
 
 /* Wellons' lowbias32, as `int8._mix`. */
 static inline uint32_t mix(uint32_t x) {
@@ -62,18 +49,6 @@ static inline float decode(int8_t code) {
     int32_t bits = k < 8 ? bits_of(small) : (k + EXPONENT_OFFSET) << 20;
     bits = k == NAN_CODE ? NAN_BITS : bits;
     return float_of(bits | (signed_code & SIGN_BIT));
-}
-
-/* sign(c), with the results of `torch.sign_`'s clamp(c * 2**149, -1, 1)
- * (every value but zero and NaN, subnormals and infinities included, is
- * +-1; -0 stays -0 and NaN stays NaN, its bits kept), from the bits: the
- * clamp's multiplies and selects took 10% of the step. */
-static inline float sign_of(float c) {
-    int32_t bits = bits_of(c);
-    /* The magnitude's bits minus one are below infinity's unless c is 0 or NaN. */
-    uint32_t below = (uint32_t)(bits & 0x7FFFFFFF) - 1u;
-    int32_t one = (bits & SIGN_BIT) | ONE_BITS;
-    return float_of(below < (uint32_t)INFINITY_BITS ? one : bits);
 }
 
 /* A magnitude's bits, infinity and NaN counted as the largest float32. */

@@ -1,5 +1,7 @@
-"""The int8 step in C (`int8_step.c`): for PyTorch's CPU tensors, and as an
-XLA custom call for JAX and TensorFlow on the CPU (`int8_step_xla.cc`).
+"""Lion's step in C: the int8 step (`int8_step.c`) for PyTorch's CPU tensors,
+and as an XLA custom call for JAX and TensorFlow on the CPU
+(`int8_step_xla.cc`); the float32 and bfloat16-momentum step
+(`float_step.c`) for PyTorch's CPU tensors (`torch.py`).
 
 Written with the backends' operations, the int8 step decodes, steps and
 encodes in many passes over memory (PyTorch: about 50 operations per piece,
@@ -49,11 +51,14 @@ HERE = Path(__file__).parent
 FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared")
 
 _POINTER, _INT64, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-_ARGUMENTS = {
+_INT8_ARGUMENTS = {
     "keraslion_int8_step": [_POINTER] * 4 + [_INT64] * 2 + [_POINTER, _INT64, _POINTER]
                            + [_INT64] * 2 + [_FLOAT] * 5 + [ctypes.c_int, _FLOAT],
     "keraslion_int8_steps": [_INT64] + [_POINTER] * 11 + [_FLOAT] * 6,
 }
+_FLOAT_ARGUMENTS = {"keraslion_float_steps": [_INT64] + [_POINTER] * 8 + [_FLOAT] * 6}
+#: What every C step includes.
+HEADER = HERE / "lion_step.h"
 
 #: Elements per thread at least: fewer take longer to hand out than to step
 #: (`kPerThread` in int8_step_xla.cc).
@@ -73,10 +78,22 @@ def int8_library() -> Any:
     """The compiled `int8_step.c` for ctypes (its functions `keraslion_int8_step`,
     for a piece, and `keraslion_int8_steps`, for runs of whole variables), or
     None where it cannot be built."""
-    library = _loaded("CC", "cc", ["-std=c11"], HERE / "int8_step.c")
+    return _c_library(HERE / "int8_step.c", _INT8_ARGUMENTS)
+
+
+@functools.cache
+def float_library() -> Any:
+    """The compiled `float_step.c` for ctypes (`keraslion_float_steps`: runs of
+    whole float32 variables with a float32 or bfloat16 momentum), or None
+    where it cannot be built."""
+    return _c_library(HERE / "float_step.c", _FLOAT_ARGUMENTS)
+
+
+def _c_library(source: Path, functions: dict[str, list[Any]]) -> Any:
+    library = _loaded("CC", "cc", ["-std=c11"], source, HEADER)
     if library is None:
         return None
-    for name, arguments in _ARGUMENTS.items():
+    for name, arguments in functions.items():
         getattr(library, name).argtypes = arguments
         getattr(library, name).restype = None
     return library
@@ -125,7 +142,7 @@ def xla_int8_step() -> Callable[..., tuple[Any, Any, Any]] | None:
     if ffi is None:  # JAX before 0.4.38
         return None
     flags = ["-std=c++17", f"-I{ffi.include_dir()}"]
-    library = _loaded("CXX", "c++", flags, HERE / "int8_step_xla.cc", HERE / "int8_step.c",
+    library = _loaded("CXX", "c++", flags, HERE / "int8_step_xla.cc", HERE / "int8_step.c", HEADER,
                       jax.__version__.encode())
     if library is None:
         return None
@@ -163,7 +180,7 @@ def tf_int8_step() -> Callable[..., tuple[Any, Any, Any]] | None:
         return _unavailable(HERE / "int8_step_xla.cc",
                             f"TensorFlow {tf.__version__} does not export its XLA's FFI API")
     flags = ["-std=c++17", f"-I{tf.sysconfig.get_include()}"]
-    library = _loaded("CXX", "c++", flags, HERE / "int8_step_xla.cc", HERE / "int8_step.c",
+    library = _loaded("CXX", "c++", flags, HERE / "int8_step_xla.cc", HERE / "int8_step.c", HEADER,
                       tf.__version__.encode())
     if library is None:
         return None
@@ -262,8 +279,8 @@ def usable_cpus() -> int:
 
 
 class KernelWarning(UserWarning):
-    """The int8 step's C kernel could not be built or loaded: the backend's
-    operations run the step (the same results, more slowly)."""
+    """A C kernel could not be built or loaded: the backend's operations run
+    its step (the same results, more slowly)."""
 
 
 def _loaded(variable: str, default: str, flags: list[str], source: Path,
@@ -328,11 +345,19 @@ def _cut_short(library: Path) -> bool:
     return library.stat().st_size < offset + size * count
 
 
+#: What runs instead of each kernel, and how its results compare.
+_INSTEAD = {
+    "int8_step": "the int8 step (the same results on PyTorch; on JAX and TensorFlow, within a "
+                 "unit in the last place)",
+    "float_step": "PyTorch's float32 and bfloat16-momentum steps (the same results, within a "
+                  "rounding)",
+}
+
+
 def _unavailable(source: Path, reason: str) -> None:
-    warnings.warn(f"keraslion: the int8 step's C kernel ({source.name}) could not be built "
-                  f"or loaded, so the backend's operations run the int8 step, more slowly "
-                  f"(the same results on PyTorch; on JAX and TensorFlow, within a unit in the "
-                  f"last place). "
+    instead = _INSTEAD[source.stem.removesuffix("_xla")]
+    warnings.warn(f"keraslion: the C kernel {source.name} could not be built or loaded, so the "
+                  f"backend's operations run {instead}, more slowly. "
                   f"{reason}. (Set KERASLION_NATIVE=0 to not try.)", KernelWarning, stacklevel=3)
     return None
 

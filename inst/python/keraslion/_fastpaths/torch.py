@@ -44,13 +44,15 @@ import torch
 from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
-from . import torch_int8
+from . import native, torch_int8
 
 #: Elements per block: p, m, g and c of a block of 128k float32 elements
 #: take 2 MiB, about the L2 cache of one core.
 BLOCK = 1 << 17
 
 _SCRATCH_DTYPES = (torch.float32, torch.float64)
+#: Momentum dtypes of float32 weights that the C kernel steps.
+_C_MOMENTUM_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class Block(NamedTuple):
@@ -78,27 +80,49 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
-    routes: dict[str, list[tuple[Any, Any]]] = {"int8": [], "blocked": [], "plain": []}
+    groups: dict[str, list[tuple[Any, Any]]] = {"int8": [], "c": [], "blocked": [], "plain": []}
     # (`unaliased()` made every gradient a tensor.)
-    for gradient, variable in zip(grads, variables):
-        routes[_route(optimizer, variable, gradient)].append((gradient, variable))
-    if routes["int8"]:
-        torch_int8.update(optimizer, *map(list, zip(*routes["int8"])), learning_rate)
-    if routes["blocked"]:
-        _update_float(optimizer, *map(list, zip(*routes["blocked"])), learning_rate)
-    for gradient, variable in routes["plain"]:
+    for gradient, variable, route in zip(grads, variables, _routes(optimizer, variables)):
+        groups[route].append((gradient, variable))
+    # The C kernel's variables take the blocked step while `torch.compile`
+    # traces it (a call through ctypes would break its graph), or without the kernel.
+    if groups["c"] and (torch.compiler.is_compiling() or not native.enabled()
+                        or native.float_library() is None):
+        groups["blocked"] += groups.pop("c")
+    if groups["int8"]:
+        torch_int8.update(optimizer, *map(list, zip(*groups["int8"])), learning_rate)
+    if groups.get("c"):
+        _update_in_c(optimizer, *map(list, zip(*groups["c"])), learning_rate)
+    if groups["blocked"]:
+        _update_float(optimizer, *map(list, zip(*groups["blocked"])), learning_rate)
+    for gradient, variable in groups["plain"]:
         optimizer.update_step(gradient, variable, learning_rate)
 
 
-def _route(optimizer: Any, variable: Any, gradient: Any) -> str:
+def _routes(optimizer: Any, variables: list[Any]) -> list[str]:
+    """Each variable's route (`_route`), kept for the next steps on the same
+    variables (for many small ones, finding them cost as much as their step)."""
+    def make() -> list[str]:
+        return [_route(optimizer, variable) for variable in variables]
+
+    return make() if torch.compiler.is_compiling() else cached_plan(
+        optimizer, "_torch_routes", variables, make)
+
+
+def _route(optimizer: Any, variable: Any) -> str:
     """Which step a variable takes: `torch_int8`'s (an int8 momentum, whose
-    step is computed in float32), the blocked one (the scratch buffer's dtype,
-    see above), or the plain `update_step`."""
-    p, m = variable._value, optimizer._momentum(variable)._value
+    step is computed in float32), the C kernel's (float32 weights on the CPU
+    with a float32 or bfloat16 momentum), the blocked one (the scratch
+    buffer's dtype, see above), or the plain `update_step`. (What decides it
+    is fixed once the optimizer is built.)"""
+    index = optimizer._get_variable_index(variable)
+    p, m = variable._value, optimizer._momentums[index]._value
     if not p.is_contiguous():
         return "plain"
-    if optimizer._momentum_scales[optimizer._get_variable_index(variable)] is not None:
+    if optimizer._momentum_scales[index] is not None:
         return "int8" if p.dtype != torch.float64 else "plain"
+    if p.dtype == torch.float32 and m.dtype in _C_MOMENTUM_DTYPES and p.device.type == "cpu":
+        return "c"
     if (p.dtype in _SCRATCH_DTYPES and m.is_floating_point() and m.dtype != torch.float16
             and p.dtype.itemsize >= m.dtype.itemsize):
         return "blocked"
@@ -161,6 +185,81 @@ def _copied_if_shared(gradient: Any, starts: list[int], ends: list[int]) -> Any:
     before_end = bisect.bisect_left(starts, end)
     shared = start < end and before_end > 0 and ends[before_end - 1] > start
     return gradient.clone() if shared else gradient
+
+
+class Runs(NamedTuple):
+    """The kernel's work on a set of variables, by thread count."""
+
+    params: list[Any]  # kept so that their ids, the cache key, stay theirs
+    indices: list[int]  # each variable's index in the optimizer
+    narrow: Any  # whether each momentum is bfloat16 (int32)
+    decayed: Any  # whether each variable is not excluded from weight decay (int32)
+    elements: int  # in all
+    # By thread count: each thread's run, as (variables, first elements, ends).
+    runs: dict[int, list[tuple[Any, Any, Any]]]
+
+
+@torch.compiler.disable  # (Not reached while compiling: see `update`.)
+def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any],
+                 learning_rate: Any) -> None:
+    """The step of float32 variables in C (`float_step.c`), in place, a
+    thread stepping runs of their elements (one call for many small variables)."""
+    *factors, weight_decay = (None if x is None else float(x)
+                              for x in optimizer._coefficients("float32", learning_rate))
+
+    def make() -> Runs:
+        indices = [optimizer._get_variable_index(v) for v in variables]
+        flags = [[optimizer._momentums[i].dtype == "bfloat16" for i in indices],
+                 [optimizer._use_weight_decay(v) for v in variables]]
+        return Runs([v._value for v in variables], indices,
+                    *(torch.tensor(x, dtype=torch.int32) for x in flags),
+                    sum(v._value.numel() for v in variables), {})
+
+    plan = cached_plan(optimizer, "_torch_c_runs", variables, make)
+    grads = [g if g.dtype == torch.float32 and g.is_contiguous()
+             else g.to(torch.float32).contiguous() for g in grads]
+    # The momentums read at every step (the weights are the plan's key).
+    momentums = optimizer._momentums
+    pointers = torch.tensor([[p.data_ptr() for p in plan.params],
+                             [g.data_ptr() for g in grads],
+                             [momentums[i]._value.data_ptr() for i in plan.indices]],
+                            dtype=torch.int64)
+    decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
+    threads = native.threads_for(plan.elements)
+    if threads not in plan.runs:
+        plan.runs[threads] = split([(p.numel(),) * 2 for p in plan.params], threads)
+    kernel = native.float_library()
+
+    def call(owners: Any, begins: Any, ends: Any) -> Any:
+        return lambda: kernel.keraslion_float_steps(
+            owners.numel(), owners.data_ptr(), begins.data_ptr(), ends.data_ptr(),
+            *(p.data_ptr() for p in pointers), plan.narrow.data_ptr(), decayed.data_ptr(),
+            *factors, weight_decay or 0.0)
+
+    native.all_of([call(*run) for run in plan.runs[threads]])
+
+
+def split(sizes: list[tuple[int, int]], threads: int) -> list[tuple[Any, Any, Any]]:
+    """Variables of (elements, units) in `threads` runs of about as many
+    elements, a variable cut between two runs at a unit (a C kernel's
+    element, or int8 block), as (variables, first units, ends)."""
+    share = -(-sum(elements for elements, _ in sizes) // threads)
+    runs: list[list[tuple[int, int, int]]] = [[]]
+    room = share
+    for j, (elements, units) in enumerate(sizes):
+        begin = 0
+        while begin < units:
+            if room <= 0 and len(runs) < threads:
+                runs.append([])
+                room = share
+            # The units that fill the run (at least one); the last run takes the rest.
+            fill = -(-room * units // elements)
+            end = units if len(runs) == threads else min(units, begin + max(1, fill))
+            runs[-1].append((j, begin, end))
+            room -= (end - begin) * elements // units
+            begin = end
+    return [tuple(torch.tensor(column, dtype=torch.int64) for column in zip(*run))
+            for run in runs if run]
 
 
 def _update_float(optimizer: Any, grads: list[Any], variables: list[Any],

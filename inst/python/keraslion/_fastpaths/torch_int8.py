@@ -184,7 +184,9 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
     total = sum(v._value.numel() for v in variables)
     threads = native.threads_for(total)
     if threads not in plan.runs:
-        plan.runs[threads] = _split(variables, threads)
+        sizes = [(v._value.numel(), math.prod(int8.scale_shape(tuple(v.shape))))
+                 for v in variables]
+        plan.runs[threads] = blocked.split(sizes, threads)
 
     def call(owners: Any, begins: Any, ends: Any) -> Callable[[], None]:
         return lambda: kernel.keraslion_int8_steps(
@@ -207,29 +209,6 @@ def _runs(optimizer: Any, variables: list[Any]) -> Runs:
                                  dtype=torch.int32), {})
 
     return blocked.cached_plan(optimizer, "_torch_int8_runs", variables, make)
-
-
-def _split(variables: list[Any], threads: int) -> list[tuple[Any, Any, Any]]:
-    """The variables' blocks in `threads` runs of about as many elements,
-    a variable cut between two runs at a block."""
-    sizes = [(v._value.numel(), math.prod(int8.scale_shape(tuple(v.shape)))) for v in variables]
-    share = -(-sum(elements for elements, _ in sizes) // threads)
-    runs: list[list[tuple[int, int, int]]] = [[]]
-    room = share
-    for j, (elements, units) in enumerate(sizes):
-        begin = 0
-        while begin < units:
-            if room <= 0 and len(runs) < threads:
-                runs.append([])
-                room = share
-            # The blocks that fill the run (at least one); the last run takes the rest.
-            fill = -(-room * units // elements)
-            end = units if len(runs) == threads else min(units, begin + max(1, fill))
-            runs[-1].append((j, begin, end))
-            room -= (end - begin) * elements // units
-            begin = end
-    return [tuple(torch.tensor(column, dtype=torch.int64) for column in zip(*run))
-            for run in runs if run]
 
 
 def _gather(parts: list[Any], into: Any, piece: Piece) -> Any:

@@ -383,3 +383,116 @@ def test_tensorflow_kernel_is_the_plain_path_bit_for_bit(monkeypatch: Any, shape
         states[fast] = [ops.convert_to_numpy(x) for x in (*variables, *optimizer.variables)]
     for with_kernel, plain in zip(states[True], states[False]):
         np.testing.assert_array_equal(with_kernel, plain)
+
+
+# The float kernel (`float_step.c`: PyTorch, float32 weights with a float32
+# or bfloat16 momentum) ---------------------------------------------------------
+
+FLOAT_SHAPES = [(300, 1000), (7,), (64, 33), *[(50,)] * 40]
+
+
+def edge_gradients(shapes: list) -> list[list[Any]]:
+    """4 steps of gradients spanning 7 binades, the second variable's the
+    edge values (zeros, subnormals, the largest float32, infinities and
+    NaN), given as float32 tensors, a transposed (not contiguous) tensor,
+    a float64 NumPy array and bfloat16 tensors, step by step."""
+    import torch
+
+    _, grads = random_steps(shapes)
+    for step in grads:
+        step[1][:] = [0.0, -0.0, 1e-40, -3e38, np.inf, -np.inf, np.nan]
+    given = []
+    for i, step in enumerate(grads):
+        tensors = [torch.from_numpy(g.copy()) for g in step]
+        if i == 1:
+            tensors[2] = torch.from_numpy(step[2].T.copy()).T
+        elif i == 2:
+            tensors[0] = step[0].astype("float64")
+        elif i == 3:
+            tensors = [t.to(torch.bfloat16) for t in tensors]
+        given.append(tensors)
+    return given
+
+
+@torch_only
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16"], ids=["float32", "bfloat16"])
+def test_float_kernel_is_the_plain_path_bit_for_bit(monkeypatch: Any, momentum_dtype: Any) -> None:
+    """PyTorch's fast path steps float32 weights with a float32 or bfloat16
+    momentum in C, giving the plain path's weights and momenta bit for bit:
+    edge gradients, weight decay with one variable excluded, many small
+    variables, a large one cut between threads (three, on any machine), and
+    gradients of other dtypes and layouts."""
+    from keraslion._fastpaths import native
+    from keraslion._fastpaths import torch as torch_path
+
+    if native.float_library() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setattr(native, "threads_for", lambda elements: 3)
+    calls = []
+    step_in_c = torch_path._update_in_c
+    monkeypatch.setattr(torch_path, "_update_in_c",
+                        lambda *arguments: calls.append(1) or step_in_c(*arguments))
+    init, _ = random_steps(FLOAT_SHAPES)
+    grads = edge_gradients(FLOAT_SHAPES)
+    states = {}
+    for fast in (True, False):
+        variables = [keras.Variable(x, name=f"v{i}") for i, x in enumerate(init)]
+        optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype=momentum_dtype)
+        optimizer.exclude_from_weight_decay(var_names=["v0"])
+        optimizer.build(variables)
+        if not fast:
+            optimizer._fast_path = None
+        for step in grads:
+            optimizer.apply(step, variables)
+        states[fast] = [ops.convert_to_numpy(ops.cast(x, "float32"))
+                        for x in (*variables, *optimizer.variables)]
+    assert len(calls) == len(grads)
+    for in_c, plain in zip(states[True], states[False]):
+        np.testing.assert_array_equal(in_c, plain)  # (NaN equals NaN here)
+
+
+FLOAT_STEPS = """
+import hashlib, keras, numpy as np
+from keraslion import Lion
+from keraslion._fastpaths import native
+rng = np.random.default_rng(0)
+variables = [keras.Variable(rng.standard_normal((300, 1000)).astype("float32"))]
+optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype="bfloat16")
+optimizer.build(variables)
+for _ in range(3):
+    optimizer.apply([rng.standard_normal((300, 1000)).astype("float32")], variables)
+np.save("state.npy", np.stack([keras.ops.convert_to_numpy(x).astype("float32")
+                               for x in [*variables, *optimizer._momentums]]))
+print(native.float_library() is not None)
+"""
+
+
+@torch_only
+def test_float_steps_without_a_compiler_or_when_turned_off_are_within_a_rounding(
+        tmp_path: Path) -> None:
+    """No compiler, or `KERASLION_NATIVE=0`: PyTorch's blocked operations step
+    float32 weights with a bfloat16 momentum, with a `KernelWarning` that
+    names the float kernel (but when turned off), within a rounding of the
+    kernel's weights and momenta (they fuse a multiply-add)."""
+    def state(name: str, **environment: str) -> tuple[bool, str, np.ndarray]:
+        directory = tmp_path / name
+        directory.mkdir()
+        env = {**os.environ, "PYTHONPATH": str(PACKAGE), "KERAS_BACKEND": "torch",
+               "KERASLION_CACHE_DIR": str(directory / "cache"), **environment}
+        done = subprocess.run([sys.executable, "-c", FLOAT_STEPS], env=env, cwd=directory,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()[-1] == "True", done.stderr, np.load(directory / "state.npy")
+
+    built, built_err, in_c = state("built")
+    no_compiler, no_compiler_err, without = state("none", CC="/nonexistent/cc")
+    turned_off, turned_off_err, off = state("off", KERASLION_NATIVE="0")
+    assert built and not no_compiler
+    assert "KernelWarning" not in built_err + turned_off_err
+    assert "KernelWarning" in no_compiler_err and "float_step.c" in no_compiler_err
+    np.testing.assert_array_equal(without, off)
+    # A weight's ulp (the step moves each by about lr); a bfloat16 momentum's
+    # (2 ulps after 3 steps: one rounded otherwise carries into the next).
+    np.testing.assert_allclose(in_c[0], without[0], rtol=0, atol=2e-6)
+    np.testing.assert_allclose(in_c[1], without[1], rtol=2**-6)
+    assert np.mean(in_c != without) < 0.1

@@ -1,4 +1,4 @@
-"""The int8 step with and without its C kernel, against float32's, by case.
+"""The int8 step with and without its C kernel, and bfloat16's, against float32's, by case.
 
     KERAS_BACKEND=torch python bench/int8_kernel.py [--rounds 6] [--cpu 1]
     KERAS_BACKEND=jax python bench/int8_kernel.py
@@ -10,8 +10,9 @@ cases are bench.py's: one 4096x4096 variable, a 200-tensor transformer
 JAX: a jitted, donated `stateless_apply` (as `fit` runs it); TensorFlow:
 `optimizer.apply` in a function XLA compiles (as `fit` runs it). Prints ms per
 step (the median over interleaved rounds of each round's median of 5
-steps) and float32's ms divided by int8's, with the kernel
-(`KERASLION_NATIVE=1`) and with the backend's operations (`=0`).
+steps) and float32's ms divided by bfloat16's, and by int8's with the
+kernel (`KERASLION_NATIVE=1`, as for float32 and bfloat16: on PyTorch they
+step in C too) and with the backend's operations (`=0`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main() -> None:
           f"{args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}")
     for case, shapes in CASES.items():
         timers = {"float32": timer(shapes, "float32", True),
+                  "bfloat16": timer(shapes, "bfloat16", True),
                   "int8, kernel": timer(shapes, "int8", True),
                   "int8, operations": timer(shapes, "int8", False)}
         times: dict[str, list[float]] = {name: [] for name in timers}

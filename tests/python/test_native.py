@@ -496,3 +496,29 @@ def test_float_steps_without_a_compiler_or_when_turned_off_are_within_a_rounding
     np.testing.assert_allclose(in_c[0], without[0], rtol=0, atol=2e-6)
     np.testing.assert_allclose(in_c[1], without[1], rtol=2**-6)
     assert np.mean(in_c != without) < 0.1
+
+
+@torch_only
+def test_the_python_package_ships_every_source_the_kernels_are_built_from(
+        tmp_path: Path) -> None:
+    """pip's wheel of `inst/python` holds the C and C++ sources and headers
+    that `native.py` compiles on first use (a header left out of the
+    package data would leave every kernel unbuildable, with a warning)."""
+    import zipfile
+
+    # Built from a copy: setuptools leaves its build directories beside the sources.
+    copy = shutil.copytree(PACKAGE, tmp_path / "python",
+                           ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel"),
+                            str(copy)], capture_output=True, text=True, timeout=300)
+    if built.returncode != 0:
+        pytest.skip(f"no wheel built here: {built.stderr[-300:]}")
+    [wheel] = (tmp_path / "wheel").glob("*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    sources = [path for path in (PACKAGE / "keraslion" / "_fastpaths").iterdir()
+               if path.suffix in (".c", ".cc", ".h")]
+    assert {path.suffix for path in sources} == {".c", ".cc", ".h"}
+    missing = [path.name for path in sources
+               if f"keraslion/_fastpaths/{path.name}" not in shipped]
+    assert not missing

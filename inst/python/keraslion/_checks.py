@@ -448,12 +448,20 @@ def gradient_shapes(grads: list[Any], variables: list[Any]) -> None:
     for gradient, variable in zip(grads, variables):
         if gradient is None:
             continue
-        if getattr(getattr(gradient, "device", None), "type", None) == "meta":
+        # (A PyTorch tensor says so itself, more cheaply than by its device.)
+        meta = getattr(gradient, "is_meta", None)
+        if meta is None:
+            meta = getattr(getattr(gradient, "device", None), "type", None) == "meta"
+        if meta:
             # Keras would read it as uninitialised memory.
             raise ValueError(
                 f"Argument `grads` holds a tensor on PyTorch's meta device, which has no values, "
                 f"for the variable '{_name(variable)}'. Nothing was updated.")
         shape = getattr(gradient, "shape", None)
+        # Its variable's, as a tuple (NumPy, JAX, torch.Size): checked at
+        # every step, for every variable, this costs the least.
+        if isinstance(shape, tuple) and shape == variable.shape:
+            continue
         if shape is None and isinstance(gradient, list | tuple | numbers.Number):
             shape = np.shape(np.asarray(gradient, dtype=object))  # The array it makes.
         if shape is None or getattr(shape, "rank", 0) is None:

@@ -159,6 +159,7 @@ def _kernel_step(kernel: Any, piece: Piece, theta: Any, gradient: Any, codes: An
 class Runs(NamedTuple):
     params: list[Any]  # kept so that their ids, the cache key, stay theirs
     indices: Any  # each variable's index in the optimizer (seeds its noise), int32
+    positions: list[int]  # the same, as Python ints
     widths: Any  # row length (int64), block and decay (int32) of each variable
     blocks: Any
     decayed: Any
@@ -174,15 +175,15 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
     keys = int8.noise_key(optimizer.iterations, plan.indices)
     grads = [g if g.dtype == torch.float32 and g.is_contiguous()
              else g.to(torch.float32).contiguous() for g in grads]
-    index = [optimizer._get_variable_index(v) for v in variables]
-    # Read at every step: a variable's tensors may be replaced (loading weights).
-    pointers = torch.tensor([[x.data_ptr() for x in (v._value, g, optimizer._momentums[i]._value,
-                                                      optimizer._momentum_scales[i]._value)]
-                             for v, g, i in zip(variables, grads, index)], dtype=torch.int64)
-    pointers = pointers.T.contiguous()
+    # The codes and scales read at every step (the weights are the plan's key).
+    codes, scales = optimizer._momentums, optimizer._momentum_scales
+    pointers = torch.tensor([[p.data_ptr() for p in plan.params],
+                             [g.data_ptr() for g in grads],
+                             [codes[i]._value.data_ptr() for i in plan.positions],
+                             [scales[i]._value.data_ptr() for i in plan.positions]],
+                            dtype=torch.int64)
     decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
-    total = sum(v._value.numel() for v in variables)
-    threads = native.threads_for(total)
+    threads = native.threads_for(sum(p.numel() for p in plan.params))
     if threads not in plan.runs:
         sizes = [(v._value.numel(), math.prod(int8.scale_shape(tuple(v.shape))))
                  for v in variables]
@@ -200,9 +201,9 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
 def _runs(optimizer: Any, variables: list[Any]) -> Runs:
     def make() -> Runs:
         shapes = [tuple(v.shape) for v in variables]
-        return Runs([v._value for v in variables],
-                    torch.tensor([optimizer._get_variable_index(v) for v in variables],
-                                 dtype=torch.int32),
+        positions = [optimizer._get_variable_index(v) for v in variables]
+        return Runs([v._value for v in variables], torch.tensor(positions, dtype=torch.int32),
+                    positions,
                     torch.tensor([shape[-1] for shape in shapes], dtype=torch.int64),
                     torch.tensor([int8.block_size(shape) for shape in shapes], dtype=torch.int64),
                     torch.tensor([optimizer._use_weight_decay(v) for v in variables],

@@ -847,7 +847,8 @@ class Lion(keras.optimizers.Optimizer):
         try:
             if keras.backend.backend() == "torch":
                 # (`apply()`, which `stateless_apply()` calls too, made them dense.)
-                grads = _fastpaths.for_backend("torch").unaliased(grads, trainable_variables)
+                grads = _fastpaths.for_backend("torch").unaliased(self, grads,
+                                                                  trainable_variables)
             if self._fast_path is not None and self._fast_path.supports(self, trainable_variables):
                 self._fast_path.update(self, grads, trainable_variables, learning_rate)
             else:

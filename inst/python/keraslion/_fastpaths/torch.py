@@ -154,7 +154,7 @@ def all_finite(optimizer: Any, grads: list[Any], variables: list[Any] | None) ->
 
 
 @torch.compiler.disable
-def unaliased(grads: list[Any], variables: list[Any]) -> list[Any]:
+def unaliased(optimizer: Any, grads: list[Any], variables: list[Any]) -> list[Any]:
     """The (dense) gradients as tensors, converted before any weights change
     (Keras's plain path converts each in its variable's turn, and a NumPy
     array, `memoryview` or list of rows may read the weights), and copied
@@ -164,12 +164,20 @@ def unaliased(grads: list[Any], variables: list[Any]) -> list[Any]:
     reads a gradient again after some weights changed (the momentum's
     update, another variable's step). Run eagerly under `torch.compile`:
     addresses are not traceable."""
-    weights = sorted(_memory(variable._value) for variable in variables)
-    starts = [start for start, _ in weights]
-    # The furthest end among the weights starting at or before each one
-    # (variables made from views of one tensor overlap each other).
-    ends = list(itertools.accumulate((end for _, end in weights), max))
+    _, starts, ends = cached_plan(optimizer, "_torch_weight_memory", variables,
+                                  lambda: _weight_memory(variables))
     return [_copied_if_shared(_as_tensor(g), starts, ends) for g in grads]
+
+
+def _weight_memory(variables: list[Any]) -> tuple[list[Any], list[int], list[int]]:
+    """The weights (kept so that their ids, the cache key, stay theirs), the
+    start of each one's memory, in order, and the furthest end among the
+    weights starting at or before each (variables made from views of one
+    tensor overlap each other). Kept for the next steps: a weight's memory
+    stays its own (Keras assigns into it)."""
+    weights = sorted(_memory(variable._value) for variable in variables)
+    return ([v._value for v in variables], [start for start, _ in weights],
+            list(itertools.accumulate((end for _, end in weights), max)))
 
 
 def _as_tensor(gradient: Any) -> Any:

@@ -327,7 +327,8 @@
 #'   "One-byte momentum" below. With PyTorch on the CPU, float32 weights
 #'   with a float32 or bfloat16 momentum step in a C kernel (built and
 #'   cached as the int8 one is) that reads and writes each element once,
-#'   with the same results as PyTorch's operations one by one: 0.6 ns per
+#'   with the same results as PyTorch's operations one by one (a `NaN`
+#'   stays `NaN`, perhaps of another sign or payload): 0.6 ns per
 #'   parameter on one thread of a 2-core x86 CPU, a bfloat16 momentum 1.0 to
 #'   1.15 times as fast (`bench/int8_kernel.py`). Where it cannot be built,
 #'   PyTorch's operations run the step (within a rounding).

@@ -339,3 +339,49 @@ def test_infinite_gradients_give_what_the_plain_path_gives():
         np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
         np.testing.assert_array_equal(np.isposinf(ours), np.isposinf(theirs))
         np.testing.assert_allclose(ours, theirs, rtol=1e-6)  # NaN equals NaN here
+
+
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
+def test_variables_that_are_all_empty_step_without_error(momentum_dtype):
+    """Variables with no elements (and nothing else) step as a no-op on every
+    path (PyTorch's C step had no run to give a thread, and failed)."""
+    variables = [keras.Variable(np.ones(shape, "float32")) for shape in ((0, 5), (3, 0))]
+    optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype=momentum_dtype)
+    optimizer.apply([np.ones(v.shape, "float32") for v in variables], variables)
+    assert [tuple(v.shape) for v in variables] == [(0, 5), (3, 0)]
+    assert int(to_numpy(optimizer.iterations)) == 1
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a module's parameters' data")
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
+@pytest.mark.parametrize("swap", ["to_bfloat16", "channels_last"])
+def test_torch_parameters_swapped_in_place_step_as_on_the_plain_path(swap, momentum_dtype):
+    """`module.to(torch.bfloat16)` or `module.to(memory_format=channels_last)`
+    between steps gives each parameter new data of another dtype or layout,
+    under the same tensor: the fast paths plan anew for it (the C step wrote
+    float32 into bfloat16 memory, and stepped a channels-last kernel in
+    memory order), and step as the plain path does, bit for bit."""
+    import torch
+
+    states = {}
+    for fast in (True, False):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(64, 3),
+                                  keras.layers.Flatten(), keras.layers.Dense(300)])
+        optimizer = Lion(1e-2, weight_decay=0.5, momentum_dtype=momentum_dtype)
+        optimizer.build(model.trainable_variables)
+        if not fast:
+            optimizer._fast_path = None
+        rng = np.random.default_rng(0)
+        for step in range(3):
+            if step == 1:
+                model.to(torch.bfloat16) if swap == "to_bfloat16" else model.to(
+                    memory_format=torch.channels_last)
+            optimizer.apply([rng.standard_normal(v.shape).astype("float32")
+                             for v in model.trainable_variables], model.trainable_variables)
+        states[fast] = [to_numpy(v.value).astype("float32")
+                        for v in (*model.trainable_variables, *optimizer.variables)]
+    if swap == "channels_last":
+        assert not model.trainable_variables[0].value.is_contiguous()
+    for ours, theirs in zip(states[True], states[False]):
+        np.testing.assert_array_equal(ours, theirs)

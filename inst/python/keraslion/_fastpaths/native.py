@@ -118,8 +118,9 @@ def in_parallel(run: Callable[[int, int], None], units: int, elements: int) -> N
 
 def all_of(calls: list[Callable[[], None]]) -> None:
     """Runs the calls, the first on this thread and the others on a pool's."""
-    if len(calls) == 1:
-        calls[0]()
+    if len(calls) <= 1:  # (None for variables that are all empty.)
+        for call in calls:
+            call()
         return
     # One pool per process: a forked child has its parent's pool without its threads.
     if os.getpid() not in _POOLS:

@@ -2,11 +2,12 @@
 
 Float32 weights on the CPU with a float32 or bfloat16 momentum step in C
 (`float_step.c`, see `native.py`): one pass over memory, the plain path's
-weights and momenta bit for bit, 3x faster than the blocks below (about
-0.55 ns per parameter on one thread, `bench/bench.py`; the blocks make some
-ten passes over cache). The blocks step them while `torch.compile` traces
-the step, and where the kernel cannot be built or `KERASLION_NATIVE=0`
-(within a rounding: `_foreach_add_` with `alpha` fuses a multiply-add).
+weights and momenta bit for bit (a NaN as a NaN, of any sign and
+payload), 3x faster than the blocks below (about 0.6 ns per parameter on
+one thread, `bench/int8_kernel.py`; the blocks make some ten passes over
+cache). The blocks step them while `torch.compile` traces the step, and
+where the kernel cannot be built or `KERASLION_NATIVE=0` (within a
+rounding: `_foreach_add_` with `alpha` fuses a multiply-add).
 
 Eager PyTorch makes one pass over memory per operation, and each full-size
 temporary is a fresh allocation (page faults). Here the parameters are cut
@@ -89,8 +90,9 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
     groups: dict[str, list[tuple[Any, Any]]] = {"int8": [], "c": [], "blocked": [], "plain": []}
+    routing = _routing(optimizer, variables)
     # (`unaliased()` made every gradient a tensor.)
-    for gradient, variable, route in zip(grads, variables, _routes(optimizer, variables)):
+    for gradient, variable, route in zip(grads, variables, routing.routes):
         groups[route].append((gradient, variable))
     # The C kernel's variables take the blocked step while `torch.compile`
     # traces it (a call through ctypes would break its graph), or without the kernel.
@@ -100,21 +102,29 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     if groups["int8"]:
         torch_int8.update(optimizer, *map(list, zip(*groups["int8"])), learning_rate)
     if groups.get("c"):
-        _update_in_c(optimizer, *map(list, zip(*groups["c"])), learning_rate)
+        _update_in_c(optimizer, *map(list, zip(*groups["c"])), learning_rate, routing.c_runs)
     if groups["blocked"]:
         _update_float(optimizer, *map(list, zip(*groups["blocked"])), learning_rate)
     for gradient, variable in groups["plain"]:
         optimizer.update_step(gradient, variable, learning_rate)
 
 
-def _routes(optimizer: Any, variables: list[Any]) -> list[str]:
-    """Each variable's route (`_route`), kept for the next steps on the same
-    variables (for many small ones, finding them cost as much as their step)."""
-    def make() -> list[str]:
-        return [_route(optimizer, variable) for variable in variables]
+class Routing(NamedTuple):
+    params: list[Any]  # kept so that their ids, the cache key, stay theirs
+    routes: list[str]  # each variable's (`_route`)
+    c_runs: list[Any]  # the C kernel's `Runs` for the variables routed to it, once made
+
+
+def _routing(optimizer: Any, variables: list[Any]) -> Routing:
+    """Each variable's route, kept for the next steps on the same variables
+    (for many small ones, finding them cost as much as their step), with
+    the C kernel's plan for those it steps (one cache lookup for both)."""
+    def make() -> Routing:
+        return Routing([v._value for v in variables],
+                       [_route(optimizer, variable) for variable in variables], [])
 
     return make() if torch.compiler.is_compiling() else cached_plan(
-        optimizer, "_torch_routes", variables, make)
+        optimizer, "_torch_routing", variables, make)
 
 
 def _route(optimizer: Any, variable: Any) -> str:
@@ -206,7 +216,7 @@ def _copied_if_shared(gradient: Any, starts: list[int], ends: list[int]) -> Any:
 class Runs(NamedTuple):
     """The kernel's work on a set of variables, by thread count."""
 
-    params: list[Any]  # kept so that their ids, the cache key, stay theirs
+    params: list[Any]  # their weights
     indices: list[int]  # each variable's index in the optimizer
     narrow: Any  # whether each momentum is bfloat16 (int32)
     decayed: Any  # whether each variable is not excluded from weight decay (int32)
@@ -216,25 +226,24 @@ class Runs(NamedTuple):
 
 
 @torch.compiler.disable  # (Not reached while compiling: see `update`.)
-def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any],
-                 learning_rate: Any) -> None:
+def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any,
+                 kept: list[Any]) -> None:
     """The step of float32 variables in C (`float_step.c`), in place, a
-    thread stepping runs of their elements (one call for many small variables)."""
+    thread stepping runs of their elements (one call for many small
+    variables); their `Runs`, made once, are kept in `kept`."""
     *factors, weight_decay = (None if x is None else float(x)
                               for x in optimizer._coefficients("float32", learning_rate))
-
-    def make() -> Runs:
+    if not kept:
         indices = [optimizer._get_variable_index(v) for v in variables]
         flags = [[optimizer._momentums[i].dtype == "bfloat16" for i in indices],
                  [optimizer._use_weight_decay(v) for v in variables]]
-        return Runs([v._value for v in variables], indices,
-                    *(torch.tensor(x, dtype=torch.int32) for x in flags),
-                    sum(v._value.numel() for v in variables), {})
-
-    plan = cached_plan(optimizer, "_torch_c_runs", variables, make)
+        kept.append(Runs([v._value for v in variables], indices,
+                         *(torch.tensor(x, dtype=torch.int32) for x in flags),
+                         sum(v._value.numel() for v in variables), {}))
+    plan = kept[0]
     grads = [g if g.dtype == torch.float32 and g.is_contiguous()
              else g.to(torch.float32).contiguous() for g in grads]
-    # The momentums read at every step (the weights are the plan's key).
+    # The momentums read at every step (the weights are the routing's key).
     momentums = optimizer._momentums
     pointers = torch.tensor([[p.data_ptr() for p in plan.params],
                              [g.data_ptr() for g in grads],
@@ -364,8 +373,13 @@ def _plan(optimizer: Any, variables: list[Any]) -> Plan:
 
 def cached_plan(optimizer: Any, name: str, variables: list[Any], make: Any) -> Any:
     """`make()` for a set of variables, kept in the optimizer's cache `name`
-    (at most 4 sets; the plan holds the variables, so that their ids stay theirs)."""
-    key = tuple(id(v._value) for v in variables)
+    (at most 4 sets; the plan holds the variables, so that their ids stay
+    theirs). Keyed by each one's weights: the tensor, and its memory, dtype
+    and layout, which PyTorch changes in place when it swaps a parameter's
+    data (`module.to(torch.bfloat16)`, `module.to(memory_format=...)`): a
+    plan, and the pointers a C kernel writes through, never outlive them."""
+    key = tuple((id(p), p.data_ptr(), p.dtype, p.is_contiguous())
+                for p in (v._value for v in variables))
     # Kept outside Keras's attribute tracking: a cache, not optimizer state.
     cache = optimizer.__dict__.setdefault(name, {})
     if key not in cache:

@@ -385,3 +385,29 @@ def test_torch_parameters_swapped_in_place_step_as_on_the_plain_path(swap, momen
         assert not model.trainable_variables[0].value.is_contiguous()
     for ours, theirs in zip(states[True], states[False]):
         np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a tensor's data")
+@pytest.mark.parametrize("weight_dtype", ["float32", "float64"])
+def test_torch_momentum_data_swapped_in_place_steps_as_on_the_plain_path(monkeypatch,
+                                                                         weight_dtype):
+    """A momentum whose data is swapped between steps (a new tensor under
+    the same one) is stepped where it now lies: the blocked step (float64
+    weights; float32 without the C kernel) planned views of its old memory,
+    and kept updating them."""
+    monkeypatch.setenv("KERASLION_NATIVE", "0")
+    states = {}
+    for fast in (True, False):
+        variable = keras.Variable(np.ones((400, 400)), dtype=weight_dtype)
+        optimizer = Lion(1e-2)
+        optimizer.build([variable])
+        if not fast:
+            optimizer._fast_path = None
+        for step in range(3):
+            if step == 1:
+                momentum = optimizer._momentums[0].value
+                momentum.data = momentum.data.clone()
+            optimizer.apply([np.full((400, 400), 0.5 + step)], [variable])
+        states[fast] = [to_numpy(x) for x in (variable, optimizer._momentums[0])]
+    for ours, theirs in zip(states[True], states[False]):
+        np.testing.assert_array_equal(ours, theirs)

@@ -367,19 +367,25 @@ def _plan(optimizer: Any, variables: list[Any]) -> Plan:
     under `torch.compile`: traced, the views of the scratch buffers took
     symbolic sizes that a recompilation (another set of variables) could
     no longer resolve."""
+    # Its blocks hold views of the momentums too: a momentum's data swapped
+    # makes another plan.
+    momentums = [optimizer._momentum(v)._value for v in variables]
     return cached_plan(optimizer, "_torch_plans", variables,
-                       lambda: Plan([v._value for v in variables], _blocks(optimizer, variables)))
+                       lambda: Plan([v._value for v in variables], _blocks(optimizer, variables)),
+                       also=momentums)
 
 
-def cached_plan(optimizer: Any, name: str, variables: list[Any], make: Any) -> Any:
+def cached_plan(optimizer: Any, name: str, variables: list[Any], make: Any,
+                also: list[Any] = ()) -> Any:
     """`make()` for a set of variables, kept in the optimizer's cache `name`
     (at most 4 sets; the plan holds the variables, so that their ids stay
-    theirs). Keyed by each one's weights: the tensor, and its memory, dtype
-    and layout, which PyTorch changes in place when it swaps a parameter's
-    data (`module.to(torch.bfloat16)`, `module.to(memory_format=...)`): a
-    plan, and the pointers a C kernel writes through, never outlive them."""
+    theirs). Keyed by each one's weights (and the tensors `also`): the
+    tensor, and its memory, dtype and layout, which PyTorch changes in place
+    when it swaps a parameter's data (`module.to(torch.bfloat16)`,
+    `module.to(memory_format=...)`): a plan, and the pointers a C kernel
+    writes through, never outlive them."""
     key = tuple((id(p), p.data_ptr(), p.dtype, p.is_contiguous())
-                for p in (v._value for v in variables))
+                for p in [*(v._value for v in variables), *also])
     # Kept outside Keras's attribute tracking: a cache, not optimizer state.
     cache = optimizer.__dict__.setdefault(name, {})
     if key not in cache:

@@ -522,3 +522,45 @@ def test_the_python_package_ships_every_source_the_kernels_are_built_from(
     missing = [path.name for path in sources
                if f"keraslion/_fastpaths/{path.name}" not in shipped]
     assert not missing
+
+
+@torch_only
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
+def test_kernels_flush_subnormals_as_the_calling_thread_does(monkeypatch: Any,
+                                                             momentum_dtype: Any) -> None:
+    """`torch.set_flush_denormal` sets its caller's mode only: the kernels'
+    pool threads (three here, on any machine) step in the caller's mode
+    at every step, as the plain path computes, with the mode turned on
+    and off between steps after the pool started."""
+    import torch
+
+    from keraslion._fastpaths import native
+
+    library = native.int8_library() if momentum_dtype == "int8" else native.float_library()
+    if library is None:
+        pytest.skip("no C compiler")
+    if not torch.set_flush_denormal(False):
+        pytest.skip("no flush-to-zero on this CPU")
+    monkeypatch.setattr(native, "threads_for", lambda elements: 3)
+    # (1 - beta) * g is subnormal (1e-38) for each beta: c and m' flush to 0 or not.
+    gradient = np.full((3, 1024), 2e-38, "float32")
+    states = {}
+    try:
+        for fast in (True, False):
+            variable = keras.Variable(np.ones((3, 1024), "float32"))
+            optimizer = Lion(1e-2, beta_1=0.5, beta_2=0.5, momentum_dtype=momentum_dtype)
+            optimizer.build([variable])
+            if not fast:
+                optimizer._fast_path = None
+            states[fast] = []
+            for flush in (False, True, False, True):
+                torch.set_flush_denormal(flush)
+                optimizer.apply([gradient], [variable])
+                states[fast].append(ops.convert_to_numpy(variable).copy())
+    finally:
+        torch.set_flush_denormal(False)
+    for with_kernel, plain in zip(states[True], states[False]):
+        np.testing.assert_array_equal(with_kernel, plain)
+    # The mode mattered: flushed, c is 0 and the weights stay; else they move.
+    plain = states[False]
+    assert np.array_equal(plain[0], plain[1]) and not np.array_equal(plain[1], plain[2])

@@ -31,4 +31,34 @@ static inline float sign_of(float c) {
     return float_of(below < (uint32_t)INFINITY_BITS ? one : bits);
 }
 
+#ifndef __cplusplus /* For the ctypes libraries (`native.all_of`). */
+/* The calling thread's flush-to-zero (and denormals-are-zero) mode, and
+ * setting it: a thread of a pool keeps the mode it started with, where
+ * `torch.set_flush_denormal` sets only its caller's. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define FLUSH_BITS 0x8040u /* MXCSR's FTZ and DAZ */
+uint32_t keraslion_flush_mode(void) { return _mm_getcsr() & FLUSH_BITS; }
+void keraslion_set_flush_mode(uint32_t mode) {
+    _mm_setcsr((_mm_getcsr() & ~FLUSH_BITS) | (mode & FLUSH_BITS));
+}
+#elif defined(__aarch64__)
+#define FLUSH_BITS (1u << 24) /* FPCR's FZ */
+uint32_t keraslion_flush_mode(void) {
+    uint64_t fpcr;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
+    return (uint32_t)fpcr & FLUSH_BITS;
+}
+void keraslion_set_flush_mode(uint32_t mode) {
+    uint64_t fpcr;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
+    fpcr = (fpcr & ~(uint64_t)FLUSH_BITS) | (mode & FLUSH_BITS);
+    __asm__ volatile("msr fpcr, %0" : : "r"(fpcr));
+}
+#else
+uint32_t keraslion_flush_mode(void) { return 0; }
+void keraslion_set_flush_mode(uint32_t mode) { (void)mode; }
+#endif
+#endif
+
 #endif

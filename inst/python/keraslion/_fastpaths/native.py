@@ -57,6 +57,9 @@ _INT8_ARGUMENTS = {
     "keraslion_int8_steps": [_INT64] + [_POINTER] * 11 + [_FLOAT] * 6,
 }
 _FLOAT_ARGUMENTS = {"keraslion_float_steps": [_INT64] + [_POINTER] * 8 + [_FLOAT] * 6}
+#: Every ctypes library's (`lion_step.h`): (arguments, result).
+_FLUSH_FUNCTIONS = {"keraslion_flush_mode": ([], ctypes.c_uint32),
+                    "keraslion_set_flush_mode": ([ctypes.c_uint32], None)}
 #: What every C step includes.
 HEADER = HERE / "lion_step.h"
 
@@ -93,9 +96,10 @@ def _c_library(source: Path, functions: dict[str, list[Any]]) -> Any:
     library = _loaded("CC", "cc", ["-std=c11"], source, HEADER)
     if library is None:
         return None
-    for name, arguments in functions.items():
+    typed = {name: (arguments, None) for name, arguments in functions.items()}
+    for name, (arguments, result) in {**typed, **_FLUSH_FUNCTIONS}.items():
         getattr(library, name).argtypes = arguments
-        getattr(library, name).restype = None
+        getattr(library, name).restype = result
     return library
 
 
@@ -108,16 +112,20 @@ def threads_for(elements: int) -> int:
     return max(1, min(torch.get_num_threads(), usable_cpus(), elements // PER_THREAD))
 
 
-def in_parallel(run: Callable[[int, int], None], units: int, elements: int) -> None:
+def in_parallel(run: Callable[[int, int], None], units: int, elements: int,
+                library: Any) -> None:
     """`run(begin, end)` over `units` (of `elements` in all), cut into runs,
-    one per thread (`threads_for`); ctypes releases the GIL while the kernel runs."""
+    one per thread (`threads_for`), calling into `library`; ctypes releases
+    the GIL while the kernel runs."""
     threads = min(units, threads_for(elements))
     bounds = [units * i // threads for i in range(threads + 1)]
-    all_of([lambda b=b, e=e: run(b, e) for b, e in zip(bounds[:-1], bounds[1:])])
+    all_of([lambda b=b, e=e: run(b, e) for b, e in zip(bounds[:-1], bounds[1:])], library)
 
 
-def all_of(calls: list[Callable[[], None]]) -> None:
-    """Runs the calls, the first on this thread and the others on a pool's."""
+def all_of(calls: list[Callable[[], None]], library: Any) -> None:
+    """Runs the calls into `library`, the first on this thread and the
+    others on a pool's, each in this thread's flush-to-zero mode (as the
+    plain path runs: a pool's thread keeps the mode it started with)."""
     if len(calls) <= 1:  # (None for variables that are all empty.)
         for call in calls:
             call()
@@ -125,10 +133,16 @@ def all_of(calls: list[Callable[[], None]]) -> None:
     # One pool per process: a forked child has its parent's pool without its threads.
     if os.getpid() not in _POOLS:
         _POOLS[os.getpid()] = ThreadPoolExecutor(os.cpu_count())
-    others = [_POOLS[os.getpid()].submit(call) for call in calls[1:]]
+    mode = library.keraslion_flush_mode()
+    others = [_POOLS[os.getpid()].submit(_in_mode, library, mode, call) for call in calls[1:]]
     calls[0]()
     for other in others:
         other.result()
+
+
+def _in_mode(library: Any, mode: int, call: Callable[[], None]) -> None:
+    library.keraslion_set_flush_mode(mode)
+    call()
 
 
 @functools.cache

@@ -261,7 +261,7 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
             *(p.data_ptr() for p in pointers), plan.narrow.data_ptr(), decayed.data_ptr(),
             *factors, weight_decay or 0.0)
 
-    native.all_of([call(*run) for run in plan.runs[threads]])
+    native.all_of([call(*run) for run in plan.runs[threads]], kernel)
 
 
 def split(sizes: list[tuple[int, int]], threads: int) -> list[tuple[Any, Any, Any]]:

@@ -153,7 +153,7 @@ def _kernel_step(kernel: Any, piece: Piece, theta: Any, gradient: Any, codes: An
             piece.width, piece.block, key.data_ptr(), key_stride, piece.first_of_rows.data_ptr(),
             begin, end, *factors, weight_decay is not None, weight_decay or 0.0)
 
-    native.in_parallel(run, scales.numel(), theta.numel())
+    native.in_parallel(run, scales.numel(), theta.numel(), kernel)
 
 
 class Runs(NamedTuple):
@@ -195,7 +195,7 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
             *(p.data_ptr() for p in pointers), plan.widths.data_ptr(), plan.blocks.data_ptr(),
             keys.data_ptr(), decayed.data_ptr(), *factors, weight_decay or 0.0)
 
-    native.all_of([call(*run) for run in plan.runs[threads]])
+    native.all_of([call(*run) for run in plan.runs[threads]], kernel)
 
 
 def _runs(optimizer: Any, variables: list[Any]) -> Runs:

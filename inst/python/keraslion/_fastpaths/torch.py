@@ -241,8 +241,7 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
                          *(torch.tensor(x, dtype=torch.int32) for x in flags),
                          sum(v._value.numel() for v in variables), {}))
     plan = kept[0]
-    grads = [g if g.dtype == torch.float32 and g.is_contiguous()
-             else g.to(torch.float32).contiguous() for g in grads]
+    grads = contiguous_float32(grads)
     # The momentums read at every step (the weights are the routing's key).
     momentums = optimizer._momentums
     pointers = torch.tensor([[p.data_ptr() for p in plan.params],
@@ -250,9 +249,6 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
                              [momentums[i]._value.data_ptr() for i in plan.indices]],
                             dtype=torch.int64)
     decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
-    threads = native.threads_for(plan.elements)
-    if threads not in plan.runs:
-        plan.runs[threads] = split([(p.numel(),) * 2 for p in plan.params], threads)
     kernel = native.float_library()
 
     def call(owners: Any, begins: Any, ends: Any) -> Any:
@@ -261,7 +257,24 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
             *(p.data_ptr() for p in pointers), plan.narrow.data_ptr(), decayed.data_ptr(),
             *factors, weight_decay or 0.0)
 
-    native.all_of([call(*run) for run in plan.runs[threads]], kernel)
+    in_threads(kernel, call, plan.runs, plan.elements,
+               lambda: [(p.numel(),) * 2 for p in plan.params])
+
+
+def contiguous_float32(grads: list[Any]) -> list[Any]:
+    """The gradients as a C kernel reads them: contiguous float32 tensors."""
+    return [g if g.dtype == torch.float32 and g.is_contiguous()
+            else g.to(torch.float32).contiguous() for g in grads]
+
+
+def in_threads(kernel: Any, call: Any, runs: dict[int, Any], elements: int, sizes: Any) -> None:
+    """`call(variables, first units, ends)()` for each thread's run of
+    variables of `sizes()` (`split`, kept in `runs` by thread count), all of
+    them into `kernel` (`native.all_of`)."""
+    threads = native.threads_for(elements)
+    if threads not in runs:
+        runs[threads] = split(sizes(), threads)
+    native.all_of([call(*run) for run in runs[threads]], kernel)
 
 
 def split(sizes: list[tuple[int, int]], threads: int) -> list[tuple[Any, Any, Any]]:

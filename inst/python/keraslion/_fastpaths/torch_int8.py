@@ -173,8 +173,7 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
     stepping runs of their blocks (one call for many small variables)."""
     plan = _runs(optimizer, variables)
     keys = int8.noise_key(optimizer.iterations, plan.indices)
-    grads = [g if g.dtype == torch.float32 and g.is_contiguous()
-             else g.to(torch.float32).contiguous() for g in grads]
+    grads = blocked.contiguous_float32(grads)
     # The codes and scales read at every step (the weights are the plan's key).
     codes, scales = optimizer._momentums, optimizer._momentum_scales
     pointers = torch.tensor([[p.data_ptr() for p in plan.params],
@@ -183,11 +182,6 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
                              [scales[i]._value.data_ptr() for i in plan.positions]],
                             dtype=torch.int64)
     decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
-    threads = native.threads_for(sum(p.numel() for p in plan.params))
-    if threads not in plan.runs:
-        sizes = [(v._value.numel(), math.prod(int8.scale_shape(tuple(v.shape))))
-                 for v in variables]
-        plan.runs[threads] = blocked.split(sizes, threads)
 
     def call(owners: Any, begins: Any, ends: Any) -> Callable[[], None]:
         return lambda: kernel.keraslion_int8_steps(
@@ -195,7 +189,9 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
             *(p.data_ptr() for p in pointers), plan.widths.data_ptr(), plan.blocks.data_ptr(),
             keys.data_ptr(), decayed.data_ptr(), *factors, weight_decay or 0.0)
 
-    native.all_of([call(*run) for run in plan.runs[threads]], kernel)
+    blocked.in_threads(kernel, call, plan.runs, sum(p.numel() for p in plan.params),
+                       lambda: [(v._value.numel(), math.prod(int8.scale_shape(tuple(v.shape))))
+                                for v in variables])
 
 
 def _runs(optimizer: Any, variables: list[Any]) -> Runs:

@@ -17,6 +17,7 @@
 #include "lion_step.h"
 
 #define MAX_BLOCK 256
+#define WIDE_SCALE_BITS (142u << 23) /* 2**15: times 2**112, still finite */
 #define NOISE_BITS 20
 #define EXPONENT_OFFSET 896
 #define ONE_CODE 120
@@ -51,10 +52,15 @@ static inline float decode(int8_t code) {
     return float_of(bits | (signed_code & SIGN_BIT));
 }
 
-/* A magnitude's bits, infinity and NaN counted as the largest float32. */
-static inline int32_t capped_magnitude(int32_t bits) {
-    int32_t magnitude = bits & 0x7FFFFFFF;
-    return magnitude > FLOAT32_MAX_BITS ? FLOAT32_MAX_BITS : magnitude;
+/* `decode(code) * scale` (the same rounding), with `wide` = scale * 2**112
+ * (exact: a scale of at most 2**15): a code's magnitude shifted into a
+ * float32's exponent and mantissa bits is its value times 2**-112, the
+ * codes below 8 as subnormals, so one product decodes and scales. Where
+ * denormal inputs read as zero, `decode` serves (7 operations more). */
+static inline float decode_scaled(int8_t code, float wide) {
+    int32_t signed_code = code, k = signed_code < 0 ? -signed_code : signed_code;
+    int32_t bits = k == NAN_CODE ? NAN_BITS : k << 20;
+    return float_of(bits | (signed_code & SIGN_BIT)) * wide;
 }
 
 /* `int8.encode` of one momentum whose block's scale has reciprocal `inverse`.
@@ -67,8 +73,38 @@ static inline int8_t encode(float m, float inverse, uint32_t noise) {
     int32_t unrounded = (normal > subnormal ? normal : subnormal) + (int32_t)noise;
     int32_t k = unrounded >> NOISE_BITS;
     k = k > ONE_CODE ? ONE_CODE : k;
-    k = bits < 0 ? -k : k;
+    int32_t negative = bits >> 31; /* -1 or 0: k negated as two's complement */
+    k = (k ^ negative) - negative;
     return (int8_t)(magnitude > INFINITY_BITS ? NAN_CODE : k);
+}
+
+/* The new weights of a block's `count` elements, and their new momenta
+ * into `m`; returns the bits of the largest |m| (infinity and NaN counted
+ * as the largest float32). `factor`: the block's scale, or where `scaled`
+ * the scale times 2**112, for `decode_scaled` (`scaled` is a constant where
+ * this is inlined: each loop is vectorized for its own decoding). */
+static inline int32_t new_momenta(float *restrict p, const float *restrict g,
+                                  const int8_t *restrict code, float *restrict m, int64_t count,
+                                  int scaled, float factor, float learning_rate, float beta_1,
+                                  float one_minus_beta_1, float beta_2, float one_minus_beta_2,
+                                  int decayed, float weight_decay) {
+    int32_t largest = 0;
+    for (int64_t i = 0; i < count; i++) {
+        float old = scaled ? decode_scaled(code[i], factor) : decode(code[i]) * factor;
+        float c = old * beta_1;
+        c = c + g[i] * one_minus_beta_1;
+        float update = sign_of(c);
+        float decay = p[i] * weight_decay;
+        update = decayed ? update + decay : update;
+        p[i] = p[i] - update * learning_rate;
+        float fresh = old * beta_2;
+        fresh = fresh + g[i] * one_minus_beta_2;
+        m[i] = fresh;
+        int32_t magnitude = bits_of(fresh) & 0x7FFFFFFF;
+        largest = magnitude > largest ? magnitude : largest;
+    }
+    /* Capped once: the largest of capped magnitudes is the capped largest. */
+    return largest > FLOAT32_MAX_BITS ? FLOAT32_MAX_BITS : largest;
 }
 
 /* The step of blocks `begin` to `end` (counted along rows, `blocks` per row). */
@@ -79,6 +115,7 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
                          float beta_1, float one_minus_beta_1, float beta_2,
                          float one_minus_beta_2, int decayed, float weight_decay) {
     float m[MAX_BLOCK];
+    int subnormals_read = !(flush_mode() & INPUTS_FLUSHED);
     int64_t blocks = (width + block - 1) / block;
     for (int64_t unit = begin; unit < end; unit++) {
         int64_t row = unit / blocks, start = unit % blocks * block;
@@ -87,21 +124,12 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
         const float *g = gradient + row * width + start;
         int8_t *code = codes + row * width + start;
         float scale = scales[unit];
-        int32_t largest = 0;
-        for (int64_t i = 0; i < count; i++) {
-            float old = decode(code[i]) * scale;
-            float c = old * beta_1;
-            c = c + g[i] * one_minus_beta_1;
-            float update = sign_of(c);
-            float decay = p[i] * weight_decay;
-            update = decayed ? update + decay : update;
-            p[i] = p[i] - update * learning_rate;
-            float fresh = old * beta_2;
-            fresh = fresh + g[i] * one_minus_beta_2;
-            m[i] = fresh;
-            int32_t magnitude = capped_magnitude(bits_of(fresh));
-            largest = magnitude > largest ? magnitude : largest;
-        }
+        int32_t largest =
+            subnormals_read && (uint32_t)bits_of(scale) <= WIDE_SCALE_BITS
+                ? new_momenta(p, g, code, m, count, 1, scale * 0x1p112f, learning_rate, beta_1,
+                              one_minus_beta_1, beta_2, one_minus_beta_2, decayed, weight_decay)
+                : new_momenta(p, g, code, m, count, 0, scale, learning_rate, beta_1,
+                              one_minus_beta_1, beta_2, one_minus_beta_2, decayed, weight_decay);
         /* `int8.power_of_two_scales`. */
         int32_t scale_bits = (largest + MANTISSA_BITS) & INFINITY_BITS;
         scale_bits = scale_bits > LARGEST_SCALE_BITS ? LARGEST_SCALE_BITS : scale_bits;
@@ -109,8 +137,9 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
         float inverse = float_of(RECIPROCAL_BITS - scale_bits);
         uint32_t index = (first ? first[row] : (uint32_t)(row * width)) + (uint32_t)start;
         uint32_t key = keys[row * key_stride];
-        for (int64_t i = 0; i < count; i++) {
-            uint32_t noise = mix((index + (uint32_t)i) ^ key) >> (32 - NOISE_BITS);
+        /* A 32-bit count, as the index (a 64-bit one took 10% of the step). */
+        for (uint32_t i = 0; i < (uint32_t)count; i++) {
+            uint32_t noise = mix((index + i) ^ key) >> (32 - NOISE_BITS);
             code[i] = encode(m[i], inverse, noise);
         }
     }

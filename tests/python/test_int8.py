@@ -501,6 +501,53 @@ def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str, ke
     assert bool(kernel_steps) == (kernel and dtype != "float64")
 
 
+#: Scales about the kernel's two ways of decoding: by one product up to
+#: 2**15, by `decode` above; zero, subnormal, not a power of two (as the
+#: first 0.3.0 versions saved), and the largest.
+SCALES = [0.0, 1e-40, 2.0**-126, 0.3, 1.0, 2.0**15, 2.0**16, 3e5, 2.0**126]
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's int8 kernel")
+@pytest.mark.parametrize("flushed", [False, True], ids=["subnormals", "flushed"])
+def test_torch_kernel_decodes_every_code_at_every_scale_as_the_plain_path(
+        flushed: bool, monkeypatch: Any) -> None:
+    """Each of the 256 codes in a block of each scale of `SCALES`: one step
+    gives the plain path's weights, codes and scales bit for bit, with
+    subnormals kept or flushed to zero (`torch.set_flush_denormal`)."""
+    import torch
+
+    from keraslion._fastpaths import torch_int8
+
+    monkeypatch.setenv("KERASLION_NATIVE", "1")
+    kernel_steps = []
+    monkeypatch.setattr(torch_int8, "_whole_variables",
+                        _spy(torch_int8._whole_variables, kernel_steps))
+    codes = np.tile(np.arange(-128, 128, dtype=np.int8), (len(SCALES), 1))
+    scales = np.array(SCALES, np.float32)[:, None]
+    rng = np.random.default_rng(7)
+    init = rng.standard_normal(codes.shape).astype(np.float32)
+    grad = (rng.standard_normal(codes.shape) * 10.0 ** rng.uniform(-8, 6, codes.shape))
+    state = []
+    torch.set_flush_denormal(flushed)
+    try:
+        for fast in (True, False):
+            variable = keras.Variable(init)
+            optimizer = Lion(learning_rate=1e-2, weight_decay=0.1, momentum_dtype="int8")
+            optimizer.build([variable])
+            optimizer._momentums[0].assign(codes)
+            optimizer._momentum_scales[0].assign(scales)
+            if not fast:
+                optimizer._fast_path = None
+            optimizer.apply([ops.convert_to_tensor(grad.astype(np.float32))], [variable])
+            state.append([to_numpy(x) for x in (variable, *_momentum_state(optimizer, variable))])
+    finally:
+        torch.set_flush_denormal(False)
+    assert kernel_steps
+    for fast, plain in zip(*state):
+        np.testing.assert_array_equal(fast.view(np.uint8 if fast.dtype == np.int8 else np.uint32),
+                                      plain.view(np.uint8 if plain.dtype == np.int8 else np.uint32))
+
+
 def _spy(function: Any, calls: list[Any]) -> Any:
     def spied(*args: Any) -> Any:
         calls.append(args)

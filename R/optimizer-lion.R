@@ -134,7 +134,8 @@
 #' another place, and `KERASLION_NATIVE=0` turns the kernel off); where it
 #' cannot be built, a Python `KernelWarning` says so and the backend's
 #' operations run the step. Its results are those of the backends' own
-#' operations, bit for bit (with JAX, those of XLA's operations one by one:
+#' operations, bit for bit (but the sign and payload of a `NaN`, and the sign
+#' of a zero weight; with JAX, those of XLA's operations one by one:
 #' XLA's compiled step may differ by a unit in the last place, and flushes
 #' subnormal numbers to zero; with TensorFlow, its operations' one by one,
 #' from which XLA's fused ones may differ by a unit in the last place).
@@ -329,7 +330,8 @@
 #'   with a float32 or bfloat16 momentum step in a C kernel (built and
 #'   cached as the int8 one is) that reads and writes each element once,
 #'   with the same results as PyTorch's operations one by one (a `NaN`
-#'   stays `NaN`, perhaps of another sign or payload): 0.6 ns per
+#'   stays `NaN`, perhaps of another sign or payload, and a zero weight may
+#'   take the other sign of zero): 0.6 ns per
 #'   parameter on one thread of a 2-core x86 CPU, a bfloat16 momentum 1.0 to
 #'   1.15 times as fast (`bench/int8_kernel.py`). Where it cannot be built,
 #'   PyTorch's operations run the step (within a rounding).

@@ -310,7 +310,8 @@ class Lion(keras.optimizers.Optimizer):
     cannot be built, a `keraslion.KernelWarning` says so and the backend's
     operations run the step. `jax.vmap` and `jax.grad` work through the
     kernel as through XLA's operations. Its results are the backends'
-    operations' bit for bit (on JAX, those of XLA's operations one by one:
+    operations' bit for bit (but the sign and payload of a NaN, and the sign
+    of a zero weight; on JAX, those of XLA's operations one by one:
     XLA's compiled step may differ by a unit in the last place, and flushes
     subnormal numbers to zero; on TensorFlow, the plain path's, from which
     XLA's fused operations may differ by a unit in the last place). On one
@@ -395,7 +396,7 @@ class Lion(keras.optimizers.Optimizer):
             momentum step in a C kernel (`float_step.c`, built and cached
             as the int8 one is) that reads and writes each element once,
             with the plain path's results bit for bit (but the sign
-            and payload of a NaN): 0.6 ns per
+            and payload of a NaN, and the sign of a zero weight): 0.6 ns per
             parameter on one thread of a 2-core x86 CPU, a bfloat16
             momentum 1.0-1.15x as fast (`bench/int8_kernel.py`). Where it
             cannot be built, PyTorch's operations run the step (within a

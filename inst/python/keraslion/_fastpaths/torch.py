@@ -3,11 +3,13 @@
 Float32 weights on the CPU with a float32 or bfloat16 momentum step in C
 (`float_step.c`, see `native.py`): one pass over memory, the plain path's
 weights and momenta bit for bit (a NaN as a NaN, of any sign and
-payload), 3x faster than the blocks below (about 0.6 ns per parameter on
-one thread, `bench/int8_kernel.py`; the blocks make some ten passes over
-cache). The blocks step them while `torch.compile` traces the step, and
-where the kernel cannot be built or `KERASLION_NATIVE=0` (within a
-rounding: `_foreach_add_` with `alpha` fuses a multiply-add).
+payload; where `c` is -0, a zero weight may take the other sign of zero:
+`torch.sign` gives +0, `sign_of` keeps -0), 3x faster than the blocks
+below (about 0.6 ns per parameter on one thread, `bench/int8_kernel.py`;
+the blocks make some ten passes over cache). The blocks step them while
+`torch.compile` traces the step, and where the kernel cannot be built or
+`KERASLION_NATIVE=0` (within a rounding: `_foreach_add_` with `alpha`
+fuses a multiply-add).
 
 Eager PyTorch makes one pass over memory per operation, and each full-size
 temporary is a fresh allocation (page faults). Here the parameters are cut

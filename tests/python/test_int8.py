@@ -505,15 +505,33 @@ def test_torch_fast_path_is_the_plain_path_bit_for_bit(case: str, dtype: str, ke
 #: 2**15, by `decode` above; zero, subnormal, not a power of two (as the
 #: first 0.3.0 versions saved), and the largest.
 SCALES = [0.0, 1e-40, 2.0**-126, 0.3, 1.0, 2.0**15, 2.0**16, 3e5, 2.0**126]
+#: Binades of the "narrow" momenta, one per block: about the kernel's
+#: encoding of blocks whose every code is normal (scales from 2**-112 up).
+NARROW = [-140, -126, -113, -112, -100, -20, 0, 20, 100]
+
+
+def _gradient(momenta: str, shape: tuple[int, int], rng: Any) -> Any:
+    """Gradients over 14 decades in each block ("wide"), or within a binade
+    of its own ("narrow"), with one element in 16 at 2**-13 to 2**-15 of it
+    (about the smallest normal code)."""
+    if momenta == "wide":
+        return rng.standard_normal(shape) * 10.0 ** rng.uniform(-8, 6, shape)
+    gradient = rng.uniform(1.0, 2.0, shape) * np.exp2(np.array(NARROW, np.float64))[:, None]
+    low = rng.random(shape) < 1 / 16
+    gradient[low] *= np.exp2(-rng.integers(13, 16, shape))[low]
+    return gradient * rng.choice([-1.0, 1.0], shape)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's int8 kernel")
+@pytest.mark.parametrize("momenta", ["wide", "narrow"])
 @pytest.mark.parametrize("flushed", [False, True], ids=["subnormals", "flushed"])
 def test_torch_kernel_decodes_every_code_at_every_scale_as_the_plain_path(
-        flushed: bool, monkeypatch: Any) -> None:
+        flushed: bool, momenta: str, monkeypatch: Any) -> None:
     """Each of the 256 codes in a block of each scale of `SCALES`: one step
     gives the plain path's weights, codes and scales bit for bit, with
-    subnormals kept or flushed to zero (`torch.set_flush_denormal`)."""
+    subnormals kept or flushed to zero (`torch.set_flush_denormal`), for new
+    momenta spread wide in each block or narrow (`beta_2 = 0`: the
+    gradient's, within a binade of `NARROW`, the NaN codes left out)."""
     import torch
 
     from keraslion._fastpaths import torch_int8
@@ -523,22 +541,25 @@ def test_torch_kernel_decodes_every_code_at_every_scale_as_the_plain_path(
     monkeypatch.setattr(torch_int8, "_whole_variables",
                         _spy(torch_int8._whole_variables, kernel_steps))
     codes = np.tile(np.arange(-128, 128, dtype=np.int8), (len(SCALES), 1))
+    if momenta == "narrow":  # No NaN code (times beta_2 = 0, a NaN momentum).
+        codes[np.abs(codes) == int8.NAN_CODE] = 0
     scales = np.array(SCALES, np.float32)[:, None]
     rng = np.random.default_rng(7)
     init = rng.standard_normal(codes.shape).astype(np.float32)
-    grad = (rng.standard_normal(codes.shape) * 10.0 ** rng.uniform(-8, 6, codes.shape))
+    grad = _gradient(momenta, codes.shape, rng).astype(np.float32)
     state = []
     torch.set_flush_denormal(flushed)
     try:
         for fast in (True, False):
             variable = keras.Variable(init)
-            optimizer = Lion(learning_rate=1e-2, weight_decay=0.1, momentum_dtype="int8")
+            optimizer = Lion(learning_rate=1e-2, weight_decay=0.1, momentum_dtype="int8",
+                             beta_2=0.0 if momenta == "narrow" else 0.99)
             optimizer.build([variable])
             optimizer._momentums[0].assign(codes)
             optimizer._momentum_scales[0].assign(scales)
             if not fast:
                 optimizer._fast_path = None
-            optimizer.apply([ops.convert_to_tensor(grad.astype(np.float32))], [variable])
+            optimizer.apply([ops.convert_to_tensor(grad)], [variable])
             state.append([to_numpy(x) for x in (variable, *_momentum_state(optimizer, variable))])
     finally:
         torch.set_flush_denormal(False)

@@ -18,6 +18,7 @@
 
 #define MAX_BLOCK 256
 #define WIDE_SCALE_BITS (142u << 23) /* 2**15: times 2**112, still finite */
+#define LEAST_ALL_NORMAL_SCALE_BITS (15 << 23) /* 2**-112 */
 #define NOISE_BITS 20
 #define EXPONENT_OFFSET 896
 #define ONE_CODE 120
@@ -64,31 +65,35 @@ static inline float decode_scaled(int8_t code, float wide) {
 }
 
 /* `int8.encode` of one momentum whose block's scale has reciprocal `inverse`.
- * (Infinities need no cap here: r is then at least 1, whose code they get.) */
-static inline int8_t encode(float m, float inverse, uint32_t noise) {
+ * (Infinities need no cap here: r is then at least 1, whose code they get.)
+ * Where the block is known `nan_free`, or `all_normal` (each r at least
+ * 2**-14, where the normal code's bits are the larger), those checks go. */
+static inline int8_t encode(float m, float inverse, uint32_t noise, int nan_free,
+                            int all_normal) {
     int32_t bits = bits_of(m), magnitude = bits & 0x7FFFFFFF;
     float r = float_of(magnitude) * inverse;
     int32_t normal = bits_of(r) - (EXPONENT_OFFSET << NOISE_BITS);
     int32_t subnormal = bits_of(r + SMALLEST_NORMAL) - SMALLEST_NORMAL_BITS;
-    int32_t unrounded = (normal > subnormal ? normal : subnormal) + (int32_t)noise;
+    normal = all_normal || normal > subnormal ? normal : subnormal;
+    int32_t unrounded = normal + (int32_t)noise;
     int32_t k = unrounded >> NOISE_BITS;
     k = k > ONE_CODE ? ONE_CODE : k;
     int32_t negative = bits >> 31; /* -1 or 0: k negated as two's complement */
     k = (k ^ negative) - negative;
-    return (int8_t)(magnitude > INFINITY_BITS ? NAN_CODE : k);
+    return (int8_t)(!nan_free && magnitude > INFINITY_BITS ? NAN_CODE : k);
 }
 
 /* The new weights of a block's `count` elements, and their new momenta
- * into `m`; returns the bits of the largest |m| (infinity and NaN counted
- * as the largest float32). `factor`: the block's scale, or where `scaled`
+ * into `m`; returns the bits of the largest |m| (NaN's above infinity's),
+ * and sets `smallest` to the smallest's. `factor`: the block's scale, or where `scaled`
  * the scale times 2**112, for `decode_scaled` (`scaled` is a constant where
  * this is inlined: each loop is vectorized for its own decoding). */
 static inline int32_t new_momenta(float *restrict p, const float *restrict g,
                                   const int8_t *restrict code, float *restrict m, int64_t count,
                                   int scaled, float factor, float learning_rate, float beta_1,
                                   float one_minus_beta_1, float beta_2, float one_minus_beta_2,
-                                  int decayed, float weight_decay) {
-    int32_t largest = 0;
+                                  int decayed, float weight_decay, int32_t *smallest) {
+    int32_t largest = 0, least = 0x7FFFFFFF;
     for (int64_t i = 0; i < count; i++) {
         float old = scaled ? decode_scaled(code[i], factor) : decode(code[i]) * factor;
         float c = old * beta_1;
@@ -102,9 +107,23 @@ static inline int32_t new_momenta(float *restrict p, const float *restrict g,
         m[i] = fresh;
         int32_t magnitude = bits_of(fresh) & 0x7FFFFFFF;
         largest = magnitude > largest ? magnitude : largest;
+        least = magnitude < least ? magnitude : least;
     }
-    /* Capped once: the largest of capped magnitudes is the capped largest. */
-    return largest > FLOAT32_MAX_BITS ? FLOAT32_MAX_BITS : largest;
+    *smallest = least;
+    return largest;
+}
+
+/* A block's new codes, from its momenta `m` (its elements' flat indices
+ * from `index` hashed with `key`); `nan_free` and `all_normal` as `encode`'s
+ * (constants where this is inlined: a loop for each). */
+static inline void new_codes(int8_t *restrict code, const float *restrict m, int64_t count,
+                             float inverse, uint32_t index, uint32_t key, int nan_free,
+                             int all_normal) {
+    /* A 32-bit count, as the index (a 64-bit one took 10% of the step). */
+    for (uint32_t i = 0; i < (uint32_t)count; i++) {
+        uint32_t noise = mix((index + i) ^ key) >> (32 - NOISE_BITS);
+        code[i] = encode(m[i], inverse, noise, nan_free, all_normal);
+    }
 }
 
 /* The step of blocks `begin` to `end` (counted along rows, `blocks` per row). */
@@ -124,12 +143,17 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
         const float *g = gradient + row * width + start;
         int8_t *code = codes + row * width + start;
         float scale = scales[unit];
-        int32_t largest =
-            subnormals_read && (uint32_t)bits_of(scale) <= WIDE_SCALE_BITS
-                ? new_momenta(p, g, code, m, count, 1, scale * 0x1p112f, learning_rate, beta_1,
-                              one_minus_beta_1, beta_2, one_minus_beta_2, decayed, weight_decay)
-                : new_momenta(p, g, code, m, count, 0, scale, learning_rate, beta_1,
-                              one_minus_beta_1, beta_2, one_minus_beta_2, decayed, weight_decay);
+        int scaled = subnormals_read && (uint32_t)bits_of(scale) <= WIDE_SCALE_BITS;
+        int32_t smallest, largest =
+            scaled ? new_momenta(p, g, code, m, count, 1, scale * 0x1p112f, learning_rate,
+                                 beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, decayed,
+                                 weight_decay, &smallest)
+                   : new_momenta(p, g, code, m, count, 0, scale, learning_rate, beta_1,
+                                 one_minus_beta_1, beta_2, one_minus_beta_2, decayed,
+                                 weight_decay, &smallest);
+        int nan_free = largest <= INFINITY_BITS;
+        /* Capped once: the largest of capped magnitudes is the capped largest. */
+        largest = largest > FLOAT32_MAX_BITS ? FLOAT32_MAX_BITS : largest;
         /* `int8.power_of_two_scales`. */
         int32_t scale_bits = (largest + MANTISSA_BITS) & INFINITY_BITS;
         scale_bits = scale_bits > LARGEST_SCALE_BITS ? LARGEST_SCALE_BITS : scale_bits;
@@ -137,10 +161,16 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
         float inverse = float_of(RECIPROCAL_BITS - scale_bits);
         uint32_t index = (first ? first[row] : (uint32_t)(row * width)) + (uint32_t)start;
         uint32_t key = keys[row * key_stride];
-        /* A 32-bit count, as the index (a 64-bit one took 10% of the step). */
-        for (uint32_t i = 0; i < (uint32_t)count; i++) {
-            uint32_t noise = mix((index + i) ^ key) >> (32 - NOISE_BITS);
-            code[i] = encode(m[i], inverse, noise);
+        /* Each |m| at least 2**-14 of a scale of at least 2**-112 (so no |m|
+         * is subnormal, to be read as 0 where denormals are zero). */
+        int all_normal = nan_free && scale_bits >= LEAST_ALL_NORMAL_SCALE_BITS &&
+                         smallest >= scale_bits - (14 << 23);
+        if (all_normal) { /* Most blocks: without the two checks, the step takes 5% less. */
+            new_codes(code, m, count, inverse, index, key, 1, 1);
+        } else if (nan_free) {
+            new_codes(code, m, count, inverse, index, key, 1, 0);
+        } else {
+            new_codes(code, m, count, inverse, index, key, 0, 0);
         }
     }
 }

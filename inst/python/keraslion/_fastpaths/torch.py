@@ -102,7 +102,8 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
                         or native.float_library() is None):
         groups["blocked"] += groups.pop("c")
     if groups["int8"]:
-        torch_int8.update(optimizer, *map(list, zip(*groups["int8"])), learning_rate)
+        torch_int8.update(optimizer, *map(list, zip(*groups["int8"])), learning_rate,
+                          routing.int8_runs)
     if groups.get("c"):
         _update_in_c(optimizer, *map(list, zip(*groups["c"])), learning_rate, routing.c_runs)
     if groups["blocked"]:
@@ -115,15 +116,16 @@ class Routing(NamedTuple):
     params: list[Any]  # kept so that their ids, the cache key, stay theirs
     routes: list[str]  # each variable's (`_route`)
     c_runs: list[Any]  # the C kernel's `Runs` for the variables routed to it, once made
+    int8_runs: list[Any]  # `torch_int8`'s, for its float32 variables, once made
 
 
 def _routing(optimizer: Any, variables: list[Any]) -> Routing:
     """Each variable's route, kept for the next steps on the same variables
     (for many small ones, finding them cost as much as their step), with
-    the C kernel's plan for those it steps (one cache lookup for both)."""
+    the C kernels' plans for those they step (one cache lookup for all)."""
     def make() -> Routing:
         return Routing([v._value for v in variables],
-                       [_route(optimizer, variable) for variable in variables], [])
+                       [_route(optimizer, variable) for variable in variables], [], [])
 
     return make() if torch.compiler.is_compiling() else cached_plan(
         optimizer, "_torch_routing", variables, make)

@@ -70,7 +70,10 @@ class Plan(NamedTuple):
 
 @torch.compiler.disable  # Eager under torch.compile: in-place work on cached buffers.
 @torch.no_grad()
-def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
+def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any,
+           kept: list[Any]) -> None:
+    """`kept`: where the kernel's `Runs` for these variables are kept, once
+    made (the routing's, cached for the same variables)."""
     device = variables[0]._value.device
     kernel = native.int8_library() if native.enabled() and device.type == "cpu" else None
     *factors, weight_decay = optimizer._coefficients("float32", learning_rate)
@@ -80,7 +83,8 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
         whole = [v._value.dtype == torch.float32 for v in variables]
         if any(whole):
             _whole_variables(optimizer, kernel, [g for g, w in zip(grads, whole) if w],
-                             [v for v, w in zip(variables, whole) if w], factors, weight_decay)
+                             [v for v, w in zip(variables, whole) if w], factors, weight_decay,
+                             kept)
         grads = [g for g, w in zip(grads, whole) if not w]
         variables = [v for v, w in zip(variables, whole) if not w]
         if not variables:
@@ -163,15 +167,19 @@ class Runs(NamedTuple):
     widths: Any  # row length (int64), block and decay (int32) of each variable
     blocks: Any
     decayed: Any
+    elements: int  # of all the variables
     # By thread count: each thread's run, as (variables, first blocks, ends).
     runs: dict[int, list[tuple[Any, Any, Any]]]
 
 
 def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: list[Any],
-                     factors: list[float], weight_decay: float | None) -> None:
+                     factors: list[float], weight_decay: float | None, kept: list[Any]) -> None:
     """The step of float32 variables in C, in place, each whole, a thread
-    stepping runs of their blocks (one call for many small variables)."""
-    plan = _runs(optimizer, variables)
+    stepping runs of their blocks (one call for many small variables); their
+    `Runs` are kept in `kept`."""
+    if not kept:  # (Under `torch.compile`, the routing is not kept: the cache serves.)
+        kept.append(_runs(optimizer, variables))
+    plan = kept[0]
     keys = int8.noise_key(optimizer.iterations, plan.indices)
     grads = blocked.contiguous_float32(grads)
     # The codes and scales read at every step (the weights are the plan's key).
@@ -189,7 +197,7 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
             *(p.data_ptr() for p in pointers), plan.widths.data_ptr(), plan.blocks.data_ptr(),
             keys.data_ptr(), decayed.data_ptr(), *factors, weight_decay or 0.0)
 
-    blocked.in_threads(kernel, call, plan.runs, sum(p.numel() for p in plan.params),
+    blocked.in_threads(kernel, call, plan.runs, plan.elements,
                        lambda: [(v._value.numel(), math.prod(int8.scale_shape(tuple(v.shape))))
                                 for v in variables])
 
@@ -203,7 +211,7 @@ def _runs(optimizer: Any, variables: list[Any]) -> Runs:
                     torch.tensor([shape[-1] for shape in shapes], dtype=torch.int64),
                     torch.tensor([int8.block_size(shape) for shape in shapes], dtype=torch.int64),
                     torch.tensor([optimizer._use_weight_decay(v) for v in variables],
-                                 dtype=torch.int32), {})
+                                 dtype=torch.int32), sum(v._value.numel() for v in variables), {})
 
     return blocked.cached_plan(optimizer, "_torch_int8_runs", variables, make)
 

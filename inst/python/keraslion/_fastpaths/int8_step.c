@@ -85,9 +85,10 @@ static inline int8_t encode(float m, float inverse, uint32_t noise, int nan_free
 
 /* The new weights of a block's `count` elements, and their new momenta
  * into `m`; returns the bits of the largest |m| (NaN's above infinity's),
- * and sets `smallest` to the smallest's. `factor`: the block's scale, or where `scaled`
- * the scale times 2**112, for `decode_scaled` (`scaled` is a constant where
- * this is inlined: each loop is vectorized for its own decoding). */
+ * and sets `smallest` to the smallest's. `factor`: the block's scale, or,
+ * where `scaled`, the scale times 2**112, for `decode_scaled` (`scaled` is
+ * a constant where this is inlined: each loop is vectorized for its own
+ * decoding). */
 static inline int32_t new_momenta(float *restrict p, const float *restrict g,
                                   const int8_t *restrict code, float *restrict m, int64_t count,
                                   int scaled, float factor, float learning_rate, float beta_1,

@@ -316,10 +316,10 @@ class Lion(keras.optimizers.Optimizer):
     subnormal numbers to zero; on TensorFlow, the plain path's, from which
     XLA's fused operations may differ by a unit in the last place). On one
     thread of a 2-core x86 CPU (`bench/int8_kernel.py`: 16.7M parameters
-    in one variable or 200) the step then takes about 1.3x float32's time
-    on PyTorch (whose float32 step runs in C too, in one pass), 1.0-1.2x on
-    JAX and 0.9-1.25x on TensorFlow, 1.4x on 2000 vectors of 1024 (a custom
-    call each) on both (float32 steps are bound by memory,
+    in one variable or 200) the step then takes 1.1-1.2x float32's time
+    on PyTorch (whose float32 step runs in C too, in one pass), 0.75-1.1x
+    on JAX and 0.75-1.2x on TensorFlow, 1.4-1.5x on 2000 vectors of 1024
+    (a custom call each) on both (float32 steps are bound by memory,
     the kernel by its arithmetic: the ratio moves with the machine's memory
     bandwidth); where the backends' operations
     run it (bfloat16 or float16 weights on JAX and TensorFlow, no C

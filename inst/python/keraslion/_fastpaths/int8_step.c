@@ -74,8 +74,7 @@ static inline int8_t encode(float m, float inverse, uint32_t noise, int nan_free
     float r = float_of(magnitude) * inverse;
     int32_t normal = bits_of(r) - (EXPONENT_OFFSET << NOISE_BITS);
     int32_t subnormal = bits_of(r + SMALLEST_NORMAL) - SMALLEST_NORMAL_BITS;
-    normal = all_normal || normal > subnormal ? normal : subnormal;
-    int32_t unrounded = normal + (int32_t)noise;
+    int32_t unrounded = (all_normal || normal > subnormal ? normal : subnormal) + (int32_t)noise;
     int32_t k = unrounded >> NOISE_BITS;
     k = k > ONE_CODE ? ONE_CODE : k;
     int32_t negative = bits >> 31; /* -1 or 0: k negated as two's complement */

@@ -35,7 +35,7 @@ STEPS = """
 import hashlib, keras, numpy as np
 from keraslion import Lion
 from keraslion._fastpaths import native
-kernel = native.int8_library if keras.backend.backend() == "torch" else native.tf_int8_step
+kernel = native.int8_library if keras.backend.backend() == "torch" else native.tf_int8_steps
 rng = np.random.default_rng(0)
 variables = [keras.Variable(rng.standard_normal((300, 1000)).astype("float32"), dtype=dtype)
              for dtype in ("float32", "bfloat16")]
@@ -169,26 +169,27 @@ def test_a_cache_directory_that_cannot_be_made_falls_back_to_the_temporary_one(
         assert list(private.glob("int8_step-*"))
 
 
-def compiled_step_text(monkeypatch: Any, kernel: bool, **settings: Any) -> str:
-    """The compiled HLO of a step of a 300x1000 variable as `fit` runs it:
-    on JAX a jitted, donated `stateless_apply`; on TensorFlow `apply` in a
-    function that XLA compiles."""
+def compiled_step_text(monkeypatch: Any, kernel: bool, count: int = 1, **settings: Any) -> str:
+    """The compiled HLO of a step of `count` 300x1000 variables as `fit`
+    runs it: on JAX a jitted, donated `stateless_apply`; on TensorFlow
+    `apply` in a function that XLA compiles."""
     monkeypatch.setenv("KERASLION_NATIVE", "1" if kernel else "0")
-    variable = keras.Variable(np.ones((300, 1000), "float32"),
-                              dtype=settings.pop("dtype", "float32"))
+    dtype = settings.pop("dtype", "float32")
+    variables = [keras.Variable(np.ones((300, 1000), "float32"), dtype=dtype)
+                 for _ in range(count)]
     optimizer = Lion(1e-3, momentum_dtype="int8", **settings)
-    optimizer.build([variable])
-    grads = [ops.ones((300, 1000), variable.dtype)]
+    optimizer.build(variables)
+    grads = [ops.ones((300, 1000), dtype) for _ in variables]
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        step = tf.function(lambda: optimizer.apply(grads, [variable]), jit_compile=True)
+        step = tf.function(lambda: optimizer.apply(grads, variables), jit_compile=True)
         return step.experimental_get_compiler_ir()(stage="optimized_hlo")
     import jax
 
     step = jax.jit(lambda weights, state, grads: optimizer.stateless_apply(state, grads, weights),
                    donate_argnums=(0, 1))
-    return step.lower([variable.value], [v.value for v in optimizer.variables],
+    return step.lower([v.value for v in variables], [v.value for v in optimizer.variables],
                       grads).compile().as_text()
 
 
@@ -196,18 +197,19 @@ def xla_kernel() -> Any:
     """The backend's XLA kernel (None where it could not be built)."""
     from keraslion._fastpaths import native
 
-    return native.xla_int8_step() if BACKEND == "jax" else native.tf_int8_step()
+    return native.xla_int8_steps() if BACKEND == "jax" else native.tf_int8_steps()
 
 
 @xla_only
-def test_compiled_int8_step_is_the_custom_call_in_place(monkeypatch: Any) -> None:
+@pytest.mark.parametrize("count", [1, 3])
+def test_compiled_int8_step_is_one_custom_call_in_place(monkeypatch: Any, count: int) -> None:
     """With donated buffers (JAX), or the variables' own (TensorFlow), the
-    step is one custom call that writes the weights, codes and scales where
-    they lie (no copy of them)."""
+    step of every variable is one custom call that writes the weights,
+    codes and scales where they lie (no copy of them)."""
     from keraslion._fastpaths import native
 
     assert xla_kernel() is not None, "the kernel did not build"
-    text = compiled_step_text(monkeypatch, kernel=True)
+    text = compiled_step_text(monkeypatch, kernel=True, count=count)
     assert text.count(f'custom_call_target="{native.TARGET}"') == 1
     assert not [line for line in text.splitlines()
                 if " copy(" in line and ("300,1000" in line or "300,4" in line)]
@@ -246,8 +248,11 @@ def decayed_but_v0(init: list[np.ndarray]) -> tuple[Lion, list[Any]]:
 
 
 @jax_only
-@pytest.mark.parametrize("shapes", [[(512, 256)], [(3, 3000)], [(40, 40), (64, 33), (7, 1000)]],
-                         ids=["whole_blocks", "short_last_block", "rows_of_a_block"])
+@pytest.mark.parametrize("shapes", [[(512, 256)], [(3, 3000)], [(40, 40), (64, 33), (7, 1000)],
+                                    [(64, 33)] * 3 + [(7, 1000)] * 2,
+                                    [(300, 700), (64, 33), (200, 300), (100, 1000)]],
+                         ids=["whole_blocks", "short_last_block", "rows_of_a_block",
+                              "several_of_a_shape", "threads_across_variables"])
 def test_jax_kernel_is_xla_s_ops_bit_for_bit_op_by_op(monkeypatch: Any, shapes: list) -> None:
     """Eager `stateless_apply` (XLA's ops one by one: no fusion) gives the
     kernel's weights, codes and scales, bit for bit; weight decay excluded
@@ -363,8 +368,10 @@ print(new_weights[0].sharding.spec, "keraslion_int8_step" in step.lower(
 
 
 @tf_only
-@pytest.mark.parametrize("shapes", [[(512, 256)], [(3, 3000)], [(40, 40), (64, 33), (7, 1000)]],
-                         ids=["whole_blocks", "short_last_block", "rows_of_a_block"])
+@pytest.mark.parametrize("shapes", [[(512, 256)], [(3, 3000)], [(40, 40), (64, 33), (7, 1000)],
+                                    [(64, 33)] * 3 + [(7, 1000)] * 2],
+                         ids=["whole_blocks", "short_last_block", "rows_of_a_block",
+                              "several_of_a_shape"])
 def test_tensorflow_kernel_is_the_plain_path_bit_for_bit(monkeypatch: Any, shapes: list) -> None:
     """TensorFlow's fast path with the kernel gives the plain path's weights,
     codes and scales (TensorFlow's operations one by one, eagerly), bit for

@@ -1,12 +1,13 @@
-// The int8 step (`int8_step.c`) as an XLA custom call, for JAX and TensorFlow
-// on the CPU. Each has an XLA of its own, and this file is built for each
-// against that XLA's FFI headers: JAX registers the handler it exports,
-// TensorFlow through `keraslion_register_int8_step`.
+// The int8 step (`int8_step.c`) of a set of variables as one XLA custom call,
+// for JAX and TensorFlow on the CPU. Each has an XLA of its own, and this
+// file is built for each against that XLA's FFI headers: JAX registers the
+// handler it exports, TensorFlow through `keraslion_register_int8_steps`.
 //
 // The weights, codes and scales are aliased to the results: with donated
 // buffers (as `fit` and a jitted, donated `stateless_apply` give them) the
 // step runs in place, in one pass; XLA copies an input first where it is
-// still read afterwards. Blocks are shared among XLA's intra-op threads.
+// still read afterwards. All variables' blocks are shared among XLA's
+// intra-op threads.
 
 #include <algorithm>
 #include <atomic>
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -70,57 +72,98 @@ void InParallel(ffi::ThreadPool& pool, int64_t threads, int64_t units, Run run) 
   shared->done.wait(lock, [&] { return shared->finished == chunks; });
 }
 
-ffi::Error Int8Step(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gradient,
-                    ffi::Buffer<ffi::S32> key, ffi::Buffer<ffi::F32> coefficients,
-                    ffi::Buffer<ffi::F32> theta, ffi::Buffer<ffi::S8> codes,
-                    ffi::Buffer<ffi::F32> scales, ffi::ResultBuffer<ffi::F32> new_theta,
-                    ffi::ResultBuffer<ffi::S8> new_codes, ffi::ResultBuffer<ffi::F32> new_scales,
-                    int64_t block, bool decayed, int64_t cpus) {
-  CopyUnlessAliased(theta, new_theta);
-  CopyUnlessAliased(codes, new_codes);
-  CopyUnlessAliased(scales, new_scales);
-  auto dimensions = theta.dimensions();
-  int64_t width = dimensions[dimensions.size() - 1];
-  int64_t units = static_cast<int64_t>(scales.element_count());
-  int64_t elements = static_cast<int64_t>(theta.element_count());
+// One variable's buffers, and where its blocks begin among all variables'.
+struct Variable {
+  float* theta;
+  const float* gradient;
+  int8_t* codes;
+  float* scales;
+  int64_t width, block, first_unit;
+  bool decayed;
+};
+
+// The step of every variable: `state` holds each one's gradient, weights,
+// codes and scales, `results` each one's new weights, codes and scales (each
+// aliased to its operand), `blocks` and `decayed` each one's block and
+// whether it takes weight decay, `keys` each one's noise key. One call for
+// all of them: a custom call per variable took XLA longer to run than the
+// step of a small variable.
+ffi::Error Int8Steps(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> keys,
+                     ffi::Buffer<ffi::F32> coefficients, ffi::RemainingArgs state,
+                     ffi::RemainingRets results, ffi::Span<const int64_t> blocks,
+                     ffi::Span<const int64_t> decayed, int64_t cpus) {
+  size_t count = blocks.size();
+  if (decayed.size() != count || keys.element_count() != count || state.size() != 4 * count ||
+      results.size() != 3 * count) {
+    return ffi::Error::InvalidArgument("keraslion_int8_steps: operands and attributes disagree");
+  }
+  std::vector<Variable> variables(count);
+  int64_t units = 0, elements = 0;
+  for (size_t v = 0; v < count; v++) {
+    auto gradient = state.get<ffi::Buffer<ffi::F32>>(4 * v);
+    auto theta = state.get<ffi::Buffer<ffi::F32>>(4 * v + 1);
+    auto codes = state.get<ffi::Buffer<ffi::S8>>(4 * v + 2);
+    auto scales = state.get<ffi::Buffer<ffi::F32>>(4 * v + 3);
+    auto new_theta = results.get<ffi::Buffer<ffi::F32>>(3 * v);
+    auto new_codes = results.get<ffi::Buffer<ffi::S8>>(3 * v + 1);
+    auto new_scales = results.get<ffi::Buffer<ffi::F32>>(3 * v + 2);
+    if (gradient.has_error()) return gradient.error();
+    if (theta.has_error()) return theta.error();
+    if (codes.has_error()) return codes.error();
+    if (scales.has_error()) return scales.error();
+    if (new_theta.has_error()) return new_theta.error();
+    if (new_codes.has_error()) return new_codes.error();
+    if (new_scales.has_error()) return new_scales.error();
+    CopyUnlessAliased(*theta, *new_theta);
+    CopyUnlessAliased(*codes, *new_codes);
+    CopyUnlessAliased(*scales, *new_scales);
+    auto dimensions = theta->dimensions();
+    variables[v] = {(*new_theta)->typed_data(), gradient->typed_data(),
+                    (*new_codes)->typed_data(), (*new_scales)->typed_data(),
+                    dimensions[dimensions.size() - 1], blocks[v], units, decayed[v] != 0};
+    units += static_cast<int64_t>(scales->element_count());
+    elements += static_cast<int64_t>(theta->element_count());
+  }
   // learning rate, beta_1, 1 - beta_1, beta_2, 1 - beta_2, weight decay
   const float* k = coefficients.typed_data();
-  float* p = new_theta->typed_data();
-  int8_t* c = new_codes->typed_data();
-  float* s = new_scales->typed_data();
-  const float* g = gradient.typed_data();
-  const uint32_t* keys = reinterpret_cast<const uint32_t*>(key.typed_data());
+  const uint32_t* key = reinterpret_cast<const uint32_t*>(keys.typed_data());
+  const Variable* all = variables.data();
   // XLA's pool counts the machine's CPUs, not those this process may use.
   int64_t threads = std::max<int64_t>(
       1, std::min({pool.num_threads() + 1, cpus, units, elements / kPerThread}));
   InParallel(pool, threads, units, [=](int64_t begin, int64_t end) {
-    keraslion_int8_step(p, g, c, s, width, block, keys, 0, nullptr, begin, end, k[0], k[1], k[2],
-                        k[3], k[4], decayed, k[5]);
+    // The variable of block `begin`, then each one after it up to `end`.
+    size_t v = std::upper_bound(all, all + count, begin,
+                                [](int64_t unit, const Variable& x) { return unit < x.first_unit; }) -
+               all - 1;
+    for (; begin < end; v++) {
+      const Variable& x = all[v];
+      int64_t last = v + 1 < count ? std::min(end, all[v + 1].first_unit) : end;
+      keraslion_int8_step(x.theta, x.gradient, x.codes, x.scales, x.width, x.block, key + v, 0,
+                          nullptr, begin - x.first_unit, last - x.first_unit, k[0], k[1], k[2],
+                          k[3], k[4], x.decayed, k[5]);
+      begin = last;
+    }
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(KeraslionInt8Step, Int8Step,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KeraslionInt8Steps, Int8Steps,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // gradient
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // noise key
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // noise keys
                                   .Arg<ffi::Buffer<ffi::F32>>()  // coefficients
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // weights
-                                  .Arg<ffi::Buffer<ffi::S8>>()   // codes
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // scales
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S8>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("block")
-                                  .Attr<bool>("decayed")
+                                  .RemainingArgs()  // gradient, weights, codes, scales of each
+                                  .RemainingRets()  // weights, codes, scales of each
+                                  .Attr<ffi::Span<const int64_t>>("blocks")
+                                  .Attr<ffi::Span<const int64_t>>("decayed")
                                   .Attr<int64_t>("cpus"));
 
 // Registers the handler as `name` for `platform` with the XLA whose FFI API
 // is `api` (TensorFlow's `xla::ffi::GetXlaFfiApi()`); whether it could be.
-extern "C" int keraslion_register_int8_step(const XLA_FFI_Api* api, const char* name,
+extern "C" int keraslion_register_int8_steps(const XLA_FFI_Api* api, const char* name,
                                             const char* platform) {
-  return ffi::Ffi::RegisterStaticHandler(api, name, platform, KeraslionInt8Step) == nullptr;
+  return ffi::Ffi::RegisterStaticHandler(api, name, platform, KeraslionInt8Steps) == nullptr;
 }

@@ -43,6 +43,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HERE = Path(__file__).parent
 #: No contraction into fused multiply-adds (the default on aarch64) and no
 #: fast-math: one rounding per operation, as PyTorch computes it. Without
@@ -68,7 +70,7 @@ HEADER = HERE / "lion_step.h"
 PER_THREAD = 1 << 16
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 #: The name of the XLA custom call.
-TARGET = "keraslion_int8_step"
+TARGET = "keraslion_int8_steps"
 
 
 def enabled() -> bool:
@@ -146,11 +148,13 @@ def _in_mode(library: Any, mode: int, call: Callable[[], None]) -> None:
 
 
 @functools.cache
-def xla_int8_step() -> Callable[..., tuple[Any, Any, Any]] | None:
-    """The kernel as a JAX function of (gradient, noise key (shape (1,)),
+def xla_int8_steps() -> Callable[..., list[Any]] | None:
+    """The kernel as a JAX function of (noise keys (one per variable),
     coefficients (learning rate, beta_1, 1 - beta_1, beta_2, 1 - beta_2,
-    weight decay), weights, codes, scales, block, decayed), returning the
-    new weights, codes and scales; None where it cannot be built."""
+    weight decay), each variable's gradient, weights, codes and scales, one
+    after another, then `blocks` and `decayed`, one per variable), returning
+    each variable's new weights, codes and scales, one after another, from
+    one custom call; None where it cannot be built."""
     import jax
 
     ffi = getattr(jax, "ffi", None)
@@ -161,23 +165,27 @@ def xla_int8_step() -> Callable[..., tuple[Any, Any, Any]] | None:
                       jax.__version__.encode())
     if library is None:
         return None
-    ffi.register_ffi_target(TARGET, ffi.pycapsule(library.KeraslionInt8Step), platform="cpu")
+    ffi.register_ffi_target(TARGET, ffi.pycapsule(library.KeraslionInt8Steps), platform="cpu")
 
-    def step(gradient: Any, key: Any, coefficients: Any, theta: Any, codes: Any, scales: Any,
-             block: int, decayed: bool) -> tuple[Any, Any, Any]:
-        results = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (theta, codes, scales)]
+    def steps(keys: Any, coefficients: Any, *state: Any, blocks: tuple[int, ...],
+              decayed: tuple[bool, ...]) -> list[Any]:
+        results = [jax.ShapeDtypeStruct(x.shape, x.dtype)
+                   for i, x in enumerate(state) if i % 4]
+        # Each variable's weights, codes and scales (operands 4v + 3 to 4v + 5)
+        # are its results 3v to 3v + 2.
+        aliases = {4 * (i // 3) + 3 + i % 3: i for i in range(len(results))}
         # Under `jax.vmap` (an ensemble of optimizers), one call per member.
-        call = ffi.ffi_call(TARGET, results, input_output_aliases={3: 0, 4: 1, 5: 2},
+        call = ffi.ffi_call(TARGET, results, input_output_aliases=aliases,
                             vmap_method="sequential")
-        return call(gradient, key, coefficients, theta, codes, scales, block=block,
-                    decayed=decayed, cpus=usable_cpus())
+        return call(keys, coefficients, *state, blocks=np.asarray(blocks, np.int64),
+                    decayed=np.asarray(decayed, np.int64), cpus=usable_cpus())
 
-    return step
+    return steps
 
 
 @functools.cache
-def tf_int8_step() -> Callable[..., tuple[Any, Any, Any]] | None:
-    """`xla_int8_step` for TensorFlow, inside a function that XLA compiles
+def tf_int8_steps() -> Callable[..., list[Any]] | None:
+    """`xla_int8_steps` for TensorFlow, inside a function that XLA compiles
     (`jit_compile=True`); None where it cannot be built or run.
 
     TensorFlow's XLA has no Python API to register a custom call, so the
@@ -199,26 +207,27 @@ def tf_int8_step() -> Callable[..., tuple[Any, Any, Any]] | None:
                       tf.__version__.encode())
     if library is None:
         return None
-    library.keraslion_register_int8_step.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
-                                                     ctypes.c_char_p]
-    if not library.keraslion_register_int8_step(api, TARGET.encode(), b"Host"):
+    library.keraslion_register_int8_steps.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
+                                                      ctypes.c_char_p]
+    if not library.keraslion_register_int8_steps(api, TARGET.encode(), b"Host"):
         return _unavailable(HERE / "int8_step_xla.cc",
                             f"TensorFlow {tf.__version__}'s XLA refused the custom call")
 
-    def step(gradient: Any, key: Any, coefficients: Any, theta: Any, codes: Any, scales: Any,
-             block: int, decayed: bool) -> tuple[Any, Any, Any]:
-        shapes = (tuple(theta.shape), tuple(scales.shape))
-        module = _stablehlo_call(*shapes, block=block, decayed=decayed, cpus=usable_cpus())
-        return tuple(gen_xla_ops.xla_call_module(
-            [gradient, key, coefficients, theta, codes, scales], version=XLA_CALL_MODULE_VERSION,
-            module=module, Sout=[shapes[0], shapes[0], shapes[1]],
-            Tout=[tf.float32, tf.int8, tf.float32], platforms=["CPU"]))
+    def steps(keys: Any, coefficients: Any, *state: Any, blocks: tuple[int, ...],
+              decayed: tuple[bool, ...]) -> list[Any]:
+        shapes = tuple((tuple(state[i + 1].shape), tuple(state[i + 3].shape))
+                       for i in range(0, len(state), 4))
+        module = _stablehlo_call(shapes, blocks=blocks, decayed=decayed, cpus=usable_cpus())
+        return gen_xla_ops.xla_call_module(
+            [keys, coefficients, *state], version=XLA_CALL_MODULE_VERSION, module=module,
+            Sout=[s for shape, scale_shape in shapes for s in (shape, shape, scale_shape)],
+            Tout=[tf.float32, tf.int8, tf.float32] * len(shapes), platforms=["CPU"])
 
-    problem = _first_step_problem(step)
+    problem = _first_step_problem(steps)
     if problem:
         return _unavailable(HERE / "int8_step_xla.cc", f"TensorFlow {tf.__version__}'s XLA "
                             f"could not run the custom call: {problem}")
-    return step
+    return steps
 
 
 #: The version of `XlaCallModule`'s serialization used (9: TensorFlow 2.15
@@ -240,44 +249,56 @@ def _tensorflow_ffi_api(directory: str) -> int | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _stablehlo_call(shape: tuple[int, ...], scale_shape: tuple[int, ...], block: int,
-                    decayed: bool, cpus: int) -> str:
-    """A StableHLO module whose function is the custom call, its results
-    aliased to the weights, codes and scales (operands 3, 4 and 5)."""
+def _stablehlo_call(shapes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...],
+                    blocks: tuple[int, ...], decayed: tuple[bool, ...], cpus: int) -> str:
+    """A StableHLO module whose function is the custom call for variables of
+    `shapes` (each one's weights' and scales'), each one's results aliased
+    to its weights, codes and scales."""
     def tensor(dims: tuple[int, ...], dtype: str) -> str:
         return f"tensor<{''.join(f'{d}x' for d in dims)}{dtype}>"
 
-    weights, codes, scales = tensor(shape, "f32"), tensor(shape, "i8"), tensor(scale_shape, "f32")
-    operands = ", ".join([weights, "tensor<1xi32>", "tensor<6xf32>", weights, codes, scales])
-    results = f"{weights}, {codes}, {scales}"
+    count = len(shapes)
+    keys = tensor((count,), "i32")
+    state, results = [], []
+    for shape, scale_shape in shapes:
+        weights, codes, scales = tensor(shape, "f32"), tensor(shape, "i8"), tensor(scale_shape,
+                                                                                    "f32")
+        state += [weights, weights, codes, scales]
+        results += [weights, codes, scales]
+    operands = [keys, "tensor<6xf32>", *state]
+    names = ", ".join(f"%a{i}" for i in range(len(operands)))
     aliases = ", ".join(f"#stablehlo.output_operand_alias<output_tuple_indices = [{i}], "
-                        f"operand_index = {i + 3}, operand_tuple_indices = []>" for i in range(3))
-    attributes = f"block = {block} : i64, decayed = {str(decayed).lower()}, cpus = {cpus} : i64"
+                        f"operand_index = {4 * (i // 3) + 3 + i % 3}, operand_tuple_indices = []>"
+                        for i in range(len(results)))
+    def array(values: tuple[Any, ...]) -> str:
+        return f"array<i64: {', '.join(str(int(v)) for v in values)}>"
+
+    attributes = (f"blocks = {array(blocks)}, decayed = {array(decayed)}, "
+                  f"cpus = {cpus} : i64")
+    arguments = ", ".join(f"%a{i}: {t}" for i, t in enumerate(operands))
+    returned = ", ".join(f"%0#{i}" for i in range(len(results)))
     return f"""module @keraslion {{
-  func.func public @main(%gradient: {weights}, %key: tensor<1xi32>,
-                         %coefficients: tensor<6xf32>, %theta: {weights}, %codes: {codes},
-                         %scales: {scales}) -> ({results}) {{
-    %0:3 = stablehlo.custom_call @{TARGET}(%gradient, %key, %coefficients, %theta, %codes,
-                                           %scales)
+  func.func public @main({arguments}) -> ({", ".join(results)}) {{
+    %0:{len(results)} = stablehlo.custom_call @{TARGET}({names})
       {{api_version = 4 : i32, backend_config = {{{attributes}}},
         output_operand_aliases = [{aliases}]}}
-      : ({operands}) -> ({results})
-    return %0#0, %0#1, %0#2 : {results}
+      : ({", ".join(operands)}) -> ({", ".join(results)})
+    return {returned} : {", ".join(results)}
   }}
 }}"""
 
 
-def _first_step_problem(step: Callable[..., tuple[Any, Any, Any]]) -> str | None:
+def _first_step_problem(steps: Callable[..., list[Any]]) -> str | None:
     """Why a step of one block cannot be compiled and run (an older
     TensorFlow may not read the module), or None; run eagerly, even where
     TensorFlow is tracing a function."""
     import tensorflow as tf
 
     with tf.init_scope():
-        inputs = (tf.ones((1, 256)), tf.zeros((1,), tf.int32), tf.fill((6,), 0.5),
+        inputs = (tf.zeros((1,), tf.int32), tf.fill((6,), 0.5), tf.ones((1, 256)),
                   tf.zeros((1, 256)), tf.zeros((1, 256), tf.int8), tf.zeros((1, 1)))
         try:
-            theta = tf.function(partial(step, block=256, decayed=False),
+            theta = tf.function(partial(steps, blocks=(256,), decayed=(False,)),
                                 jit_compile=True)(*inputs)[0]
         except tf.errors.OpError as error:
             return error.message.splitlines()[0]

@@ -48,11 +48,11 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     tensors (a compiled function shared by several variables)."""
     hyperparameters = hyperparameters or optimizer._hyperparameters()
     scalars: dict[Any, Any] = {}
+    kernel_steps = []
     for i, (gradient, variable) in enumerate(zip(grads, variables)):
         noise_index = None if noise_indices is None else noise_indices[i]
         if _takes_kernel(optimizer, variable, ordered):
-            _kernel_step(optimizer, gradient, variable, learning_rate, hyperparameters, scalars,
-                         noise_index)
+            kernel_steps.append((gradient, variable, noise_index))
             continue
         step = optimizer._step_inputs(variable, optimizer._momentum_value(variable), gradient,
                                       optimizer._use_weight_decay(variable), learning_rate,
@@ -62,6 +62,8 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
         theta, m = lion_update(step, optimizer.cautious, again)
         optimizer._store_momentum(variable, m, noise_index)
         optimizer.assign(variable, ops.cast(theta, variable.dtype))
+    if kernel_steps:
+        _kernel_steps(optimizer, kernel_steps, learning_rate, hyperparameters, scalars)
 
 
 def _takes_kernel(optimizer: Any, variable: Any, compiled: bool) -> bool:
@@ -76,8 +78,8 @@ def _takes_kernel(optimizer: Any, variable: Any, compiled: bool) -> bool:
             and native.enabled()):
         return False
     if backend == "jax":
-        return _one_cpu() and native.xla_int8_step() is not None
-    return compiled and _on_cpu(variable) and native.tf_int8_step() is not None
+        return _one_cpu() and native.xla_int8_steps() is not None
+    return compiled and _on_cpu(variable) and native.tf_int8_steps() is not None
 
 
 def _one_cpu() -> bool:
@@ -99,57 +101,75 @@ def _on_cpu(variable: Any) -> bool:
     return tf.DeviceSpec.from_string(device).device_type == "CPU"
 
 
-def _kernel_step(optimizer: Any, gradient: Any, variable: Any, learning_rate: Any,
-                 hyperparameters: Any, scalars: dict[Any, Any], noise_index: Any) -> None:
-    index = optimizer._get_variable_index(variable)
-    codes, scales = optimizer._momentums[index], optimizer._momentum_scales[index]
+def _kernel_steps(optimizer: Any, steps: list[tuple[Any, Any, Any]], learning_rate: Any,
+                  hyperparameters: Any, scalars: dict[Any, Any]) -> None:
+    """The int8 steps of (gradient, variable, noise index or None) in one
+    custom call."""
     *factors, weight_decay = optimizer._coefficients("float32", learning_rate, hyperparameters,
                                                      scalars)
-    decayed = weight_decay is not None and optimizer._use_weight_decay(variable)
-    coefficients = ops.stack([*factors, weight_decay if decayed else ops.zeros((), "float32")])
-    key = int8.noise_key(optimizer.iterations, index if noise_index is None else noise_index)
-    block = int8.block_size(tuple(variable.shape))
-    step = (_differentiable_kernel(block, bool(decayed)) if keras.backend.backend() == "jax"
-            else partial(native.tf_int8_step(), block=block, decayed=bool(decayed)))
-    # (On TensorFlow, `variable` is the `tf.Variable` itself: read as tensors.)
-    state = [ops.convert_to_tensor(x) for x in (variable, codes, scales)]
-    theta, new_codes, new_scales = step(ops.cast(gradient, "float32"), ops.reshape(key, (1,)),
-                                        coefficients, *state)
-    optimizer.assign(codes, new_codes)
-    optimizer.assign(scales, new_scales)
-    optimizer.assign(variable, theta)
+    coefficients = ops.stack([*factors, ops.zeros((), "float32") if weight_decay is None
+                              else weight_decay])
+    indices = [optimizer._get_variable_index(variable) for _, variable, _ in steps]
+    noise_indices = ops.stack([ops.cast(index if noise_index is None else noise_index, "int32")
+                               for index, (_, _, noise_index) in zip(indices, steps)])
+    keys = int8.noise_key(optimizer.iterations, noise_indices)
+    operands, blocks, decayed = [], [], []
+    for index, (gradient, variable, _) in zip(indices, steps):
+        codes, scales = optimizer._momentums[index], optimizer._momentum_scales[index]
+        # (On TensorFlow, `variable` is the `tf.Variable` itself: read as tensors.)
+        operands += [ops.cast(gradient, "float32"),
+                     *(ops.convert_to_tensor(x) for x in (variable, codes, scales))]
+        blocks.append(int8.block_size(tuple(variable.shape)))
+        decayed.append(weight_decay is not None and optimizer._use_weight_decay(variable))
+    if keras.backend.backend() == "jax":
+        results = _differentiable_kernel()(tuple(blocks), tuple(decayed), keys, coefficients,
+                                           *operands)
+    else:
+        results = native.tf_int8_steps()(keys, coefficients, *operands, blocks=tuple(blocks),
+                                         decayed=tuple(decayed))
+    for i, (index, (_, variable, _)) in enumerate(zip(indices, steps)):
+        theta, new_codes, new_scales = results[3 * i:3 * i + 3]
+        optimizer.assign(optimizer._momentums[index], new_codes)
+        optimizer.assign(optimizer._momentum_scales[index], new_scales)
+        optimizer.assign(variable, theta)
 
 
 @functools.cache
-def _differentiable_kernel(block: int, decayed: bool) -> Any:
-    """The kernel's step, whose derivative (for `jax.grad` or `jax.jvp`
-    through `stateless_apply`) is that of the same step in XLA's operations."""
+def _differentiable_kernel() -> Any:
+    """The kernel's steps, as a function of (blocks, decayed, keys,
+    coefficients, *state), whose derivative (for `jax.grad` or `jax.jvp`
+    through `stateless_apply`) is that of the same steps in XLA's operations."""
     import jax
 
-    kernel = native.xla_int8_step()
+    kernel = native.xla_int8_steps()
 
-    @jax.custom_jvp
-    def step(*inputs: Any) -> Any:
-        return tuple(kernel(*inputs, block=block, decayed=decayed))
+    @partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+    def steps(blocks: tuple[int, ...], decayed: tuple[bool, ...], *inputs: Any) -> Any:
+        return tuple(kernel(*inputs, blocks=blocks, decayed=decayed))
 
-    @step.defjvp
-    def step_jvp(primals: Any, tangents: Any) -> Any:
-        in_ops = partial(_step_in_ops, decayed=decayed)
-        return step(*primals), jax.jvp(in_ops, primals, tangents)[1]
+    @steps.defjvp
+    def steps_jvp(blocks: tuple[int, ...], decayed: tuple[bool, ...], primals: Any,
+                  tangents: Any) -> Any:
+        in_ops = partial(_steps_in_ops, decayed=decayed)
+        return steps(blocks, decayed, *primals), jax.jvp(in_ops, primals, tangents)[1]
 
-    return step
+    return steps
 
 
-def _step_in_ops(gradient: Any, key: Any, coefficients: Any, theta: Any, codes: Any, scales: Any,
-                 decayed: bool) -> tuple[Any, Any, Any]:
-    """The kernel's step, in XLA's operations (as `update` computes it)."""
+def _steps_in_ops(keys: Any, coefficients: Any, *state: Any,
+                  decayed: tuple[bool, ...]) -> tuple[Any, ...]:
+    """The kernel's steps, in XLA's operations (as `update` computes them)."""
     learning_rate, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, weight_decay = (
         coefficients[i] for i in range(6))
-    step = StepInputs(theta, int8.decode(codes, scales), gradient, learning_rate, beta_1,
-                      one_minus_beta_1, beta_2, one_minus_beta_2,
-                      weight_decay if decayed else None)
-    theta, m = lion_update(step, cautious=False)
-    return (theta, *int8.encode(m, int8.noise_from_key(key[0], tuple(theta.shape))))
+    results: list[Any] = []
+    for v, decays in enumerate(decayed):
+        gradient, theta, codes, scales = state[4 * v:4 * v + 4]
+        step = StepInputs(theta, int8.decode(codes, scales), gradient, learning_rate, beta_1,
+                          one_minus_beta_1, beta_2, one_minus_beta_2,
+                          weight_decay if decays else None)
+        theta, m = lion_update(step, cautious=False)
+        results += [theta, *int8.encode(m, int8.noise_from_key(keys[v], tuple(theta.shape)))]
+    return tuple(results)
 
 
 def _orders(optimizer: Any, variable: Any) -> bool:

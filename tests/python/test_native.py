@@ -271,26 +271,34 @@ def test_jax_kernel_is_xla_s_ops_bit_for_bit_op_by_op(monkeypatch: Any, shapes: 
         np.testing.assert_array_equal(with_kernel, without)
 
 
-# Eight variables large enough for several threads each, in one jitted step.
+# Eight optimizers' steps of a variable each, large enough for several
+# threads, in one jitted step: eight custom calls, which XLA may run at once.
 MANY = """
 import jax, keras, numpy as np
 from keraslion import Lion
 variables = [keras.Variable(np.full((512, 1024), 0.5, "float32")) for _ in range(8)]
-optimizer = Lion(1e-2, momentum_dtype="int8")
-optimizer.build(variables)
-step = jax.jit(lambda w, s, g: optimizer.stateless_apply(s, g, w), donate_argnums=(0, 1))
-weights, state = [v.value for v in variables], [v.value for v in optimizer.variables]
+optimizers = [Lion(1e-2, momentum_dtype="int8") for _ in variables]
+for optimizer, variable in zip(optimizers, variables):
+    optimizer.build([variable])
+
+def steps(weights, states, grads):
+    new = [o.stateless_apply(s, [g], [w]) for o, s, g, w in zip(optimizers, states, grads, weights)]
+    return [w for ws, _ in new for w in ws], [s for _, s in new]
+
+step = jax.jit(steps, donate_argnums=(0, 1))
+weights = [v.value for v in variables]
+states = [[v.value for v in o.variables] for o in optimizers]
 grads = [jax.numpy.ones((512, 1024)) for _ in variables]
 for _ in range(20):
-    weights, state = step(weights, state, grads)
+    weights, states = step(weights, states, grads)
 print(sorted({float(w[0, 0]) for w in weights}))
 """
 
 
 @jax_only
 def test_custom_calls_that_xla_runs_at_once_all_finish() -> None:
-    """XLA may run the variables' custom calls at once on its thread pool,
-    each handing blocks to the pool: each caller steps the blocks no task
+    """XLA may run custom calls at once on its thread pool (several
+    optimizers' in one step), each handing blocks to the pool: each caller steps the blocks no task
     has begun, rather than wait for tasks queued behind the other calls."""
     env = {**os.environ, "PYTHONPATH": str(PACKAGE), "KERAS_BACKEND": "jax"}
     done = subprocess.run([sys.executable, "-c", MANY], env=env, capture_output=True, text=True,

@@ -144,7 +144,8 @@
 #' `bench/int8_kernel.py`), a step then takes 1.1 to 1.2 times float32's
 #' time with PyTorch (whose float32 step runs in C too, in one pass), 0.75
 #' to 1.1 times with JAX and 0.75 to 1.2 times with TensorFlow, and 1.4 to
-#' 1.5 times on 2000 vectors of 1024, a custom call each (float32 steps are
+#' 1.5 times on 2000 vectors of 1024 when each took a custom call of its own
+#' (now one call steps them all; float32 steps are
 #' bound by memory, the kernel by its arithmetic: the ratio moves with the
 #' machine's memory bandwidth); where the
 #' backends' operations run it (bfloat16 or float16 weights with JAX and

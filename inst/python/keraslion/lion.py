@@ -319,7 +319,8 @@ class Lion(keras.optimizers.Optimizer):
     in one variable or 200) the step then takes 1.1-1.2x float32's time
     on PyTorch (whose float32 step runs in C too, in one pass), 0.75-1.1x
     on JAX and 0.75-1.2x on TensorFlow, 1.4-1.5x on 2000 vectors of 1024
-    (a custom call each) on both (float32 steps are bound by memory,
+    (measured with a custom call each; now one call steps them all) on
+    both (float32 steps are bound by memory,
     the kernel by its arithmetic: the ratio moves with the machine's memory
     bandwidth); where the backends' operations
     run it (bfloat16 or float16 weights on JAX and TensorFlow, no C

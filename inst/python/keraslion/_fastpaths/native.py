@@ -171,9 +171,7 @@ def xla_int8_steps() -> Callable[..., list[Any]] | None:
               decayed: tuple[bool, ...]) -> list[Any]:
         results = [jax.ShapeDtypeStruct(x.shape, x.dtype)
                    for i, x in enumerate(state) if i % 4]
-        # Each variable's weights, codes and scales (operands 4v + 3 to 4v + 5)
-        # are its results 3v to 3v + 2.
-        aliases = {4 * (i // 3) + 3 + i % 3: i for i in range(len(results))}
+        aliases = {aliased_operand(i): i for i in range(len(results))}
         # Under `jax.vmap` (an ensemble of optimizers), one call per member.
         call = ffi.ffi_call(TARGET, results, input_output_aliases=aliases,
                             vmap_method="sequential")
@@ -181,6 +179,14 @@ def xla_int8_steps() -> Callable[..., list[Any]] | None:
                     decayed=np.asarray(decayed, np.int64), cpus=usable_cpus())
 
     return steps
+
+
+def aliased_operand(result: int) -> int:
+    """The operand that result `result` of the custom call is aliased to:
+    variable v's weights, codes and scales (operands 4v + 3 to 4v + 5,
+    after the keys, the coefficients and its gradient) are its results 3v
+    to 3v + 2."""
+    return 4 * (result // 3) + 3 + result % 3
 
 
 @functools.cache
@@ -257,8 +263,7 @@ def _stablehlo_call(shapes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...],
     def tensor(dims: tuple[int, ...], dtype: str) -> str:
         return f"tensor<{''.join(f'{d}x' for d in dims)}{dtype}>"
 
-    count = len(shapes)
-    keys = tensor((count,), "i32")
+    keys = tensor((len(shapes),), "i32")
     state, results = [], []
     for shape, scale_shape in shapes:
         weights, codes, scales = tensor(shape, "f32"), tensor(shape, "i8"), tensor(scale_shape,
@@ -268,8 +273,9 @@ def _stablehlo_call(shapes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...],
     operands = [keys, "tensor<6xf32>", *state]
     names = ", ".join(f"%a{i}" for i in range(len(operands)))
     aliases = ", ".join(f"#stablehlo.output_operand_alias<output_tuple_indices = [{i}], "
-                        f"operand_index = {4 * (i // 3) + 3 + i % 3}, operand_tuple_indices = []>"
+                        f"operand_index = {aliased_operand(i)}, operand_tuple_indices = []>"
                         for i in range(len(results)))
+
     def array(values: tuple[Any, ...]) -> str:
         return f"array<i64: {', '.join(str(int(v)) for v in values)}>"
 

@@ -20,6 +20,7 @@
 #define WIDE_SCALE_BITS (142u << 23) /* 2**15: times 2**112, still finite */
 #define LEAST_ALL_NORMAL_SCALE_BITS (15 << 23) /* 2**-112 */
 #define NOISE_BITS 20
+#define GOLDEN 0x9E3779B9u
 #define EXPONENT_OFFSET 896
 #define ONE_CODE 120
 #define NAN_CODE 127
@@ -38,6 +39,12 @@ static inline uint32_t mix(uint32_t x) {
     x ^= x >> 15;
     x *= 0x846CA68Bu;
     return x ^ (x >> 16);
+}
+
+/* `int8.noise_key`: the hash of the step and a variable's index, which
+ * seeds the variable's noise (wrapping, as its int32 arithmetic). */
+static inline uint32_t noise_key(uint32_t step, int32_t index) {
+    return mix(step * GOLDEN + (uint32_t)index);
 }
 
 /* Each function below is written without branches, so that the compiler
@@ -178,18 +185,22 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
 /* The steps of runs of blocks of several whole variables, one after another:
  * run j steps blocks `begins[j]` to `ends[j]` of variable `variables[j]`,
  * whose weights, gradient, codes and scales are at `thetas[v]` and so on,
- * with its own row length, block and noise key (`keys[v]`), decayed or not. */
+ * with its own row length, block and index in the optimizer (`indices[v]`,
+ * which with `step` seeds its noise), decayed or not. (The keys are hashed
+ * here: as a tensor, from Python, they took a tenth of a step of many small
+ * variables.) */
 void keraslion_int8_steps(int64_t runs, const int64_t *variables, const int64_t *begins,
                           const int64_t *ends, float *const *thetas,
                           const float *const *gradients, int8_t *const *codes,
                           float *const *scales, const int64_t *widths, const int64_t *blocks,
-                          const uint32_t *keys, const int32_t *decayed, float learning_rate,
-                          float beta_1, float one_minus_beta_1, float beta_2,
-                          float one_minus_beta_2, float weight_decay) {
+                          uint32_t step, const int32_t *indices, const int32_t *decayed,
+                          float learning_rate, float beta_1, float one_minus_beta_1,
+                          float beta_2, float one_minus_beta_2, float weight_decay) {
     for (int64_t j = 0; j < runs; j++) {
         int64_t v = variables[j];
+        uint32_t key = noise_key(step, indices[v]);
         keraslion_int8_step(thetas[v], gradients[v], codes[v], scales[v], widths[v], blocks[v],
-                            keys + v, 0, NULL, begins[j], ends[j], learning_rate, beta_1,
+                            &key, 0, NULL, begins[j], ends[j], learning_rate, beta_1,
                             one_minus_beta_1, beta_2, one_minus_beta_2, decayed[v],
                             weight_decay);
     }

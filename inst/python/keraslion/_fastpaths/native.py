@@ -56,7 +56,8 @@ _POINTER, _INT64, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _INT8_ARGUMENTS = {
     "keraslion_int8_step": [_POINTER] * 4 + [_INT64] * 2 + [_POINTER, _INT64, _POINTER]
                            + [_INT64] * 2 + [_FLOAT] * 5 + [ctypes.c_int, _FLOAT],
-    "keraslion_int8_steps": [_INT64] + [_POINTER] * 11 + [_FLOAT] * 6,
+    "keraslion_int8_steps": [_INT64] + [_POINTER] * 9 + [ctypes.c_uint32] + [_POINTER] * 2
+                            + [_FLOAT] * 6,
 }
 _FLOAT_ARGUMENTS = {"keraslion_float_steps": [_INT64] + [_POINTER] * 8 + [_FLOAT] * 6}
 #: Every ctypes library's (`lion_step.h`): (arguments, result).

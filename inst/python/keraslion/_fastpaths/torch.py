@@ -91,7 +91,8 @@ def supports(optimizer: Any, variables: list[Any]) -> bool:
 
 @torch.no_grad()
 def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
-    groups: dict[str, list[tuple[Any, Any]]] = {"int8": [], "c": [], "blocked": [], "plain": []}
+    groups: dict[str, list[tuple[Any, Any]]] = {
+        "int8": [], "int8 widened": [], "c": [], "blocked": [], "plain": []}
     routing = _routing(optimizer, variables)
     # (`unaliased()` made every gradient a tensor.)
     for gradient, variable, route in zip(grads, variables, routing.routes):
@@ -101,8 +102,8 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
     if groups["c"] and (torch.compiler.is_compiling() or not native.enabled()
                         or native.float_library() is None):
         groups["blocked"] += groups.pop("c")
-    if groups["int8"]:
-        torch_int8.update(optimizer, *map(list, zip(*groups["int8"])), learning_rate,
+    if groups["int8"] or groups["int8 widened"]:
+        torch_int8.update(optimizer, groups["int8"], groups["int8 widened"], learning_rate,
                           routing.int8_runs)
     if groups.get("c"):
         _update_in_c(optimizer, *map(list, zip(*groups["c"])), learning_rate, routing.c_runs)
@@ -133,7 +134,8 @@ def _routing(optimizer: Any, variables: list[Any]) -> Routing:
 
 def _route(optimizer: Any, variable: Any) -> str:
     """Which step a variable takes: `torch_int8`'s (an int8 momentum, whose
-    step is computed in float32), the C kernel's (float32 weights on the CPU
+    step is computed in float32: "int8" for float32 weights, else "int8
+    widened"), the C kernel's (float32 weights on the CPU
     with a float32 or bfloat16 momentum), the blocked one (the scratch
     buffer's dtype, see above), or the plain `update_step`. (What decides it
     is fixed once the optimizer is built.)"""
@@ -142,7 +144,9 @@ def _route(optimizer: Any, variable: Any) -> str:
     if not p.is_contiguous():
         return "plain"
     if optimizer._momentum_scales[index] is not None:
-        return "int8" if p.dtype != torch.float64 else "plain"
+        if p.dtype == torch.float64:
+            return "plain"
+        return "int8" if p.dtype == torch.float32 else "int8 widened"
     if p.dtype == torch.float32 and m.dtype in _C_MOMENTUM_DTYPES and p.device.type == "cpu":
         return "c"
     if (p.dtype in _SCRATCH_DTYPES and m.is_floating_point() and m.dtype != torch.float16

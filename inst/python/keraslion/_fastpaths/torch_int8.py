@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+from keras import ops
 
 from .. import int8
 from . import native
@@ -70,25 +71,27 @@ class Plan(NamedTuple):
 
 @torch.compiler.disable  # Eager under torch.compile: in-place work on cached buffers.
 @torch.no_grad()
-def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate: Any,
-           kept: list[Any]) -> None:
-    """`kept`: where the kernel's `Runs` for these variables are kept, once
-    made (the routing's, cached for the same variables)."""
-    device = variables[0]._value.device
+def update(optimizer: Any, whole: list[tuple[Any, Any]], widened: list[tuple[Any, Any]],
+           learning_rate: Any, kept: list[Any]) -> None:
+    """The step of (gradient, variable) pairs: `whole`, of float32 weights
+    (the kernel steps each whole), and `widened`, of narrower ones (stepped
+    by pieces). `kept`: where the kernel's `Runs` for the `whole` ones are
+    kept, once made (the routing's, cached for the same variables)."""
+    device = (whole or widened)[0][1]._value.device
     kernel = native.int8_library() if native.enabled() and device.type == "cpu" else None
     *factors, weight_decay = optimizer._coefficients("float32", learning_rate)
-    if kernel is not None:
+    pieces = widened
+    if kernel is None:
+        pieces = whole + widened
+    else:
         factors = [float(x) for x in factors]
         weight_decay = None if weight_decay is None else float(weight_decay)
-        whole = [v._value.dtype == torch.float32 for v in variables]
-        if any(whole):
-            _whole_variables(optimizer, kernel, [g for g, w in zip(grads, whole) if w],
-                             [v for v, w in zip(variables, whole) if w], factors, weight_decay,
+        if whole:
+            _whole_variables(optimizer, kernel, *map(list, zip(*whole)), factors, weight_decay,
                              kept)
-        grads = [g for g, w in zip(grads, whole) if not w]
-        variables = [v for v, w in zip(variables, whole) if not w]
-        if not variables:
-            return
+    if not pieces:
+        return
+    grads, variables = map(list, zip(*pieces))
     plan = _plan(optimizer, variables)
     keys = int8.noise_key(optimizer.iterations, plan.indices)
     scratch, table, arange = _scratch(optimizer, device)
@@ -180,7 +183,8 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
     if not kept:  # (Under `torch.compile`, the routing is not kept: the cache serves.)
         kept.append(_runs(optimizer, variables))
     plan = kept[0]
-    keys = int8.noise_key(optimizer.iterations, plan.indices)
+    # `int8.noise_key`'s step (its int32 bits), hashed with each index in C.
+    step = int(ops.convert_to_tensor(optimizer.iterations)) % 2**32
     grads = blocked.contiguous_float32(grads)
     # The codes and scales read at every step (the weights are the plan's key).
     codes, scales = optimizer._momentums, optimizer._momentum_scales
@@ -195,7 +199,7 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
         return lambda: kernel.keraslion_int8_steps(
             owners.numel(), owners.data_ptr(), begins.data_ptr(), ends.data_ptr(),
             *(p.data_ptr() for p in pointers), plan.widths.data_ptr(), plan.blocks.data_ptr(),
-            keys.data_ptr(), decayed.data_ptr(), *factors, weight_decay or 0.0)
+            step, plan.indices.data_ptr(), decayed.data_ptr(), *factors, weight_decay or 0.0)
 
     blocked.in_threads(kernel, call, plan.runs, plan.elements,
                        lambda: [(v._value.numel(), math.prod(int8.scale_shape(tuple(v.shape))))

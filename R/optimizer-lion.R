@@ -140,14 +140,15 @@
 #' subnormal numbers to zero; with TensorFlow, its operations' one by one,
 #' from which XLA's fused ones may differ by a unit in the last place).
 #' Measured by `make bench` in the package sources on a 2-core x86 CPU
-#' (steps on 16.7 million parameters in one variable or 200, one thread;
-#' `bench/int8_kernel.py`), a step then takes 1.1 to 1.2 times float32's
-#' time with PyTorch (whose float32 step runs in C too, in one pass), 0.75
-#' to 1.1 times with JAX and 0.75 to 1.2 times with TensorFlow, and 1.4 to
-#' 1.5 times on 2000 vectors of 1024 when each took a custom call of its own
-#' (now one call steps them all; float32 steps are
-#' bound by memory, the kernel by its arithmetic: the ratio moves with the
-#' machine's memory bandwidth); where the
+#' (`bench/int8_kernel.py`, one thread; steps on 16.7 million parameters in
+#' one variable or 200, and on 2000 vectors of 1024), a step then takes 1.0
+#' to 1.25 times float32's time with PyTorch (whose float32 step runs in C
+#' too, in one pass; 1.1 times on the 2000 vectors), 0.8 to 1.05 times with
+#' JAX and 0.85 to 1.15 times with TensorFlow, and 1.55 and 1.35 times on
+#' the 2000 vectors (where XLA's handling of each buffer outweighs the
+#' arithmetic, and int8 keeps two per variable, codes and scales; float32
+#' steps are bound by memory, the kernel by its arithmetic: the ratio moves
+#' with the machine's memory bandwidth); where the
 #' backends' operations run it (bfloat16 or float16 weights with JAX and
 #' TensorFlow, no C compiler), 1.5 to 2 times as long with JAX and
 #' TensorFlow, and 3 to 7

@@ -316,13 +316,14 @@ class Lion(keras.optimizers.Optimizer):
     subnormal numbers to zero; on TensorFlow, the plain path's, from which
     XLA's fused operations may differ by a unit in the last place). On one
     thread of a 2-core x86 CPU (`bench/int8_kernel.py`: 16.7M parameters
-    in one variable or 200) the step then takes 1.1-1.2x float32's time
-    on PyTorch (whose float32 step runs in C too, in one pass), 0.75-1.1x
-    on JAX and 0.75-1.2x on TensorFlow, 1.4-1.5x on 2000 vectors of 1024
-    (measured with a custom call each; now one call steps them all) on
-    both (float32 steps are bound by memory,
-    the kernel by its arithmetic: the ratio moves with the machine's memory
-    bandwidth); where the backends' operations
+    in one variable or 200, and 2000 vectors of 1024) the step then takes
+    1.0-1.25x float32's time on PyTorch (whose float32 step runs in C too,
+    in one pass; 1.1x on the 2000 vectors), 0.8-1.05x on JAX and
+    0.85-1.15x on TensorFlow, and 1.55x and 1.35x on the 2000 vectors
+    (where XLA's handling of each buffer outweighs the arithmetic, and
+    int8 keeps two per variable, codes and scales; float32 steps are bound
+    by memory, the kernel by its arithmetic: the ratio moves with the
+    machine's memory bandwidth); where the backends' operations
     run it (bfloat16 or float16 weights on JAX and TensorFlow, no C
     compiler), 1.5-2x as long on JAX and
     TensorFlow, and 3-7x on PyTorch. The first step compiles longer (a

@@ -354,20 +354,24 @@ def test_variables_that_are_all_empty_step_without_error(momentum_dtype):
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a module's parameters' data")
 @pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
-@pytest.mark.parametrize("swap", ["to_bfloat16", "channels_last"])
+@pytest.mark.parametrize("swap", ["to_bfloat16", "to_float32", "channels_last"])
 def test_torch_parameters_swapped_in_place_step_as_on_the_plain_path(swap, momentum_dtype):
-    """`module.to(torch.bfloat16)` or `module.to(memory_format=channels_last)`
-    between steps gives each parameter new data of another dtype or layout,
-    under the same tensor: the fast paths plan anew for it (the C step wrote
-    float32 into bfloat16 memory, and stepped a channels-last kernel in
-    memory order), and step as the plain path does, bit for bit."""
+    """`module.to(torch.bfloat16)`, `module.to(torch.float32)` (of a bfloat16
+    model) or `module.to(memory_format=channels_last)` between steps gives
+    each parameter new data of another dtype or layout, under the same
+    tensor: the fast paths plan anew for it (the C step wrote float32 into
+    bfloat16 memory, and stepped a channels-last kernel in memory order;
+    the float32 data of bfloat16 variables kept float32 weights where the
+    plain path rounds them to bfloat16), and step as the plain path does,
+    bit for bit."""
     import torch
 
     states = {}
     for fast in (True, False):
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(64, 3),
-                                  keras.layers.Flatten(), keras.layers.Dense(300)])
+        dtype = "bfloat16" if swap == "to_float32" else None
+        model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(64, 3, dtype=dtype),
+                                  keras.layers.Flatten(), keras.layers.Dense(300, dtype=dtype)])
         optimizer = Lion(1e-2, weight_decay=0.5, momentum_dtype=momentum_dtype)
         optimizer.build(model.trainable_variables)
         if not fast:
@@ -375,14 +379,17 @@ def test_torch_parameters_swapped_in_place_step_as_on_the_plain_path(swap, momen
         rng = np.random.default_rng(0)
         for step in range(3):
             if step == 1:
-                model.to(torch.bfloat16) if swap == "to_bfloat16" else model.to(
-                    memory_format=torch.channels_last)
+                model.to(**{"to_bfloat16": {"dtype": torch.bfloat16},
+                            "to_float32": {"dtype": torch.float32},
+                            "channels_last": {"memory_format": torch.channels_last}}[swap])
             optimizer.apply([rng.standard_normal(v.shape).astype("float32")
                              for v in model.trainable_variables], model.trainable_variables)
         states[fast] = [to_numpy(v.value).astype("float32")
                         for v in (*model.trainable_variables, *optimizer.variables)]
     if swap == "channels_last":
         assert not model.trainable_variables[0].value.is_contiguous()
+    if swap == "to_float32":
+        assert model.trainable_variables[0].value.dtype == torch.float32
     for ours, theirs in zip(states[True], states[False]):
         np.testing.assert_array_equal(ours, theirs)
 

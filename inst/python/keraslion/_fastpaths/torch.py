@@ -138,10 +138,17 @@ def _route(optimizer: Any, variable: Any) -> str:
     widened"), the C kernel's (float32 weights on the CPU
     with a float32 or bfloat16 momentum), the blocked one (the scratch
     buffer's dtype, see above), or the plain `update_step`. (What decides it
-    is fixed once the optimizer is built.)"""
+    is fixed once the optimizer is built, or the tensors' data swapped.)
+    Weights or a momentum stored in another dtype than their variable's
+    (`module.to(torch.float32)` on a bfloat16 model) take the plain step,
+    which computes in the variable's dtype and rounds to it, as Keras's
+    optimizers do; but for the narrower data of a float32 variable (after
+    `module.to(torch.bfloat16)`), which every path steps in float32 and
+    rounds once, into that data."""
     index = optimizer._get_variable_index(variable)
-    p, m = variable._value, optimizer._momentums[index]._value
-    if not p.is_contiguous():
+    momentum = optimizer._momentums[index]
+    p, m = variable._value, momentum._value
+    if not p.is_contiguous() or _stored_otherwise(variable) or _stored_otherwise(momentum):
         return "plain"
     if optimizer._momentum_scales[index] is not None:
         if p.dtype == torch.float64:
@@ -153,6 +160,16 @@ def _route(optimizer: Any, variable: Any) -> str:
             and p.dtype.itemsize >= m.dtype.itemsize):
         return "blocked"
     return "plain"
+
+
+def _stored_otherwise(variable: Any) -> bool:
+    """Whether a Keras variable's tensor has another dtype than the
+    variable, other than a narrower one under float32."""
+    declared = keras.backend.standardize_dtype(variable.dtype)
+    stored = variable._value.dtype
+    narrower = stored.is_floating_point and stored.itemsize < 4
+    return keras.backend.standardize_dtype(stored) != declared and not (
+        declared == "float32" and narrower)
 
 
 def dense(grads: list[Any]) -> list[Any]:

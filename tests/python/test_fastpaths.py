@@ -395,6 +395,33 @@ def test_torch_parameters_swapped_in_place_step_as_on_the_plain_path(swap, momen
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a tensor's data")
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16"])
+@pytest.mark.parametrize("stored", ["bfloat16", "float16", "float64"])
+def test_torch_momentum_stored_in_another_dtype_steps_as_on_the_plain_path(momentum_dtype,
+                                                                           stored):
+    """A momentum whose data is swapped for another dtype before the first
+    step takes the plain step: the C step wrote float32 into bfloat16 or
+    float16 memory (heap corruption), and read float64 memory as float32."""
+    import torch
+
+    states = {}
+    for fast in (True, False):
+        variable = keras.Variable(np.linspace(-1, 1, 90000).reshape(300, 300), dtype="float32")
+        optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype=momentum_dtype)
+        optimizer.build([variable])
+        if not fast:
+            optimizer._fast_path = None
+        momentum = optimizer._momentums[0].value
+        momentum.data = momentum.data.to(getattr(torch, stored))
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            optimizer.apply([rng.standard_normal((300, 300)).astype("float32")], [variable])
+        states[fast] = [to_numpy(x).astype("float32") for x in (variable, optimizer._momentums[0])]
+    for ours, theirs in zip(states[True], states[False]):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a tensor's data")
 @pytest.mark.parametrize("weight_dtype", ["float32", "float64"])
 def test_torch_momentum_data_swapped_in_place_steps_as_on_the_plain_path(monkeypatch,
                                                                          weight_dtype):

@@ -123,7 +123,11 @@ class Routing(NamedTuple):
 def _routing(optimizer: Any, variables: list[Any]) -> Routing:
     """Each variable's route, kept for the next steps on the same variables
     (for many small ones, finding them cost as much as their step), with
-    the C kernels' plans for those they step (one cache lookup for all)."""
+    the C kernels' plans for those they step (one cache lookup for all).
+    Keyed by the weights only (keyed by the optimizer's state too, every
+    step would read each momentum's tensor again, for the key): a
+    momentum's data swapped for another dtype is seen where the routing is
+    made, for new weights, and not after."""
     def make() -> Routing:
         return Routing([v._value for v in variables],
                        [_route(optimizer, variable) for variable in variables], [], [])
@@ -132,23 +136,30 @@ def _routing(optimizer: Any, variables: list[Any]) -> Routing:
         optimizer, "_torch_routing", variables, make)
 
 
+def _state(optimizer: Any, variable: Any) -> list[Any]:
+    """The variable's momentum, and its int8 scales if any."""
+    index = optimizer._get_variable_index(variable)
+    scales = optimizer._momentum_scales[index]
+    return [optimizer._momentums[index], *([] if scales is None else [scales])]
+
+
 def _route(optimizer: Any, variable: Any) -> str:
     """Which step a variable takes: `torch_int8`'s (an int8 momentum, whose
     step is computed in float32: "int8" for float32 weights, else "int8
     widened"), the C kernel's (float32 weights on the CPU
     with a float32 or bfloat16 momentum), the blocked one (the scratch
     buffer's dtype, see above), or the plain `update_step`. (What decides it
-    is fixed once the optimizer is built, or the tensors' data swapped.)
-    Weights or a momentum stored in another dtype than their variable's
-    (`module.to(torch.float32)` on a bfloat16 model) take the plain step,
-    which computes in the variable's dtype and rounds to it, as Keras's
-    optimizers do; but for the narrower data of a float32 variable (after
-    `module.to(torch.bfloat16)`), which every path steps in float32 and
-    rounds once, into that data."""
+    is fixed once the optimizer is built, or the weights' data swapped.)
+    Weights or optimizer state stored in another dtype than their variable's
+    (`module.to(torch.float32)` on a bfloat16 model, a momentum's data
+    swapped) take the plain step, which computes in the variables' dtypes
+    and rounds to them, as Keras's optimizers do; but for the narrower data
+    of float32 weights (after `module.to(torch.bfloat16)`), which every
+    path steps in float32 and rounds once, into that data."""
     index = optimizer._get_variable_index(variable)
-    momentum = optimizer._momentums[index]
-    p, m = variable._value, momentum._value
-    if not p.is_contiguous() or _stored_otherwise(variable) or _stored_otherwise(momentum):
+    p, m = variable._value, optimizer._momentums[index]._value
+    if not p.is_contiguous() or _weights_stored_otherwise(variable) or any(
+            _stored_otherwise(state) for state in _state(optimizer, variable)):
         return "plain"
     if optimizer._momentum_scales[index] is not None:
         if p.dtype == torch.float64:
@@ -163,13 +174,17 @@ def _route(optimizer: Any, variable: Any) -> str:
 
 
 def _stored_otherwise(variable: Any) -> bool:
-    """Whether a Keras variable's tensor has another dtype than the
-    variable, other than a narrower one under float32."""
-    declared = keras.backend.standardize_dtype(variable.dtype)
+    """Whether a Keras variable's tensor has another dtype than the variable."""
+    standardize = keras.backend.standardize_dtype
+    return standardize(variable._value.dtype) != standardize(variable.dtype)
+
+
+def _weights_stored_otherwise(variable: Any) -> bool:
+    """`_stored_otherwise`, but for narrower data under a float32 variable."""
     stored = variable._value.dtype
     narrower = stored.is_floating_point and stored.itemsize < 4
-    return keras.backend.standardize_dtype(stored) != declared and not (
-        declared == "float32" and narrower)
+    return _stored_otherwise(variable) and not (
+        keras.backend.standardize_dtype(variable.dtype) == "float32" and narrower)
 
 
 def dense(grads: list[Any]) -> list[Any]:

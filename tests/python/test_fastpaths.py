@@ -395,13 +395,17 @@ def test_torch_parameters_swapped_in_place_step_as_on_the_plain_path(swap, momen
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a tensor's data")
-@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16"])
-@pytest.mark.parametrize("stored", ["bfloat16", "float16", "float64"])
-def test_torch_momentum_stored_in_another_dtype_steps_as_on_the_plain_path(momentum_dtype,
-                                                                           stored):
-    """A momentum whose data is swapped for another dtype before the first
-    step takes the plain step: the C step wrote float32 into bfloat16 or
-    float16 memory (heap corruption), and read float64 memory as float32."""
+@pytest.mark.parametrize("when", [0, 2])
+@pytest.mark.parametrize(("momentum_dtype", "state", "stored"), [
+    (None, "momentum", "bfloat16"), (None, "momentum", "float16"),
+    (None, "momentum", "float64"), ("bfloat16", "momentum", "float32"),
+    ("int8", "scales", "bfloat16")])
+def test_torch_state_stored_in_another_dtype_steps_as_on_the_plain_path(momentum_dtype, state,
+                                                                        stored, when):
+    """Optimizer state whose data is swapped for another dtype, before the
+    first step or between steps (after the C kernels' routing was made),
+    takes the plain step: the C steps wrote float32 into bfloat16 or float16
+    memory (heap corruption), and read float64 memory as float32."""
     import torch
 
     states = {}
@@ -411,12 +415,14 @@ def test_torch_momentum_stored_in_another_dtype_steps_as_on_the_plain_path(momen
         optimizer.build([variable])
         if not fast:
             optimizer._fast_path = None
-        momentum = optimizer._momentums[0].value
-        momentum.data = momentum.data.to(getattr(torch, stored))
         rng = np.random.default_rng(0)
-        for _ in range(3):
+        for step in range(4):
+            if step == when:
+                tensor = getattr(optimizer, {"momentum": "_momentums",
+                                             "scales": "_momentum_scales"}[state])[0].value
+                tensor.data = tensor.data.to(getattr(torch, stored))
             optimizer.apply([rng.standard_normal((300, 300)).astype("float32")], [variable])
-        states[fast] = [to_numpy(x).astype("float32") for x in (variable, optimizer._momentums[0])]
+        states[fast] = [to_numpy(x).astype("float32") for x in (variable, *optimizer.variables)]
     for ours, theirs in zip(states[True], states[False]):
         np.testing.assert_array_equal(ours, theirs)
 

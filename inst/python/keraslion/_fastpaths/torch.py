@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import keras
@@ -125,9 +126,9 @@ def _routing(optimizer: Any, variables: list[Any]) -> Routing:
     (for many small ones, finding them cost as much as their step), with
     the C kernels' plans for those they step (one cache lookup for all).
     Keyed by the weights only (keyed by the optimizer's state too, every
-    step would read each momentum's tensor again, for the key): a
-    momentum's data swapped for another dtype is seen where the routing is
-    made, for new weights, and not after."""
+    step would read each momentum's tensor again, for the key): the C
+    kernels see a momentum's data swapped for another dtype
+    (`state_swapped`)."""
     def make() -> Routing:
         return Routing([v._value for v in variables],
                        [_route(optimizer, variable) for variable in variables], [], [])
@@ -263,6 +264,7 @@ class Runs(NamedTuple):
     elements: int  # in all
     # By thread count: each thread's run, as (variables, first elements, ends).
     runs: dict[int, list[tuple[Any, Any, Any]]]
+    seen: list[Any]  # the momentums' pointers at the last step (`state_swapped`)
 
 
 @torch.compiler.disable  # (Not reached while compiling: see `update`.)
@@ -279,7 +281,7 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
                  [optimizer._use_weight_decay(v) for v in variables]]
         kept.append(Runs([v._value for v in variables], indices,
                          *(torch.tensor(x, dtype=torch.int32) for x in flags),
-                         sum(v._value.numel() for v in variables), {}))
+                         sum(v._value.numel() for v in variables), {}, []))
     plan = kept[0]
     grads = contiguous_float32(grads)
     # The momentums read at every step (the weights are the routing's key).
@@ -288,6 +290,11 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
                              [g.data_ptr() for g in grads],
                              [momentums[i]._value.data_ptr() for i in plan.indices]],
                             dtype=torch.int64)
+    if state_swapped(optimizer, plan.seen, pointers[2],
+                     lambda: [momentums[i] for i in plan.indices]):
+        for gradient, variable in zip(grads, variables):
+            optimizer.update_step(gradient, variable, learning_rate)
+        return
     decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
     kernel = native.float_library()
 
@@ -299,6 +306,25 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
 
     in_threads(kernel, call, plan.runs, plan.elements,
                lambda: [(p.numel(),) * 2 for p in plan.params])
+
+
+def state_swapped(optimizer: Any, seen: list[Any], pointers: Any,
+                  states: Callable[[], list[Any]]) -> bool:
+    """Whether a C kernel's optimizer state (`states()`, at `pointers`) now
+    has data of another dtype than its variable, which the kernel would
+    misread or overrun (`.data` swapped after the routing was made: it is
+    kept per set of weights). Checked where a pointer changed since the last
+    step (`seen`: the last ones), as swapped data has new memory. If so, the
+    routing is forgotten (the next step routes anew) and the caller steps
+    its variables on the plain path."""
+    if seen and torch.equal(seen[0], pointers):
+        return False
+    seen[:] = [pointers]
+    if not any(_stored_otherwise(state) for state in states()):
+        return False
+    for cache in ("_torch_routing", "_torch_int8_runs"):
+        optimizer.__dict__.pop(cache, None)
+    return True
 
 
 def contiguous_float32(grads: list[Any]) -> list[Any]:

@@ -396,21 +396,29 @@ def test_torch_parameters_swapped_in_place_step_as_on_the_plain_path(swap, momen
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a tensor's data")
 @pytest.mark.parametrize("when", [0, 2])
-@pytest.mark.parametrize(("momentum_dtype", "state", "stored"), [
-    (None, "momentum", "bfloat16"), (None, "momentum", "float16"),
-    (None, "momentum", "float64"), ("bfloat16", "momentum", "float32"),
-    ("int8", "scales", "bfloat16")])
-def test_torch_state_stored_in_another_dtype_steps_as_on_the_plain_path(momentum_dtype, state,
-                                                                        stored, when):
-    """Optimizer state whose data is swapped for another dtype, before the
-    first step or between steps (after the C kernels' routing was made),
-    takes the plain step: the C steps wrote float32 into bfloat16 or float16
-    memory (heap corruption), and read float64 memory as float32."""
+@pytest.mark.parametrize(("weight_dtype", "momentum_dtype", "state", "stored"), [
+    ("float32", None, "momentum", ["bfloat16"]),
+    ("float32", None, "momentum", ["float16"]),
+    ("float32", None, "momentum", ["float64"]),
+    ("float32", None, "momentum", ["float64", "float16"]),
+    ("float32", "bfloat16", "momentum", ["float32"]),
+    ("float32", "int8", "scales", ["bfloat16"]),
+    ("float32", "int8", "momentum", ["int16"]),
+    ("bfloat16", "int8", "scales", ["float16"]),
+    ("float64", "bfloat16", "momentum", ["float32"])])
+def test_torch_state_stored_in_another_dtype_steps_as_on_the_plain_path(
+        weight_dtype, momentum_dtype, state, stored, when):
+    """Optimizer state whose data is swapped for another dtype (once or
+    twice: the second may lie where the first state did), before the first
+    step or between steps (after the routes were made), takes the plain
+    step: the C steps wrote float32 into bfloat16 or float16 memory (heap
+    corruption), and misread other dtypes; the blocked step kept its route."""
     import torch
 
     states = {}
     for fast in (True, False):
-        variable = keras.Variable(np.linspace(-1, 1, 90000).reshape(300, 300), dtype="float32")
+        variable = keras.Variable(np.linspace(-1, 1, 90000).reshape(300, 300),
+                                  dtype=weight_dtype)
         optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype=momentum_dtype)
         optimizer.build([variable])
         if not fast:
@@ -420,7 +428,8 @@ def test_torch_state_stored_in_another_dtype_steps_as_on_the_plain_path(momentum
             if step == when:
                 tensor = getattr(optimizer, {"momentum": "_momentums",
                                              "scales": "_momentum_scales"}[state])[0].value
-                tensor.data = tensor.data.to(getattr(torch, stored))
+                for dtype in stored:
+                    tensor.data = tensor.data.to(getattr(torch, dtype))
             optimizer.apply([rng.standard_normal((300, 300)).astype("float32")], [variable])
         states[fast] = [to_numpy(x).astype("float32") for x in (variable, *optimizer.variables)]
     for ours, theirs in zip(states[True], states[False]):

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable
+import operator
 from typing import Any, NamedTuple
 
 import keras
@@ -119,22 +119,37 @@ class Routing(NamedTuple):
     routes: list[str]  # each variable's (`_route`)
     c_runs: list[Any]  # the C kernel's `Runs` for the variables routed to it, once made
     int8_runs: list[Any]  # `torch_int8`'s, for its float32 variables, once made
+    state: list[Any]  # the optimizer's variables for these (momentums, int8 scales)
+    state_dtypes: list[Any]  # their data's dtypes when the routes were made
+
+
+#: The dtype of a Keras variable's data.
+_stored_dtype = operator.attrgetter("_value.dtype")
+#: The routing, and the plans made for its routes (forgotten with it).
+_STATE_CACHES = ("_torch_routing", "_torch_int8_runs", "_torch_int8_plans")
 
 
 def _routing(optimizer: Any, variables: list[Any]) -> Routing:
     """Each variable's route, kept for the next steps on the same variables
     (for many small ones, finding them cost as much as their step), with
     the C kernels' plans for those they step (one cache lookup for all).
-    Keyed by the weights only (keyed by the optimizer's state too, every
-    step would read each momentum's tensor again, for the key): the C
-    kernels see a momentum's data swapped for another dtype
-    (`state_swapped`)."""
+    Keyed by the weights; made anew, with the plans that depend on it,
+    where the optimizer's state has data of another dtype than it had (its
+    `.data` swapped): the C kernels would misread it, or write past its end."""
     def make() -> Routing:
+        state = [x for v in variables for x in _state(optimizer, v)]
         return Routing([v._value for v in variables],
-                       [_route(optimizer, variable) for variable in variables], [], [])
+                       [_route(optimizer, variable) for variable in variables], [], [],
+                       state, list(map(_stored_dtype, state)))
 
-    return make() if torch.compiler.is_compiling() else cached_plan(
-        optimizer, "_torch_routing", variables, make)
+    if torch.compiler.is_compiling():
+        return make()
+    routing = cached_plan(optimizer, "_torch_routing", variables, make)
+    if list(map(_stored_dtype, routing.state)) != routing.state_dtypes:
+        for cache in _STATE_CACHES:
+            optimizer.__dict__.pop(cache, None)
+        routing = cached_plan(optimizer, "_torch_routing", variables, make)
+    return routing
 
 
 def _state(optimizer: Any, variable: Any) -> list[Any]:
@@ -150,7 +165,8 @@ def _route(optimizer: Any, variable: Any) -> str:
     widened"), the C kernel's (float32 weights on the CPU
     with a float32 or bfloat16 momentum), the blocked one (the scratch
     buffer's dtype, see above), or the plain `update_step`. (What decides it
-    is fixed once the optimizer is built, or the weights' data swapped.)
+    is fixed once the optimizer is built, or the data of the weights or of
+    the optimizer's state swapped.)
     Weights or optimizer state stored in another dtype than their variable's
     (`module.to(torch.float32)` on a bfloat16 model, a momentum's data
     swapped) take the plain step, which computes in the variables' dtypes
@@ -264,7 +280,6 @@ class Runs(NamedTuple):
     elements: int  # in all
     # By thread count: each thread's run, as (variables, first elements, ends).
     runs: dict[int, list[tuple[Any, Any, Any]]]
-    seen: list[Any]  # the momentums' pointers at the last step (`state_swapped`)
 
 
 @torch.compiler.disable  # (Not reached while compiling: see `update`.)
@@ -281,7 +296,7 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
                  [optimizer._use_weight_decay(v) for v in variables]]
         kept.append(Runs([v._value for v in variables], indices,
                          *(torch.tensor(x, dtype=torch.int32) for x in flags),
-                         sum(v._value.numel() for v in variables), {}, []))
+                         sum(v._value.numel() for v in variables), {}))
     plan = kept[0]
     grads = contiguous_float32(grads)
     # The momentums read at every step (the weights are the routing's key).
@@ -290,11 +305,6 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
                              [g.data_ptr() for g in grads],
                              [momentums[i]._value.data_ptr() for i in plan.indices]],
                             dtype=torch.int64)
-    if state_swapped(optimizer, plan.seen, pointers[2],
-                     lambda: [momentums[i] for i in plan.indices]):
-        for gradient, variable in zip(grads, variables):
-            optimizer.update_step(gradient, variable, learning_rate)
-        return
     decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
     kernel = native.float_library()
 
@@ -306,25 +316,6 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
 
     in_threads(kernel, call, plan.runs, plan.elements,
                lambda: [(p.numel(),) * 2 for p in plan.params])
-
-
-def state_swapped(optimizer: Any, seen: list[Any], pointers: Any,
-                  states: Callable[[], list[Any]]) -> bool:
-    """Whether a C kernel's optimizer state (`states()`, at `pointers`) now
-    has data of another dtype than its variable, which the kernel would
-    misread or overrun (`.data` swapped after the routing was made: it is
-    kept per set of weights). Checked where a pointer changed since the last
-    step (`seen`: the last ones), as swapped data has new memory. If so, the
-    routing is forgotten (the next step routes anew) and the caller steps
-    its variables on the plain path."""
-    if seen and torch.equal(seen[0], pointers):
-        return False
-    seen[:] = [pointers]
-    if not any(_stored_otherwise(state) for state in states()):
-        return False
-    for cache in ("_torch_routing", "_torch_int8_runs"):
-        optimizer.__dict__.pop(cache, None)
-    return True
 
 
 def contiguous_float32(grads: list[Any]) -> list[Any]:

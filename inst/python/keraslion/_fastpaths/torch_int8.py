@@ -86,10 +86,9 @@ def update(optimizer: Any, whole: list[tuple[Any, Any]], widened: list[tuple[Any
     else:
         factors = [float(x) for x in factors]
         weight_decay = None if weight_decay is None else float(weight_decay)
-        if whole and not _whole_variables(optimizer, kernel, *map(list, zip(*whole)), factors,
-                                          weight_decay, kept):
-            for gradient, variable in whole:
-                optimizer.update_step(gradient, variable, learning_rate)
+        if whole:
+            _whole_variables(optimizer, kernel, *map(list, zip(*whole)), factors, weight_decay,
+                             kept)
     if not pieces:
         return
     grads, variables = map(list, zip(*pieces))
@@ -174,15 +173,13 @@ class Runs(NamedTuple):
     elements: int  # of all the variables
     # By thread count: each thread's run, as (variables, first blocks, ends).
     runs: dict[int, list[tuple[Any, Any, Any]]]
-    seen: list[Any]  # the codes' and scales' pointers at the last step (`state_swapped`)
 
 
 def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: list[Any],
-                     factors: list[float], weight_decay: float | None, kept: list[Any]) -> bool:
+                     factors: list[float], weight_decay: float | None, kept: list[Any]) -> None:
     """The step of float32 variables in C, in place, each whole, a thread
     stepping runs of their blocks (one call for many small variables); their
-    `Runs` are kept in `kept`. False, having stepped none, where an int8
-    state's data was swapped for another dtype (`torch.state_swapped`)."""
+    `Runs` are kept in `kept`."""
     if not kept:  # (Under `torch.compile`, the routing is not kept: the cache serves.)
         kept.append(_runs(optimizer, variables))
     plan = kept[0]
@@ -196,9 +193,6 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
                              [codes[i]._value.data_ptr() for i in plan.positions],
                              [scales[i]._value.data_ptr() for i in plan.positions]],
                             dtype=torch.int64)
-    if blocked.state_swapped(optimizer, plan.seen, pointers[2:], lambda: [
-            x[i] for i in plan.positions for x in (codes, scales)]):
-        return False
     decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
 
     def call(owners: Any, begins: Any, ends: Any) -> Callable[[], None]:
@@ -210,7 +204,6 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
     blocked.in_threads(kernel, call, plan.runs, plan.elements,
                        lambda: [(v._value.numel(), math.prod(int8.scale_shape(tuple(v.shape))))
                                 for v in variables])
-    return True
 
 
 def _runs(optimizer: Any, variables: list[Any]) -> Runs:
@@ -222,8 +215,7 @@ def _runs(optimizer: Any, variables: list[Any]) -> Runs:
                     torch.tensor([shape[-1] for shape in shapes], dtype=torch.int64),
                     torch.tensor([int8.block_size(shape) for shape in shapes], dtype=torch.int64),
                     torch.tensor([optimizer._use_weight_decay(v) for v in variables],
-                                 dtype=torch.int32), sum(v._value.numel() for v in variables), {},
-                    [])
+                                 dtype=torch.int32), sum(v._value.numel() for v in variables), {})
 
     return blocked.cached_plan(optimizer, "_torch_int8_runs", variables, make)
 

@@ -125,17 +125,16 @@ class Routing(NamedTuple):
 
 #: The dtype of a Keras variable's data.
 _stored_dtype = operator.attrgetter("_value.dtype")
-#: The routing, and the plans made for its routes (forgotten with it).
-_STATE_CACHES = ("_torch_routing", "_torch_int8_runs", "_torch_int8_plans")
 
 
 def _routing(optimizer: Any, variables: list[Any]) -> Routing:
     """Each variable's route, kept for the next steps on the same variables
     (for many small ones, finding them cost as much as their step), with
     the C kernels' plans for those they step (one cache lookup for all).
-    Keyed by the weights; made anew, with the plans that depend on it,
-    where the optimizer's state has data of another dtype than it had (its
-    `.data` swapped): the C kernels would misread it, or write past its end."""
+    Keyed by the weights; made anew where the optimizer's state has data of
+    another dtype than it had (its `.data` swapped): the C kernels would
+    misread it, or write past its end. (The kernels' other plans hold no
+    state: they are keyed by the variables each route gets.)"""
     def make() -> Routing:
         state = [x for v in variables for x in _state(optimizer, v)]
         return Routing([v._value for v in variables],
@@ -146,8 +145,7 @@ def _routing(optimizer: Any, variables: list[Any]) -> Routing:
         return make()
     routing = cached_plan(optimizer, "_torch_routing", variables, make)
     if list(map(_stored_dtype, routing.state)) != routing.state_dtypes:
-        for cache in _STATE_CACHES:
-            optimizer.__dict__.pop(cache, None)
+        optimizer.__dict__.pop("_torch_routing")
         routing = cached_plan(optimizer, "_torch_routing", variables, make)
     return routing
 

@@ -38,7 +38,8 @@ test: setup
 # then the memory of a step on 100M parameters, one process per case, then
 # the int8 step fused into one kernel by PyTorch's compiler, JAX's step
 # with cheaper int8 codes and with one buffer per variable's int8 state
-# (timing models), and the int8 step with and without its C kernel on each
+# (timing models), what each array of state costs a compiled step (JAX,
+# TensorFlow), and the int8 step with and without its C kernel on each
 # backend.
 bench: setup
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
@@ -46,6 +47,7 @@ bench: setup
 	$(PYTHON) bench/int8_fused.py
 	$(PYTHON) bench/int8_formats.py
 	$(PYTHON) bench/int8_packed.py
+	$(PYTHON) bench/state_arrays.py
 	KERAS_BACKEND=torch $(PYTHON) bench/int8_kernel.py
 	KERAS_BACKEND=jax $(PYTHON) bench/int8_kernel.py
 	KERAS_BACKEND=tensorflow $(PYTHON) bench/int8_kernel.py

@@ -35,6 +35,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from keras import ops
 
@@ -188,17 +189,16 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
     grads = blocked.contiguous_float32(grads)
     # The codes and scales read at every step (the weights are the plan's key).
     codes, scales = optimizer._momentums, optimizer._momentum_scales
-    pointers = torch.tensor([[p.data_ptr() for p in plan.params],
-                             [g.data_ptr() for g in grads],
-                             [codes[i]._value.data_ptr() for i in plan.positions],
-                             [scales[i]._value.data_ptr() for i in plan.positions]],
-                            dtype=torch.int64)
+    pointers = np.array([[p.data_ptr() for p in plan.params],
+                         [g.data_ptr() for g in grads],
+                         [codes[i]._value.data_ptr() for i in plan.positions],
+                         [scales[i]._value.data_ptr() for i in plan.positions]], np.int64)
     decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
 
     def call(owners: Any, begins: Any, ends: Any) -> Callable[[], None]:
         return lambda: kernel.keraslion_int8_steps(
             owners.numel(), owners.data_ptr(), begins.data_ptr(), ends.data_ptr(),
-            *(p.data_ptr() for p in pointers), plan.widths.data_ptr(), plan.blocks.data_ptr(),
+            *(row.ctypes.data for row in pointers), plan.widths.data_ptr(), plan.blocks.data_ptr(),
             step, plan.indices.data_ptr(), decayed.data_ptr(), *factors, weight_decay or 0.0)
 
     blocked.in_threads(kernel, call, plan.runs, plan.elements,

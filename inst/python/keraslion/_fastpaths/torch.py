@@ -120,12 +120,14 @@ class Routing(NamedTuple):
     routes: list[str]  # each variable's (`_route`)
     c_runs: list[Any]  # the C kernel's `Runs` for the variables routed to it, once made
     int8_runs: list[Any]  # `torch_int8`'s, for its float32 variables, once made
-    state: list[Any]  # the optimizer's variables for these (momentums, int8 scales)
-    state_dtypes: list[Any]  # their data's dtypes when the routes were made
+    # The tensors of the optimizer's variables for these (momentums, int8
+    # scales: a Keras variable's tensor is its own for good, its data may be swapped).
+    state: list[Any]
+    state_dtypes: list[Any]  # their dtypes when the routes were made
 
 
-#: The dtype of a Keras variable's data.
-_stored_dtype = operator.attrgetter("_value.dtype")
+_dtype = operator.attrgetter("dtype")
+data_ptr = torch.Tensor.data_ptr
 
 
 def _routing(optimizer: Any, variables: list[Any]) -> Routing:
@@ -137,15 +139,15 @@ def _routing(optimizer: Any, variables: list[Any]) -> Routing:
     misread it, or write past its end. (The kernels' other plans hold no
     state: they are keyed by the variables each route gets.)"""
     def make() -> Routing:
-        state = [x for v in variables for x in _state(optimizer, v)]
+        state = [x._value for v in variables for x in _state(optimizer, v)]
         return Routing([v._value for v in variables],
                        [_route(optimizer, variable) for variable in variables], [], [],
-                       state, list(map(_stored_dtype, state)))
+                       state, list(map(_dtype, state)))
 
     if torch.compiler.is_compiling():
         return make()
     routing = cached_plan(optimizer, "_torch_routing", variables, make)
-    if list(map(_stored_dtype, routing.state)) != routing.state_dtypes:
+    if list(map(_dtype, routing.state)) != routing.state_dtypes:
         optimizer.__dict__.pop("_torch_routing")
         routing = cached_plan(optimizer, "_torch_routing", variables, make)
     return routing
@@ -273,7 +275,7 @@ class Runs(NamedTuple):
     """The kernel's work on a set of variables, by thread count."""
 
     params: list[Any]  # their weights
-    indices: list[int]  # each variable's index in the optimizer
+    momentums: list[Any]  # their momentums' tensors (whose data may be swapped)
     narrow: Any  # whether each momentum is bfloat16 (int32)
     decayed: Any  # whether each variable is not excluded from weight decay (int32)
     elements: int  # in all
@@ -293,18 +295,17 @@ def _update_in_c(optimizer: Any, grads: list[Any], variables: list[Any], learnin
         indices = [optimizer._get_variable_index(v) for v in variables]
         flags = [[optimizer._momentums[i].dtype == "bfloat16" for i in indices],
                  [optimizer._use_weight_decay(v) for v in variables]]
-        kept.append(Runs([v._value for v in variables], indices,
+        kept.append(Runs([v._value for v in variables],
+                         [optimizer._momentums[i]._value for i in indices],
                          *(torch.tensor(x, dtype=torch.int32) for x in flags),
                          sum(v._value.numel() for v in variables), {}))
     plan = kept[0]
     grads = contiguous_float32(grads)
-    # The momentums read at every step (the weights are the routing's key).
-    momentums = optimizer._momentums
-    # (NumPy makes the array in a third of `torch.tensor`'s time: 0.3 ms a step
-    # for 2000 variables.)
-    pointers = np.array([[p.data_ptr() for p in plan.params],
-                         [g.data_ptr() for g in grads],
-                         [momentums[i]._value.data_ptr() for i in plan.indices]], np.int64)
+    # Addresses read at every step: a tensor's data may be swapped (its
+    # dtype then routes it anew). NumPy makes the array in a third of
+    # `torch.tensor`'s time (0.3 ms a step for 2000 variables).
+    pointers = np.array([list(map(data_ptr, tensors))
+                         for tensors in (plan.params, grads, plan.momentums)], np.int64)
     decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
     kernel = native.float_library()
 

@@ -167,7 +167,8 @@ def _kernel_step(kernel: Any, piece: Piece, theta: Any, gradient: Any, codes: An
 class Runs(NamedTuple):
     params: list[Any]  # kept so that their ids, the cache key, stay theirs
     indices: Any  # each variable's index in the optimizer (seeds its noise), int32
-    positions: list[int]  # the same, as Python ints
+    codes: list[Any]  # the tensors of their int8 codes and scales (whose data may be swapped)
+    scales: list[Any]
     widths: Any  # row length (int64), block and decay (int32) of each variable
     blocks: Any
     decayed: Any
@@ -187,12 +188,9 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
     # `int8.noise_key`'s step (its int32 bits), hashed with each index in C.
     step = int(ops.convert_to_tensor(optimizer.iterations)) % 2**32
     grads = blocked.contiguous_float32(grads)
-    # The codes and scales read at every step (the weights are the plan's key).
-    codes, scales = optimizer._momentums, optimizer._momentum_scales
-    pointers = np.array([[p.data_ptr() for p in plan.params],
-                         [g.data_ptr() for g in grads],
-                         [codes[i]._value.data_ptr() for i in plan.positions],
-                         [scales[i]._value.data_ptr() for i in plan.positions]], np.int64)
+    # Addresses read at every step, as `blocked._update_in_c` reads them.
+    pointers = np.array([list(map(blocked.data_ptr, tensors))
+                         for tensors in (plan.params, grads, plan.codes, plan.scales)], np.int64)
     decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
 
     def call(owners: Any, begins: Any, ends: Any) -> Callable[[], None]:
@@ -211,7 +209,8 @@ def _runs(optimizer: Any, variables: list[Any]) -> Runs:
         shapes = [tuple(v.shape) for v in variables]
         positions = [optimizer._get_variable_index(v) for v in variables]
         return Runs([v._value for v in variables], torch.tensor(positions, dtype=torch.int32),
-                    positions,
+                    [optimizer._momentums[i]._value for i in positions],
+                    [optimizer._momentum_scales[i]._value for i in positions],
                     torch.tensor([shape[-1] for shape in shapes], dtype=torch.int64),
                     torch.tensor([int8.block_size(shape) for shape in shapes], dtype=torch.int64),
                     torch.tensor([optimizer._use_weight_decay(v) for v in variables],

@@ -437,6 +437,97 @@ def test_torch_state_stored_in_another_dtype_steps_as_on_the_plain_path(
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a tensor's data")
+@pytest.mark.parametrize("when", [0, 2])
+@pytest.mark.parametrize("swap", ["strided", "expanded", "resized"])
+@pytest.mark.parametrize(("momentum_dtype", "state"), [
+    (None, "momentum"), ("bfloat16", "momentum"), ("int8", "momentum"), ("int8", "scales")])
+def test_torch_state_swapped_for_another_layout_steps_as_on_the_plain_path(
+        momentum_dtype, state, swap, when):
+    """Optimizer state whose data is swapped for a tensor of its dtype that is
+    not contiguous (equal values, strided; or one element, expanded), or of
+    another shape, takes the plain step, which steps the strided data and
+    refuses the others: the C steps read and wrote memory in order, as if
+    contiguous and of the variable's size (wrong values, or a crash)."""
+    import torch
+
+    outcomes = {}
+    for fast in (True, False):
+        variable = keras.Variable(np.linspace(-1, 1, 90000).reshape(300, 300), dtype="float32")
+        optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype=momentum_dtype)
+        optimizer.build([variable])
+        if not fast:
+            optimizer._fast_path = None
+        rng = np.random.default_rng(0)
+        error = None
+        for step in range(4):
+            if step == when:
+                tensor = getattr(optimizer, {"momentum": "_momentums",
+                                             "scales": "_momentum_scales"}[state])[0].value
+                tensor.data = {"strided": lambda x: x.t().contiguous().t(),
+                               "expanded": lambda x: torch.zeros(1, dtype=x.dtype).expand(x.shape),
+                               "resized": lambda x: x.flatten()[:10].clone()}[swap](tensor.data)
+            try:
+                optimizer.apply([rng.standard_normal((300, 300)).astype("float32")], [variable])
+            except RuntimeError as caught:
+                error = type(caught)
+                break
+        outcomes[fast] = error, [to_numpy(x).astype("float32")
+                                 for x in (variable, *optimizer.variables)]
+    assert outcomes[True][0] == outcomes[False][0]
+    assert (outcomes[True][0] is None) == (swap == "strided")
+    for ours, theirs in zip(outcomes[True][1], outcomes[False][1]):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="a Keras variable made from a PyTorch tensor")
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
+def test_torch_variables_made_from_one_parameter_keep_their_own_momentums(momentum_dtype):
+    """Two Keras variables made from one `torch.nn.Parameter` share its
+    tensor, and have a momentum each: the routes, kept by the weights' tensor,
+    stepped the second with the first one's momentum."""
+    import torch
+
+    momentums = {}
+    for fast in (True, False):
+        parameter = torch.nn.Parameter(torch.linspace(-1, 1, 4096).reshape(64, 64))
+        first, second = keras.Variable(parameter), keras.Variable(parameter)
+        optimizer = Lion(1e-2, momentum_dtype=momentum_dtype)
+        optimizer.build([first, second])
+        if not fast:
+            optimizer._fast_path = None
+        optimizer.apply([np.ones((64, 64), "float32")], [first])
+        optimizer.apply([-np.ones((64, 64), "float32")], [second])
+        momentums[fast] = [to_numpy(x).astype("float32") for x in optimizer.variables]
+    for ours, theirs in zip(momentums[True], momentums[False]):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
+def test_an_optimizer_built_again_steps_its_new_state(momentum_dtype):
+    """With `built` reset, `build()` makes new state: the fast paths' caches
+    (PyTorch's routes and runs, TensorFlow's plans and functions) held the
+    old state, and kept stepping it."""
+    states = {}
+    for fast in (True, False):
+        variables = [keras.Variable(np.linspace(-1, 1, 4096).reshape(64, 64), dtype="float32"),
+                     keras.Variable(np.linspace(1, 2, 300), dtype="float32")]
+        optimizer = Lion(1e-2, weight_decay=0.1, momentum_dtype=momentum_dtype)
+        optimizer.build(variables)
+        if not fast:
+            optimizer._fast_path = None
+        rng = np.random.default_rng(0)
+        for step in range(4):
+            if step == 2:
+                optimizer.built = False
+                optimizer.build(variables)
+            optimizer.apply([rng.standard_normal(v.shape).astype("float32") for v in variables],
+                            variables)
+        states[fast] = [to_numpy(x).astype("float32") for x in (*variables, *optimizer.variables)]
+    for ours, theirs in zip(states[True], states[False]):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a tensor's data")
 @pytest.mark.parametrize("weight_dtype", ["float32", "float64"])
 def test_torch_momentum_data_swapped_in_place_steps_as_on_the_plain_path(monkeypatch,
                                                                          weight_dtype):

@@ -426,12 +426,13 @@ def test_bad_learning_rate_assignment_is_refused_and_changes_nothing(value):
 
 @pytest.mark.parametrize("options, dtype", ONE_STEP_OPTIONS.values(), ids=ONE_STEP_OPTIONS.keys())
 @pytest.mark.parametrize("given", ["weights", "variables", "views", "detached", "numpy",
-                                   "numpy_arrays"])
+                                   "strided", "numpy_arrays"])
 def test_gradients_that_are_variables_weights_are_read_as_they_were(options, dtype, given):
     # PyTorch steps weights in place: a gradient that was another variable's
     # weights was read again after that variable stepped (as Keras's Lion
     # does), on some paths and not others; then the result hung on the order.
-    if given in ("detached", "numpy", "numpy_arrays") and keras.backend.backend() != "torch":
+    if (given in ("detached", "numpy", "strided", "numpy_arrays")
+            and keras.backend.backend() != "torch"):
         pytest.skip("PyTorch's tensors that share the weights' memory")
     if given == "numpy_arrays" and dtype == "bfloat16":
         pytest.skip("NumPy has no bfloat16")
@@ -459,6 +460,18 @@ def test_gradients_that_are_variables_weights_are_read_as_they_were(options, dty
         source[0] = 7.0
         c = keras.Variable(source[1:], dtype=dtype, name="c")
         grads = [through_numpy(b.value), a.value.detach(), through_numpy(source, first_row=1)]
+    elif given == "strided":
+        import torch
+
+        # Every other row of a tensor whose second half, through NumPy, is
+        # a's weights (a storage of its own): the gradient's first rows lie
+        # before a's memory, its last ones in it.
+        whole = torch.full((80, 64), 1.0, dtype=getattr(torch, dtype))
+        bits = whole.view(torch.int16).numpy()
+        a = keras.Variable(torch.from_numpy(bits[40:]).view(whole.dtype), dtype=dtype, name="a")
+        c = keras.Variable(np.full((40, 64), 3.0, dtype), dtype=dtype, name="c")
+        grads = [b.value.detach(), torch.from_numpy(bits).view(whole.dtype)[::2],
+                 c.value.detach()]
     elif given == "numpy_arrays":
         # A memoryview, a NumPy array and a list of rows that read the
         # weights, converted only in each variable's turn on the plain path.

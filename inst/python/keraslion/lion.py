@@ -512,6 +512,7 @@ class Lion(keras.optimizers.Optimizer):
         if self.built:
             return
         _checks.keras_variables(variables)
+        _fastpaths.forget(self)  # (Built again: `built` was reset.)
         super().build(variables)
         # Per variable, the block scales of an int8 momentum (None: a float one).
         self._momentum_scales: list[keras.Variable | None] = [None] * len(variables)
@@ -850,13 +851,14 @@ class Lion(keras.optimizers.Optimizer):
                 _STEPS[id(self)] = [self._hyperparameters(), 0]
             _STEPS[id(self)][1] += 1
         try:
-            if keras.backend.backend() == "torch":
-                # (`apply()`, which `stateless_apply()` calls too, made them dense.)
-                grads = _fastpaths.for_backend("torch").unaliased(self, grads,
-                                                                  trainable_variables)
             if self._fast_path is not None and self._fast_path.supports(self, trainable_variables):
                 self._fast_path.update(self, grads, trainable_variables, learning_rate)
             else:
+                if keras.backend.backend() == "torch":
+                    # (`apply()`, which `stateless_apply()` calls too, made them
+                    # dense. The fast path's `update` does this too.)
+                    grads = _fastpaths.for_backend("torch").unaliased(self, grads,
+                                                                      trainable_variables)
                 super()._backend_update_step(grads, trainable_variables, learning_rate)
         finally:
             with _STEPS_LOCK:

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 _MODULES = {"jax": "xla", "tensorflow": "tensorflow", "torch": "torch"}
+
+
+def forget(optimizer: Any) -> None:
+    """Drops the fast paths' caches, kept in the optimizer's `__dict__` under
+    names that begin `_torch_` or `_tf_`: they hold its state's variables or
+    tensors, which a new `build()` replaces."""
+    for name in [name for name in vars(optimizer) if name.startswith(("_torch_", "_tf_"))]:
+        del optimizer.__dict__[name]
 
 
 def for_backend(backend: str) -> ModuleType | None:

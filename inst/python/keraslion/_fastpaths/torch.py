@@ -162,8 +162,8 @@ def _routing(optimizer: Any, variables: list[Any]) -> Routing:
 
 
 def _layout(tensors: list[Any]) -> tuple[list[Any], ...]:
-    """The tensors' dtypes, shapes and contiguity (C-level maps: 0.3 ms a
-    step for 4000 tensors)."""
+    """The tensors' dtypes, shapes and contiguity (C-level maps: about 0.9 ms
+    a step for the 4000 tensors of 2000 int8 momentums)."""
     return (list(map(_dtype, tensors)), list(map(_shape, tensors)),
             list(map(torch.Tensor.is_contiguous, tensors)))
 
@@ -185,10 +185,11 @@ def _route(optimizer: Any, variable: Any) -> str:
     the optimizer's state swapped.)
     Weights or optimizer state stored in another dtype or shape than their
     variable's, or not contiguous (`module.to(torch.float32)` on a bfloat16
-    model, a momentum's data swapped) take the plain step, which computes in the variables' dtypes
-    and rounds to them, as Keras's optimizers do; but for the narrower data
-    of float32 weights (after `module.to(torch.bfloat16)`), which every
-    path steps in float32 and rounds once, into that data."""
+    model, a momentum's data swapped) take the plain step, which computes
+    in the variables' dtypes and rounds to them, as Keras's optimizers do;
+    but for the narrower data of float32 weights (after
+    `module.to(torch.bfloat16)`), which every path steps in float32 and
+    rounds once, into that data."""
     index = optimizer._get_variable_index(variable)
     p, m = variable._value, optimizer._momentums[index]._value
     if _weights_stored_otherwise(variable) or any(

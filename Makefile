@@ -39,8 +39,8 @@ test: setup
 # the int8 step fused into one kernel by PyTorch's compiler, JAX's step
 # with cheaper int8 codes and with one buffer per variable's int8 state
 # (timing models), what each array of state costs a compiled step (JAX,
-# TensorFlow), and the int8 step with and without its C kernel on each
-# backend.
+# TensorFlow), the int8 step with and without its C kernel on each backend,
+# and PyTorch's step on many small variables, repeated.
 bench: setup
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 	$(PYTHON) bench/memory.py
@@ -51,6 +51,7 @@ bench: setup
 	KERAS_BACKEND=torch $(PYTHON) bench/int8_kernel.py
 	KERAS_BACKEND=jax $(PYTHON) bench/int8_kernel.py
 	KERAS_BACKEND=tensorflow $(PYTHON) bench/int8_kernel.py
+	KERAS_BACKEND=torch $(PYTHON) bench/torch_overhead.py
 
 # The pkgdown site, built into docs/ offline (tools/build-site.R); its
 # examples and vignettes run with the Python above.

@@ -502,6 +502,59 @@ def test_torch_variables_made_from_one_parameter_keep_their_own_momentums(moment
         np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's tensors that share a momentum")
+@pytest.mark.parametrize("given", ["variable", "tensor"])
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16"])
+def test_torch_a_gradient_that_is_another_variable_s_momentum_is_read_as_it_was(
+        momentum_dtype, given):
+    """A gradient that is a momentum of the step (its Keras variable, or its
+    tensor) is copied before any variable steps, as one that shares weights
+    is: the plain path read it after that momentum's update, a C step (which
+    widens a bfloat16 gradient first) before."""
+    momentums = {}
+    for fast in (True, False):
+        first = keras.Variable(np.full((64, 64), 1.0), dtype="float32")
+        second = keras.Variable(np.full((64, 64), 2.0), dtype="float32")
+        optimizer = Lion(0.5, beta_2=0.5, momentum_dtype=momentum_dtype)
+        optimizer.build([first, second])
+        if not fast:
+            optimizer._fast_path = None
+        optimizer.apply([np.full((64, 64), 0.25, "float32"), np.ones((64, 64), "float32")],
+                        [first, second])
+        momentum = optimizer._momentum(first)  # 0.5 * 0.25
+        optimizer.apply([np.ones((64, 64), "float32"),
+                         momentum if given == "variable" else momentum.value], [first, second])
+        momentums[fast] = [to_numpy(x).astype("float32") for x in optimizer.variables]
+        # The second's: 0.5 * 0.5 + 0.5 * 0.125, from the first's as it was.
+        np.testing.assert_array_equal(
+            to_numpy(optimizer._momentum(second)).astype("float32"), 0.3125)
+    for ours, theirs in zip(momentums[True], momentums[False]):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a tensor's data")
+def test_torch_weights_seen_in_another_shape_step_as_on_the_plain_path():
+    """Weights whose data is swapped for a view of itself in another shape
+    (same memory, dtype and layout) take the plain step, which refuses them:
+    the routes, kept by the weights, kept stepping them in C."""
+    outcomes = {}
+    for fast in (True, False):
+        variable = keras.Variable(np.linspace(-1, 1, 384).reshape(24, 16), dtype="float32")
+        optimizer = Lion(1e-2)
+        optimizer.build([variable])
+        if not fast:
+            optimizer._fast_path = None
+        optimizer.apply([np.ones((24, 16), "float32")], [variable])
+        variable.value.data = variable.value.data.view(16, 24)
+        with pytest.raises(RuntimeError) as caught:
+            optimizer.apply([np.ones((24, 16), "float32")], [variable])
+        outcomes[fast] = str(caught.value), [to_numpy(x) for x in (variable,
+                                                                      *optimizer.variables)]
+    assert outcomes[True][0] == outcomes[False][0]
+    for ours, theirs in zip(outcomes[True][1], outcomes[False][1]):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 @pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
 def test_an_optimizer_built_again_steps_its_new_state(momentum_dtype):
     """With `built` reset, `build()` makes new state: the fast paths' caches

@@ -124,7 +124,7 @@ class Routing(NamedTuple):
     # scales: a Keras variable's tensor is its own for good, its data may be swapped).
     state: list[Any]
     state_layout: tuple[list[Any], ...]  # theirs when the routes were made (`_layout`)
-    weight_memory: tuple[Any, Any] | None  # `_weight_memory`'s
+    memory: tuple[Any, Any] | None  # `_memory_ranges` of the weights and the state
 
 
 _dtype = operator.attrgetter("dtype")
@@ -147,7 +147,8 @@ def _routing(optimizer: Any, variables: list[Any]) -> Routing:
         state = [x._value for v in variables for x in _state(optimizer, v)]
         # (Addresses are not traceable: `unaliased`, run eagerly, routes
         # again where `torch.compile` traces.)
-        memory = None if torch.compiler.is_compiling() else _weight_memory(variables)
+        memory = (None if torch.compiler.is_compiling()
+                  else _memory_ranges([*map(_tensor, variables), *state]))
         return Routing([v._value for v in variables],
                        [_route(optimizer, variable) for variable in variables], [], [],
                        state, _layout(state), memory)
@@ -246,21 +247,22 @@ def unaliased(optimizer: Any, grads: list[Any], variables: list[Any],
     """The (dense) gradients as tensors, converted before any weights change
     (Keras's plain path converts each in its variable's turn, and a NumPy
     array, `memoryview` or list of rows may read the weights), and copied
-    where one shares memory with the weights of a variable of the step (the
-    variable itself, `v.value`, a view or `detach()` of it, the tensor the
-    variable was made from): every path steps the weights in place, and
-    reads a gradient again after some weights changed (the momentum's
-    update, another variable's step). Run eagerly under `torch.compile`:
-    addresses are not traceable. `routing`: the variables' (`update` has it)."""
-    if routing is None or routing.weight_memory is None:
+    where one shares memory with the weights or the optimizer state of a
+    variable of the step (the variable itself, `v.value`, a view or
+    `detach()` of it, the tensor the variable was made from, a momentum):
+    every path steps them in place, and reads a gradient again after some
+    of them changed (the momentum's update, another variable's step). Run
+    eagerly under `torch.compile`: addresses are not traceable. `routing`:
+    the variables' (`update` has it)."""
+    if routing is None or routing.memory is None:
         routing = _routing(optimizer, variables)
-    starts, furthest = routing.weight_memory
+    starts, furthest = routing.memory
     tensors = (grads if all(map(isinstance, grads, itertools.repeat(torch.Tensor)))
                else [_as_tensor(g) for g in grads])
     first, end = _read_memory(tensors)
     # Compared by address, not storage: `torch.from_numpy()` of a slice of
     # the weights' array makes a new storage in the middle of theirs. Shared
-    # where a weight that starts before the gradient's memory ends reaches
+    # where a tensor that starts before the gradient's memory ends reaches
     # past its start (for 2000 gradients, NumPy takes a fifth of the time of
     # a bisection each).
     before_end = np.searchsorted(starts, end)
@@ -270,15 +272,16 @@ def unaliased(optimizer: Any, grads: list[Any], variables: list[Any],
     return tensors
 
 
-def _weight_memory(variables: list[Any]) -> tuple[Any, Any]:
-    """The start of each weight's memory, in order, and the furthest end
-    among the weights starting at or before each (variables made from views
+def _memory_ranges(tensors: list[Any]) -> tuple[Any, Any]:
+    """The start of each tensor's storage, in order, and the furthest end
+    among the storages starting at or before each (variables made from views
     of one tensor overlap each other), as int64 arrays. Kept with the
-    routing: a weight's memory stays its own (Keras assigns into it), but
-    for its data swapped, which the routing's key sees."""
-    weights = sorted(_memory(variable._value) for variable in variables)
-    return (np.array([start for start, _ in weights], np.int64),
-            np.array(list(itertools.accumulate((end for _, end in weights), max)), np.int64))
+    routing: a variable's memory stays its own (Keras assigns into it), but
+    for its data swapped, which the routing's key (weights) or layout check
+    (state) sees."""
+    ranges = sorted(map(_memory, tensors))
+    return (np.array([start for start, _ in ranges], np.int64),
+            np.array(list(itertools.accumulate((end for _, end in ranges), max)), np.int64))
 
 
 def _as_tensor(gradient: Any) -> Any:
@@ -495,7 +498,8 @@ def cached_plan(optimizer: Any, name: str, variables: list[Any], make: Any,
     # (Keras variables made from one `torch.nn.Parameter` share a tensor.)
     tensors = [*map(_tensor, variables), *also]
     key = (*map(id, variables), *map(id, tensors), *map(data_ptr, tensors),
-           *map(_dtype, tensors), *map(torch.Tensor.is_contiguous, tensors))
+           *map(_dtype, tensors), *map(_shape, tensors),
+           *map(torch.Tensor.is_contiguous, tensors))
     # Kept outside Keras's attribute tracking: a cache, not optimizer state.
     cache = optimizer.__dict__.setdefault(name, {})
     if key not in cache:

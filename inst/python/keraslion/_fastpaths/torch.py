@@ -277,8 +277,9 @@ def _memory_ranges(tensors: list[Any]) -> tuple[Any, Any]:
     among the storages starting at or before each (variables made from views
     of one tensor overlap each other), as int64 arrays. Kept with the
     routing: a variable's memory stays its own (Keras assigns into it), but
-    for its data swapped, which the routing's key (weights) or layout check
-    (state) sees."""
+    for its data swapped, which the routing's key sees for the weights, and
+    its layout check for the state only where the layout changed (state
+    swapped for data of its layout elsewhere keeps its old range here)."""
     ranges = sorted(map(_memory, tensors))
     return (np.array([start for start, _ in ranges], np.int64),
             np.array(list(itertools.accumulate((end for _, end in ranges), max)), np.int64))

@@ -156,17 +156,28 @@ def _routing(optimizer: Any, variables: list[Any]) -> Routing:
     if torch.compiler.is_compiling():
         return make()
     routing = cached_plan(optimizer, "_torch_routing", variables, make)
-    if _layout(routing.state) != routing.state_layout:
+    if not _same_layout(routing.state, routing.state_layout):
         optimizer.__dict__.pop("_torch_routing")
         routing = cached_plan(optimizer, "_torch_routing", variables, make)
     return routing
 
 
 def _layout(tensors: list[Any]) -> tuple[list[Any], ...]:
-    """The tensors' dtypes, shapes and contiguity (C-level maps: about 0.9 ms
-    a step for the 4000 tensors of 2000 int8 momentums)."""
+    """The tensors' dtypes, shapes and contiguity."""
     return (list(map(_dtype, tensors)), list(map(_shape, tensors)),
             list(map(torch.Tensor.is_contiguous, tensors)))
+
+
+def _same_layout(tensors: list[Any], layout: tuple[list[Any], ...]) -> bool:
+    """Whether the tensors have this `_layout` (C-level maps: about 0.9 ms a
+    step for the 4000 tensors of 2000 int8 momentums). Their shapes are
+    compared one at a time: a list of thousands of new `torch.Size`s, each
+    a tuple that Python's garbage collector tracks, set off its full
+    collections (a quarter of a second each) three times as often."""
+    dtypes, shapes, contiguous = layout
+    return (list(map(_dtype, tensors)) == dtypes
+            and list(map(torch.Tensor.is_contiguous, tensors)) == contiguous
+            and all(map(operator.eq, map(_shape, tensors), shapes)))
 
 
 def _state(optimizer: Any, variable: Any) -> list[Any]:
@@ -498,8 +509,10 @@ def cached_plan(optimizer: Any, name: str, variables: list[Any], make: Any,
     writes through, never outlive them."""
     # (Keras variables made from one `torch.nn.Parameter` share a tensor.)
     tensors = [*map(_tensor, variables), *also]
+    # (Shapes by their hashes: a key of `torch.Size`s, tuples that the
+    # garbage collector tracks, set off its full collections more often.)
     key = (*map(id, variables), *map(id, tensors), *map(data_ptr, tensors),
-           *map(_dtype, tensors), *map(_shape, tensors),
+           *map(_dtype, tensors), *map(hash, map(_shape, tensors)),
            *map(torch.Tensor.is_contiguous, tensors))
     # Kept outside Keras's attribute tracking: a cache, not optimizer state.
     cache = optimizer.__dict__.setdefault(name, {})

@@ -37,16 +37,14 @@ test: setup
 # Benchmark of the Lion step (bench/; BENCH_ARGS=--quick for a short run),
 # then the memory of a step on 100M parameters, one process per case, then
 # the int8 step fused into one kernel by PyTorch's compiler, JAX's step
-# with cheaper int8 codes and with one buffer per variable's int8 state
-# (timing models), what each array of state costs a compiled step (JAX,
-# TensorFlow), the int8 step with and without its C kernel on each backend,
+# with cheaper int8 codes (a timing model), what each array of state costs
+# a compiled step (JAX, TensorFlow), the int8 step with and without its C kernel on each backend,
 # and PyTorch's step on many small variables, repeated.
 bench: setup
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 	$(PYTHON) bench/memory.py
 	$(PYTHON) bench/int8_fused.py
 	$(PYTHON) bench/int8_formats.py
-	$(PYTHON) bench/int8_packed.py
 	$(PYTHON) bench/state_arrays.py
 	KERAS_BACKEND=torch $(PYTHON) bench/int8_kernel.py
 	KERAS_BACKEND=jax $(PYTHON) bench/int8_kernel.py

@@ -105,11 +105,11 @@
 #' @section One-byte momentum:
 #' With `momentum_dtype = "int8"`, each momentum element is stored as an
 #' int8 code and each block of 256 elements along the last axis (or a
-#' shorter row) keeps a float32 scale, the smallest power of two at or
-#' above its largest absolute value (as in the OCP's MXFP8 format): 1.016
-#' bytes per weight for rows that are multiples of 256 (a row of 64 takes
-#' 1.0625, of 32 1.125), where float32 takes 4 and bfloat16 2, an eighth of
-#' AdamW's 8. The codes are float8-like relative to the block's scale, so
+#' shorter row) keeps a scale, the smallest power of two at or above its
+#' largest absolute value, as one exponent byte after the block's codes (as
+#' the OCP's MXFP8 format stores its scales): 1.004 bytes per weight for
+#' rows that are multiples of 256 (a row of 64 takes 1.016, of 32 1.031),
+#' where float32 takes 4 and bfloat16 2, an eighth of AdamW's 8. The codes are float8-like relative to the block's scale, so
 #' a momentum 1e4 times smaller than its block's largest keeps
 #' a value (plain int8 rounds everything below 1/254 of it to zero, which
 #' freezes small momenta next to large ones), and they are rounded up or
@@ -141,14 +141,13 @@
 #' from which XLA's fused ones may differ by a unit in the last place).
 #' Measured by `make bench` in the package sources on a 2-core x86 CPU
 #' (`bench/int8_kernel.py`, one thread; steps on 16.7 million parameters in
-#' one variable or 200, and on 2000 vectors of 1024), a step then takes 1.0
-#' to 1.25 times float32's time with PyTorch (whose float32 step runs in C
-#' too, in one pass; 1.1 times on the 2000 vectors), 0.8 to 1.05 times with
-#' JAX and 0.85 to 1.15 times with TensorFlow, and 1.55 and 1.35 times on
-#' the 2000 vectors (where XLA's handling of each buffer outweighs the
-#' arithmetic, and int8 keeps two per variable, codes and scales; float32
-#' steps are bound by memory, the kernel by its arithmetic: the ratio moves
-#' with the machine's memory bandwidth); where the
+#' one variable or 200, and on 2000 vectors of 1024), a step then takes
+#' 1.05 to 1.25 times float32's time with PyTorch (whose float32 step runs
+#' in C too, in one pass), 0.9 to 1.05 times with JAX and 0.85 to 1.0 times
+#' with TensorFlow (float32 steps are bound by memory, the kernel by its
+#' arithmetic: the ratio moves with the machine's memory bandwidth; a
+#' compiled step also pays for each array it passes, which is why codes and
+#' scales share one); where the
 #' backends' operations run it (bfloat16 or float16 weights with JAX and
 #' TensorFlow, no C compiler), 1.5 to 2 times as long with JAX and
 #' TensorFlow, and 3 to 7
@@ -325,9 +324,9 @@
 #'   overflowing to `Inf`, which would fix an element's direction for good.
 #'   `"float64"` on JAX needs JAX's 64-bit mode (`Sys.setenv(JAX_ENABLE_X64
 #'   = 1)` before Python starts); without it, it is an error. `"int8"`
-#'   stores one byte per weight and a float32 scale per block of 256 along
-#'   the last axis (1.016 bytes per weight for rows of 256 or multiples, a
-#'   quarter of float32); see
+#'   stores one byte per weight and one per block of 256 along the last
+#'   axis (1.004 bytes per weight for rows of 256 or multiples, a quarter
+#'   of float32); see
 #'   "One-byte momentum" below. With PyTorch on the CPU, float32 weights
 #'   with a float32 or bfloat16 momentum step in a C kernel (built and
 #'   cached as the int8 one is) that reads and writes each element once,

@@ -1,7 +1,8 @@
 """What does each array of an optimizer's state cost a compiled step, whatever its size?
 
-An int8 momentum is two arrays per variable (codes, and a float32 scale
-per block), a float32 one is one. This times a compiled, in-place step of
+An int8 momentum was two arrays per variable (codes, and a float32 scale
+per block) until 0.3.0 packed them into one, as a float32 momentum is. This
+times a compiled, in-place step of
 n float32 vectors of 1024 (`x * 0.5 + 1`), alone and with n more arrays of
 4 elements updated alike (a vector's scales), the shapes of
 `bench/int8_kernel.py`'s "2000x1k" case, on:
@@ -14,7 +15,7 @@ n float32 vectors of 1024 (`x * 0.5 + 1`), alone and with n more arrays of
     python bench/state_arrays.py [--variables 200 2000] [--cpu 1]
 
 Prints ms per step (the median of 20) and what each added array costs,
-in microseconds: the time that one buffer per variable would save.
+in microseconds: the time that one buffer per variable saves.
 """
 
 from __future__ import annotations

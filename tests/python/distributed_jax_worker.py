@@ -67,18 +67,16 @@ def build_wide(**settings):
 
 
 def record_int8(results, name, model):
-    """The hidden kernel's weights, decoded momentum, and the shardings of
-    its codes and scales."""
+    """The hidden kernel's weights, decoded momentum, and the sharding of
+    its int8 state (codes and exponent bytes in one array)."""
     optimizer = model.optimizer
     kernel = next(v for v in model.trainable_variables if v.path.endswith("hidden/kernel"))
-    index = optimizer._get_variable_index(kernel)
-    codes, scales = optimizer._momentums[index], optimizer._momentum_scales[index]
+    state = optimizer._momentums[optimizer._get_variable_index(kernel)]
     results[f"{name}/weight"] = keras.ops.convert_to_numpy(kernel)
     results[f"{name}/momentum"] = keras.ops.convert_to_numpy(optimizer._momentum_value(kernel))
-    for key, variable in (("spec", kernel), ("codes_spec", codes), ("scales_spec", scales)):
+    for key, variable in (("spec", kernel), ("state_spec", state)):
         results[f"{name}/{key}"] = str(getattr(variable.value.sharding, "spec", None))
-    results[f"{name}/scales_local_shape"] = list(
-        scales.value.addressable_shards[0].data.shape)
+    results[f"{name}/state_local_shape"] = list(state.value.addressable_shards[0].data.shape)
 
 
 def train(model, x, y):

@@ -243,14 +243,13 @@ def test_model_parallel_state_has_its_variables_sharding(jax_results, run, stage
 
 
 @jax_only
-def test_model_parallel_shards_int8_codes_and_scales_as_their_kernel(jax_results):
-    # The kernel (6, 512) is split by columns over 2 devices; its codes alike,
-    # and its scales (6, 2), one block of 256 columns per device.
+def test_model_parallel_shards_int8_state_as_its_kernel(jax_results):
+    # The kernel (6, 512) is split by columns over 2 devices; its int8 state
+    # (6, 514) alike: one block of 256 codes and its exponent byte per device.
     spec = "PartitionSpec(None, 'model')"
     assert jax_results["int8_model_parallel/spec"] == spec
-    assert jax_results["int8_model_parallel/codes_spec"] == spec
-    assert jax_results["int8_model_parallel/scales_spec"] == spec
-    assert list(jax_results["int8_model_parallel/scales_local_shape"]) == [6, 1]
+    assert jax_results["int8_model_parallel/state_spec"] == spec
+    assert list(jax_results["int8_model_parallel/state_local_shape"]) == [6, 257]
     # Trained alike: the same random bits per element wherever it lives (a
     # code may differ by one where the sharded gradients round differently).
     single, sharded = (jax_results[f"int8_{run}/weight"] for run in ("single", "model_parallel"))

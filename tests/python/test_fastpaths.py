@@ -396,18 +396,18 @@ def test_torch_parameters_swapped_in_place_step_as_on_the_plain_path(swap, momen
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a tensor's data")
 @pytest.mark.parametrize("when", [0, 2])
-@pytest.mark.parametrize(("weight_dtype", "momentum_dtype", "state", "stored"), [
-    ("float32", None, "momentum", ["bfloat16"]),
-    ("float32", None, "momentum", ["float16"]),
-    ("float32", None, "momentum", ["float64"]),
-    ("float32", None, "momentum", ["float64", "float16"]),
-    ("float32", "bfloat16", "momentum", ["float32"]),
-    ("float32", "int8", "scales", ["bfloat16"]),
-    ("float32", "int8", "momentum", ["int16"]),
-    ("bfloat16", "int8", "scales", ["float16"]),
-    ("float64", "bfloat16", "momentum", ["float32"])])
+@pytest.mark.parametrize(("weight_dtype", "momentum_dtype", "stored"), [
+    ("float32", None, ["bfloat16"]),
+    ("float32", None, ["float16"]),
+    ("float32", None, ["float64"]),
+    ("float32", None, ["float64", "float16"]),
+    ("float32", "bfloat16", ["float32"]),
+    ("float32", "int8", ["uint8"]),
+    ("float32", "int8", ["int16"]),
+    ("bfloat16", "int8", ["float16"]),
+    ("float64", "bfloat16", ["float32"])])
 def test_torch_state_stored_in_another_dtype_steps_as_on_the_plain_path(
-        weight_dtype, momentum_dtype, state, stored, when):
+        weight_dtype, momentum_dtype, stored, when):
     """Optimizer state whose data is swapped for another dtype (once or
     twice: the second may lie where the first state did), before the first
     step or between steps (after the routes were made), takes the plain
@@ -426,8 +426,7 @@ def test_torch_state_stored_in_another_dtype_steps_as_on_the_plain_path(
         rng = np.random.default_rng(0)
         for step in range(4):
             if step == when:
-                tensor = getattr(optimizer, {"momentum": "_momentums",
-                                             "scales": "_momentum_scales"}[state])[0].value
+                tensor = optimizer._momentums[0].value
                 for dtype in stored:
                     tensor.data = tensor.data.to(getattr(torch, dtype))
             optimizer.apply([rng.standard_normal((300, 300)).astype("float32")], [variable])
@@ -439,10 +438,9 @@ def test_torch_state_stored_in_another_dtype_steps_as_on_the_plain_path(
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch swaps a tensor's data")
 @pytest.mark.parametrize("when", [0, 2])
 @pytest.mark.parametrize("swap", ["strided", "expanded", "resized"])
-@pytest.mark.parametrize(("momentum_dtype", "state"), [
-    (None, "momentum"), ("bfloat16", "momentum"), ("int8", "momentum"), ("int8", "scales")])
+@pytest.mark.parametrize("momentum_dtype", [None, "bfloat16", "int8"])
 def test_torch_state_swapped_for_another_layout_steps_as_on_the_plain_path(
-        momentum_dtype, state, swap, when):
+        momentum_dtype, swap, when):
     """Optimizer state whose data is swapped for a tensor of its dtype that is
     not contiguous (equal values, strided; or one element, expanded), or of
     another shape, takes the plain step, which steps the strided data and
@@ -461,8 +459,7 @@ def test_torch_state_swapped_for_another_layout_steps_as_on_the_plain_path(
         error = None
         for step in range(4):
             if step == when:
-                tensor = getattr(optimizer, {"momentum": "_momentums",
-                                             "scales": "_momentum_scales"}[state])[0].value
+                tensor = optimizer._momentums[0].value
                 tensor.data = {"strided": lambda x: x.t().contiguous().t(),
                                "expanded": lambda x: torch.zeros(1, dtype=x.dtype).expand(x.shape),
                                "resized": lambda x: x.flatten()[:10].clone()}[swap](tensor.data)

@@ -204,13 +204,12 @@ def _check_step(optimizer: Lion, variable: Any, g: np.ndarray, theta: np.ndarray
     wrong = (np.abs(actual - expected) > tolerance) & ~ambiguous
     assert not wrong.any(), f"{path} {variable.name}: {actual[wrong][:4]} vs {expected[wrong][:4]}"
     index = optimizer._get_variable_index(variable)
-    scales = optimizer._momentum_scales[index]
     if not oracle.is_quantized(tuple(variable.shape)):
-        assert scales is None and optimizer._momentums[index].dtype == "float32"
+        assert optimizer._momentums[index].dtype == "float32"
         np.testing.assert_allclose(to_numpy(optimizer._momentums[index]), new_m, rtol=4 * EPS,
                                    atol=1e-38)
         return
-    codes, scales = to_numpy(optimizer._momentums[index]), to_numpy(scales)
+    codes, scales = (to_numpy(x) for x in _momentum_state(optimizer, variable))
     bits = oracle.noise(iteration, index, codes.shape)
     expected_codes, expected_scales, either = oracle.encode(new_m.astype(np.float32), bits)
     np.testing.assert_allclose(scales, expected_scales, rtol=8 * EPS)
@@ -325,6 +324,31 @@ def test_checkpoints_load_between_int8_and_float_momentum(digits: Any, tmp_path:
         np.testing.assert_array_equal(to_numpy(narrow.optimizer._momentum_value(v)), m)
 
 
+@pytest.mark.parametrize("shape", [(300,), (2, 300), (3, 256), (4, 64), (2, 3, 600)])
+def test_state_is_each_blocks_codes_then_its_exponent_byte(shape: tuple[int, ...]) -> None:
+    """The int8 state's layout, which checkpoints keep: along each row, each
+    block's codes, then the byte of its scale's float32 exponent field."""
+    rng = np.random.default_rng(3)
+    codes = rng.integers(-120, 121, shape).astype(np.int8)
+    exponents = rng.integers(0, 254, int8.scale_shape(shape))
+    scales = (exponents << 23).astype(np.int32).view(np.float32)
+    size = int8.block_size(shape)
+    rows = []
+    for row_codes, row_exponents in zip(codes.reshape(-1, shape[-1]),
+                                        exponents.reshape(-1, exponents.shape[-1])):
+        rows.append(np.concatenate([
+            np.append(row_codes[b * size:(b + 1) * size], np.uint8(e).view(np.int8))
+            for b, e in enumerate(row_exponents)]))
+    expected = np.stack(rows).reshape(int8.packed_shape(shape))
+    state = to_numpy(int8.pack(ops.convert_to_tensor(codes), ops.convert_to_tensor(scales)))
+    np.testing.assert_array_equal(state, expected)
+    unpacked_codes, unpacked_scales = (to_numpy(x) for x in int8.unpack(
+        ops.convert_to_tensor(expected)))
+    np.testing.assert_array_equal(unpacked_codes, codes)
+    np.testing.assert_array_equal(unpacked_scales.view(np.int32), scales.view(np.int32))
+    assert all(int8.unpacked_shape(int8.packed_shape((2, n))) == (2, n) for n in range(32, 3000))
+
+
 def test_state_takes_at_most_1_1_bytes_per_parameter_on_a_million_parameters() -> None:
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(1024),
                               keras.layers.Dense(256), keras.layers.Dense(10)])
@@ -336,6 +360,10 @@ def test_state_takes_at_most_1_1_bytes_per_parameter_on_a_million_parameters() -
              if v is not optimizer.iterations and v is not optimizer._learning_rate]
     total = sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in state)
     assert total / params <= 1.1
+    # One byte per element and one per block of 256 (or shorter row), and
+    # float32 for the last layer: 1.011 bytes per parameter here.
+    blocks = 784 * 4 + 4 + 1024 + 1
+    assert total == params - 10 * 256 - 10 + blocks + 4 * (10 * 256 + 10)
     # The 10 biases and the (256, 10) kernel's short rows keep float32.
     assert [v.dtype for v in optimizer._momentums] == [
         "int8", "int8", "int8", "int8", "float32", "float32"]
@@ -415,7 +443,7 @@ def test_compiled_fit_matches_eager_fit_on_rows_that_are_not_whole_blocks() -> N
         model.compile(Lion(momentum_dtype="int8"), "mse", jit_compile=jit)
         losses[jit] = model.fit(x, y, batch_size=8, epochs=2, verbose=0,
                                 shuffle=False).history["loss"]
-        codes[jit] = to_numpy(model.optimizer._momentums[0])
+        codes[jit] = to_numpy(int8.unpack(model.optimizer._momentums[0])[0])
         assert np.isfinite(model.get_weights()[0]).all()
     assert np.abs(codes[True]).max() <= oracle.ONE_CODE
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)
@@ -555,8 +583,8 @@ def test_torch_kernel_decodes_every_code_at_every_scale_as_the_plain_path(
             optimizer = Lion(learning_rate=1e-2, weight_decay=0.1, momentum_dtype="int8",
                              beta_2=0.0 if momenta == "narrow" else 0.99)
             optimizer.build([variable])
-            optimizer._momentums[0].assign(codes)
-            optimizer._momentum_scales[0].assign(scales)
+            optimizer._momentums[0].assign(int8.pack(ops.convert_to_tensor(codes),
+                                                     ops.convert_to_tensor(scales)))
             if not fast:
                 optimizer._fast_path = None
             optimizer.apply([ops.convert_to_tensor(grad)], [variable])
@@ -608,5 +636,5 @@ def test_torch_fast_path_takes_odd_variables_and_gradients_as_the_plain_path() -
 
 
 def _momentum_state(optimizer: Lion, variable: Any) -> tuple[Any, Any]:
-    index = optimizer._get_variable_index(variable)
-    return optimizer._momentums[index], optimizer._momentum_scales[index]
+    """The variable's int8 codes and scales."""
+    return int8.unpack(optimizer._momentums[optimizer._get_variable_index(variable)])

@@ -82,7 +82,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keraslion import Lion
+from keraslion import Lion, int8
 
 BACKEND = keras.backend.backend()
 HERE = Path(__file__).resolve().parent
@@ -552,13 +552,15 @@ def state_of(optimizer: Lion, variables: list[Any],
         return [None if slots[optimizer._get_variable_index(v)] is None
                 else value(slots[optimizer._get_variable_index(v)]) for v in variables]
 
-    momentums = aligned("_momentums")
-    scales = [None if s is None else as_float64(s) for s in aligned("_momentum_scales")]
+    # An int8 momentum as its codes and scales (`int8.unpack`).
+    stored = [(m, None) if m is None or keras.backend.standardize_dtype(m.dtype) != "int8"
+              else int8.unpack(m) for m in aligned("_momentums")]
+    scales = [None if s is None else as_float64(s) for _, s in stored]
     return oracle.State(
         weights=[as_float64(value(v)) for v in variables],
         momentums=[as_float64(m) if s is None
                    else int8_oracle.decode(as_float64(m), s).astype(np.float32).astype(np.float64)
-                   for m, s in zip(momentums, scales)],
+                   for (m, _), s in zip(stored, scales)],
         scales=scales,
         indices=[optimizer._get_variable_index(v) for v in variables],
         accumulators=([as_float64(a) for a in aligned("_accumulated_gradients")]
@@ -569,7 +571,7 @@ def state_of(optimizer: Lion, variables: list[Any],
         nonfinite_steps=(int(as_float64(value(optimizer._nonfinite_steps)))
                          if optimizer.skip_nonfinite else 0),
         weight_dtypes=[dtype_of(value(v)) for v in variables],
-        momentum_dtypes=[dtype_of(m) for m in momentums],
+        momentum_dtypes=[dtype_of(m) for m, _ in stored],
     )
 
 

@@ -18,10 +18,9 @@ as beta_1, beta_2 or weight_decay: after the learning rate, or last if set
 after the build. Such entries are read and skipped with a `StateWarning`
 (a hyperparameter's value is its owner's, not state; but a scalar weight's
 momentum looks the same, where the model lost that weight).
-An int8 momentum is two variables, its codes and right after them its
-block scales; read as one momentum, it loads as it was saved into an int8
-momentum and decoded into a float one (a float momentum loads into int8
-codes rounded to the nearest).
+An int8 momentum (`int8.pack`: codes and exponent bytes in one variable)
+loads as it was saved into an int8 momentum and decoded into a float one
+(a float momentum loads into int8 codes rounded to the nearest).
 Another optimizer's checkpoint with two values per variable side by side,
 one never negative (Adam's momentum and velocity), is said to be one and
 loads nothing; read as a Lion's, a velocity became a momentum.
@@ -89,8 +88,8 @@ class Entry:
 
     key: str
     value: np.ndarray
-    # An int8 momentum's codes and scales, as saved (`value` is what they hold).
-    quantized: tuple[np.ndarray, np.ndarray] | None = None
+    # An int8 momentum as saved (`int8.pack`; `value` is what it holds).
+    packed: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -172,27 +171,19 @@ def load_own_variables(optimizer: Any, store: Any) -> None:
         warnings.warn(
             f"Loading the state of optimizer '{optimizer.name}': {'; '.join(notes)}.",
             StateWarning, stacklevel=3)
-    scales = {id(codes): scale for codes, scale in
-              zip(getattr(optimizer, "_momentums", []), getattr(optimizer, "_momentum_scales", []))
-              if scale is not None}
     for variable, entry in plan.loads:
-        if id(variable) not in scales:
+        if variable.dtype != "int8":
             variable.assign(into_dtype(entry.value, variable.dtype))
-        elif entry.quantized is not None and entry.quantized[1].shape == scales[id(variable)].shape:
-            variable.assign(entry.quantized[0])
-            scales[id(variable)].assign(entry.quantized[1])
+        elif entry.packed is not None:
+            variable.assign(entry.packed)
         else:
             # Into int8 from a float momentum: rounded to the nearest code
             # (noise of half a step), not at random.
-            noise = keras.ops.full(variable.shape, 1 << (int8.NOISE_BITS - 1), "int32")
-            codes, scale = int8.encode(keras.ops.convert_to_tensor(entry.value, "float32"),
-                                       noise)
-            variable.assign(codes)
-            scales[id(variable)].assign(scale)
+            noise = keras.ops.full(entry.shape, 1 << (int8.NOISE_BITS - 1), "int32")
+            variable.assign(int8.pack(*int8.encode(
+                keras.ops.convert_to_tensor(entry.value, "float32"), noise)))
     for (role, index), variable in plan.fresh:
         variable.assign(fresh_value(optimizer, role, index, variable))
-        if id(variable) in scales:
-            scales[id(variable)].assign(keras.ops.zeros(scales[id(variable)].shape, "float32"))
 
 
 def load_by_index(optimizer: Any, store: Any) -> None:
@@ -352,13 +343,7 @@ def own_slots(optimizer: Any) -> dict[Slot, keras.Variable] | None:
             slots.update(((role, j), v) for j, v in enumerate(variables) if v is not None)
         if optimizer.skip_nonfinite:
             slots["nonfinite_steps", None] = optimizer._nonfinite_steps
-    # An int8 momentum's scales follow its codes, which stand for both.
-    scales = getattr(optimizer, "_momentum_scales", [])
-    expected = [id(v) for v in slots.values()]
-    for codes, scale in zip(getattr(optimizer, "_momentums", []), scales):
-        if scale is not None and id(codes) in expected:
-            expected.insert(expected.index(id(codes)) + 1, id(scale))
-    if expected != [id(v) for v in optimizer._saved_variables()]:
+    if [id(v) for v in slots.values()] != [id(v) for v in optimizer._saved_variables()]:
         return None
     return slots
 
@@ -374,22 +359,23 @@ def read_store(store: Any) -> list[Entry] | None:
     keys = {str(key) for key in store.keys()}
     if keys != {str(i) for i in range(len(keys))}:
         return None
-    entries = [Entry(str(i), np.asarray(store[str(i)])) for i in range(len(keys))]
-    # int8 momentums: the codes (the only int8 entries), each with the block scales after it.
-    read: list[Entry] = []
-    for entry in entries:
-        previous = read[-1] if read else None
-        if (previous is not None and previous.value.dtype == np.int8
-                and previous.shape and previous.quantized is None
-                and entry.value.dtype == np.float32
-                and entry.shape == int8.scale_shape(previous.shape)):
-            codes, scales = previous.value, entry.value
-            value = keras.ops.convert_to_numpy(int8.decode(
-                keras.ops.convert_to_tensor(codes), keras.ops.convert_to_tensor(scales)))
-            read[-1] = Entry(f"{previous.key}+{entry.key}", value, (codes, scales))
-        else:
-            read.append(entry)
-    return read
+    return [_entry(str(i), np.asarray(store[str(i)])) for i in range(len(keys))]
+
+
+def held_shape(variable: keras.Variable) -> tuple[int, ...]:
+    """The shape of what a variable holds: an int8 momentum's, its variable's."""
+    shape = tuple(variable.shape)
+    return int8.unpacked_shape(shape) if variable.dtype == "int8" else shape
+
+
+def _entry(key: str, value: np.ndarray) -> Entry:
+    """A saved variable; int8 momentums (the only int8 entries that are not
+    scalars) read as the momentum they hold, in the variable's shape."""
+    if value.dtype != np.int8 or not value.shape or not int8.is_quantized(
+            int8.unpacked_shape(value.shape)):
+        return Entry(key, value)
+    momentum = int8.decode(*int8.unpack(keras.ops.convert_to_tensor(value)))
+    return Entry(key, keras.ops.convert_to_numpy(momentum), value)
 
 
 def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Plan:
@@ -458,9 +444,9 @@ def make_plan(optimizer: Any, own: dict[Slot, keras.Variable], store: Any) -> Pl
                                                PER_VARIABLE else role] for role in roles)
                 what, of = describe_saved(roles, slot, entry, trainables)
                 dropped.setdefault((what, reason), []).extend([of] if of else [])
-        elif tuple(variable.shape) != entry.shape:
+        elif held_shape(variable) != entry.shape:
             plan.problems.append((
-                f"{describe(slot, trainables)} has shape {tuple(variable.shape)} here but "
+                f"{describe(slot, trainables)} has shape {held_shape(variable)} here but "
                 f"{entry.shape} in the checkpoint", "it starts fresh"))
             plan.fresh.append((slot, variable))
         else:

@@ -278,15 +278,15 @@ class Lion(keras.optimizers.Optimizer):
 
     One-byte momentum (`momentum_dtype="int8"`): each momentum element is
     an int8 code, and each block of 256 along the last axis (or shorter
-    row) keeps a float32 scale, the smallest power of two at or above its
-    largest |m| (as in the OCP's MXFP8 format): 1.016 bytes per
-    parameter for rows that are multiples of 256 (1.0625 for rows of 64,
-    1.125 for rows of 32), where float32 takes 4 and bfloat16 2, so Lion's
-    state is an eighth of AdamW's. The code is float8-like relative to the block's
-    scale (3 mantissa bits over 14 binades, then linear steps of 2^-17 of
-    the scale), so momenta 1e4 times smaller than their block's largest
-    keep a value, where
-    absmax-linear int8 rounds everything below 1/254 of it to zero; and it
+    row) keeps a scale, the smallest power of two at or above its largest
+    |m|, as one exponent byte after the block's codes (as the OCP's MXFP8
+    format stores its scales): 1.004 bytes per parameter for rows that are
+    multiples of 256 (1.016 for rows of 64, 1.031 for rows of 32), where
+    float32 takes 4 and bfloat16 2, so Lion's state is an eighth of
+    AdamW's. The code is float8-like relative to the block's scale (3
+    mantissa bits over 14 binades, then linear steps of 2^-17 of the
+    scale), so momenta 1e4 times smaller than their block's largest keep
+    a value, where absmax-linear int8 rounds everything below 1/254 of it to zero; and it
     is rounded up or down at random, unbiased, by bits hashed from the
     iteration count, the variable and the element, so a step is
     deterministic: the same after saving and resuming, on every replica
@@ -317,13 +317,12 @@ class Lion(keras.optimizers.Optimizer):
     XLA's fused operations may differ by a unit in the last place). On one
     thread of a 2-core x86 CPU (`bench/int8_kernel.py`: 16.7M parameters
     in one variable or 200, and 2000 vectors of 1024) the step then takes
-    1.0-1.25x float32's time on PyTorch (whose float32 step runs in C too,
-    in one pass; 1.1x on the 2000 vectors), 0.8-1.05x on JAX and
-    0.85-1.15x on TensorFlow, and 1.55x and 1.35x on the 2000 vectors
-    (where XLA's handling of each buffer outweighs the arithmetic, and
-    int8 keeps two per variable, codes and scales; float32 steps are bound
-    by memory, the kernel by its arithmetic: the ratio moves with the
-    machine's memory bandwidth); where the backends' operations
+    1.05-1.25x float32's time on PyTorch (whose float32 step runs in C too,
+    in one pass), 0.9-1.05x on JAX and 0.85-1.0x on TensorFlow (float32
+    steps are bound by memory, the kernel by its arithmetic: the ratio
+    moves with the machine's memory bandwidth; a compiled step also pays
+    for each array it passes, which is why codes and scales share one);
+    where the backends' operations
     run it (bfloat16 or float16 weights on JAX and TensorFlow, no C
     compiler), 1.5-2x as long on JAX and
     TensorFlow, and 3-7x on PyTorch. The first step compiles longer (a
@@ -514,8 +513,6 @@ class Lion(keras.optimizers.Optimizer):
         _checks.keras_variables(variables)
         _fastpaths.forget(self)  # (Built again: `built` was reset.)
         super().build(variables)
-        # Per variable, the block scales of an int8 momentum (None: a float one).
-        self._momentum_scales: list[keras.Variable | None] = [None] * len(variables)
         self._momentums = [
             None if self._overwrite_variable_with_gradient(variable)
             else self._add_momentum(variable)
@@ -536,16 +533,18 @@ class Lion(keras.optimizers.Optimizer):
         quantized = self.momentum_dtype == "int8" and int8.is_quantized(shape)
         layout = getattr(variable, "_layout", None)
         name = f"{variable.path.replace('/', '_')}_momentum"
+        if quantized:  # Codes and block scales in one array (`int8.pack`).
+            return self.add_variable(shape=int8.packed_shape(shape), dtype="int8",
+                                     layout=_packed_layout(layout, shape), name=name)
         # As add_variable_from_reference (same name and sharding layout), in another dtype.
-        momentum = self.add_variable(
-            shape=shape, dtype="int8" if quantized else _float_momentum(self.momentum_dtype),
-            layout=layout, name=name)
-        if quantized:
-            # Right after its codes: a checkpoint pairs them by position.
-            self._momentum_scales[self._get_variable_index(variable)] = self.add_variable(
-                shape=int8.scale_shape(shape), dtype="float32",
-                layout=_scale_layout(layout, int8.scale_shape(shape)), name=f"{name}_scale")
-        return momentum
+        return self.add_variable(shape=shape, dtype=_float_momentum(self.momentum_dtype),
+                                 layout=layout, name=name)
+
+    def _int8_state(self, index: int) -> keras.Variable | None:
+        """The int8 state (`int8.pack`) of the variable at `index`, or None
+        for a float momentum (or none)."""
+        momentum = self._momentums[index]
+        return momentum if momentum is not None and momentum.dtype == "int8" else None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Keras tracks a variable before a property's setter checks it, so a
@@ -779,26 +778,25 @@ class Lion(keras.optimizers.Optimizer):
         """The variable's momentum for its step: its variable, or int8 codes
         decoded. `read`, if given, reads each stored tensor (a fast path's hook)."""
         index = self._get_variable_index(variable)
-        momentum, scales = self._momentums[index], self._momentum_scales[index]
+        momentum = self._momentums[index]
+        quantized = self._int8_state(index) is not None
         if read is not None:
-            momentum, scales = read(momentum), None if scales is None else read(scales)
-        return momentum if scales is None else int8.decode(momentum, scales)
+            momentum = read(momentum)
+        return int8.decode(*int8.unpack(momentum)) if quantized else momentum
 
     def _store_momentum(self, variable: keras.Variable, m: Any, noise_index: Any = None) -> None:
         """Stores a step's new momentum `m` (in the compute dtype) in its dtype.
         `noise_index`: the variable's index as a tensor, for a compiled
         function that several variables share (it seeds int8 rounding)."""
         index = self._get_variable_index(variable)
-        momentum, scales = self._momentums[index], self._momentum_scales[index]
-        if scales is None:
+        momentum = self._momentums[index]
+        if self._int8_state(index) is None:
             self.assign(momentum, stored_momentum(m, momentum.dtype))
             return
         # Rounded at random, by bits that the step, the variable and the element decide.
         noise = int8.noise_bits(self.iterations, index if noise_index is None else noise_index,
-                                tuple(momentum.shape))
-        codes, new_scales = int8.encode(m, noise)
-        self.assign(momentum, codes)
-        self.assign(scales, new_scales)
+                                tuple(m.shape))
+        self.assign(momentum, int8.pack(*int8.encode(m, noise)))
 
     def _step_inputs(self, theta: Any, m: Any, gradient: Any, decays: bool, learning_rate: Any,
                      hyperparameters: Hyperparameters | None = None,
@@ -1120,10 +1118,11 @@ def _float_momentum(momentum_dtype: str) -> str:
     return "float32" if momentum_dtype == "int8" else momentum_dtype
 
 
-def _scale_layout(layout: Any, shape: tuple[int, ...]) -> Any:
-    """The block scales' sharding: the codes' (their variable's) layout, but
-    for a last axis whose blocks do not divide evenly among its devices
-    (then replicated along it)."""
+def _packed_layout(layout: Any, shape: tuple[int, ...]) -> Any:
+    """The sharding of a variable's int8 state: its variable's layout, but
+    for a last axis that does not split into whole blocks among its devices
+    (then replicated along it: a device holds each block's codes with its
+    exponent byte)."""
     from keras.distribution import TensorLayout
 
     if not isinstance(layout, TensorLayout):
@@ -1132,7 +1131,7 @@ def _scale_layout(layout: Any, shape: tuple[int, ...]) -> Any:
     mesh = layout.device_mesh
     names = axes[-1] if isinstance(axes[-1], (tuple, list)) else [axes[-1]]
     devices = math.prod(mesh.shape[mesh.axis_names.index(n)] for n in names if n is not None)
-    if shape[-1] % devices:
+    if shape[-1] % (devices * int8.block_size(shape)):
         axes[-1] = None
     return TensorLayout(axes, mesh)
 

@@ -3,13 +3,15 @@
  * The same arithmetic as `torch_int8`'s piecewise step (and so as
  * `int8.decode`, `lion_update` and `int8.encode`), in the same order and
  * in float32, one rounding per operation: compiled without contraction
- * into fused multiply-adds and without fast-math, its weights, codes and
- * scales are those of the plain path bit for bit. Each block's new momenta
+ * into fused multiply-adds and without fast-math, its weights and int8
+ * state are those of the plain path bit for bit. Each block's new momenta
  * wait in a buffer on the stack until the block's largest gives its scale.
  *
  * A piece is rows of `width` elements, cut into blocks of `block` (the last
- * one of a row may be shorter): weights and gradient as float32, codes as
- * int8, one scale per block. The noise of an element is the hash
+ * one of a row may be shorter): weights and gradient as float32, and the
+ * state as `int8.pack` lays it out, each block's codes followed by its
+ * scale's exponent byte (a row of `width` elements takes `width` bytes and
+ * one per block). The noise of an element is the hash
  * of its row's key (`keys[row * key_stride]`: its variable's) and its flat
  * index in its variable (`first[row]` plus its column; without `first`,
  * the piece is a whole variable: `row * width` plus its column).
@@ -135,8 +137,8 @@ static inline void new_codes(int8_t *restrict code, const float *restrict m, int
 
 /* The step of blocks `begin` to `end` (counted along rows, `blocks` per row). */
 void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
-                         int8_t *restrict codes, float *restrict scales, int64_t width,
-                         int64_t block, const uint32_t *keys, int64_t key_stride,
+                         int8_t *restrict state, int64_t width, int64_t block,
+                         const uint32_t *keys, int64_t key_stride,
                          const uint32_t *first, int64_t begin, int64_t end, float learning_rate,
                          float beta_1, float one_minus_beta_1, float beta_2,
                          float one_minus_beta_2, int decayed, float weight_decay) {
@@ -148,8 +150,10 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
         int64_t count = width - start < block ? width - start : block;
         float *p = theta + row * width + start;
         const float *g = gradient + row * width + start;
-        int8_t *code = codes + row * width + start;
-        float scale = scales[unit];
+        int8_t *code = state + row * (width + blocks) + unit % blocks * (block + 1);
+        /* The exponent byte: a power-of-two scale's bits, shifted. */
+        int8_t *exponent = code + count;
+        float scale = float_of((int32_t)(uint8_t)*exponent << 23);
         int scaled = subnormals_read && (uint32_t)bits_of(scale) <= WIDE_SCALE_BITS;
         int32_t smallest, largest =
             scaled ? new_momenta(p, g, code, m, count, 1, scale * 0x1p112f, learning_rate,
@@ -164,7 +168,7 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
         /* `int8.power_of_two_scales`. */
         int32_t scale_bits = (largest + MANTISSA_BITS) & INFINITY_BITS;
         scale_bits = scale_bits > LARGEST_SCALE_BITS ? LARGEST_SCALE_BITS : scale_bits;
-        scales[unit] = float_of(scale_bits);
+        *exponent = (int8_t)(uint8_t)(scale_bits >> 23);
         float inverse = float_of(RECIPROCAL_BITS - scale_bits);
         uint32_t index = (first ? first[row] : (uint32_t)(row * width)) + (uint32_t)start;
         uint32_t key = keys[row * key_stride];
@@ -184,21 +188,21 @@ void keraslion_int8_step(float *restrict theta, const float *restrict gradient,
 
 /* The steps of runs of blocks of several whole variables, one after another:
  * run j steps blocks `begins[j]` to `ends[j]` of variable `variables[j]`,
- * whose weights, gradient, codes and scales are at `thetas[v]` and so on,
+ * whose weights, gradient and int8 state are at `thetas[v]` and so on,
  * with its own row length, block and index in the optimizer (`indices[v]`,
  * which with `step` seeds its noise), decayed or not. (The keys are hashed
  * here: Keras's operations making them as a tensor took 0.2 ms a step.) */
 void keraslion_int8_steps(int64_t runs, const int64_t *variables, const int64_t *begins,
                           const int64_t *ends, float *const *thetas,
-                          const float *const *gradients, int8_t *const *codes,
-                          float *const *scales, const int64_t *widths, const int64_t *blocks,
+                          const float *const *gradients, int8_t *const *states,
+                          const int64_t *widths, const int64_t *blocks,
                           uint32_t step, const int32_t *indices, const int32_t *decayed,
                           float learning_rate, float beta_1, float one_minus_beta_1,
                           float beta_2, float one_minus_beta_2, float weight_decay) {
     for (int64_t j = 0; j < runs; j++) {
         int64_t v = variables[j];
         uint32_t key = noise_key(step, indices[v]);
-        keraslion_int8_step(thetas[v], gradients[v], codes[v], scales[v], widths[v], blocks[v],
+        keraslion_int8_step(thetas[v], gradients[v], states[v], widths[v], blocks[v],
                             &key, 0, NULL, begins[j], ends[j], learning_rate, beta_1,
                             one_minus_beta_1, beta_2, one_minus_beta_2, decayed[v],
                             weight_decay);

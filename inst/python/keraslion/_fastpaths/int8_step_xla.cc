@@ -3,7 +3,7 @@
 // file is built for each against that XLA's FFI headers: JAX registers the
 // handler it exports, TensorFlow through `keraslion_register_int8_steps`.
 //
-// The weights, codes and scales are aliased to the results: with donated
+// The weights and int8 state are aliased to the results: with donated
 // buffers (as `fit` and a jitted, donated `stateless_apply` give them) the
 // step runs in place, in one pass; XLA copies an input first where it is
 // still read afterwards. All variables' blocks are shared among XLA's
@@ -76,14 +76,13 @@ void InParallel(ffi::ThreadPool& pool, int64_t threads, int64_t units, Run run) 
 struct Variable {
   float* theta;
   const float* gradient;
-  int8_t* codes;
-  float* scales;
+  int8_t* state;
   int64_t width, block, first_unit;
   bool decayed;
 };
 
-// The step of every variable: `state` holds each one's gradient, weights,
-// codes and scales, `results` each one's new weights, codes and scales (each
+// The step of every variable: `state` holds each one's gradient, weights and
+// int8 state (`int8.pack`), `results` each one's new weights and state (each
 // aliased to its operand), `blocks` and `decayed` each one's block and
 // whether it takes weight decay, `keys` each one's noise key. One call for
 // all of them: a custom call per variable took XLA longer to run than the
@@ -93,36 +92,33 @@ ffi::Error Int8Steps(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> keys,
                      ffi::RemainingRets results, ffi::Span<const int64_t> blocks,
                      ffi::Span<const int64_t> decayed, int64_t cpus) {
   size_t count = blocks.size();
-  if (decayed.size() != count || keys.element_count() != count || state.size() != 4 * count ||
-      results.size() != 3 * count) {
+  if (decayed.size() != count || keys.element_count() != count || state.size() != 3 * count ||
+      results.size() != 2 * count) {
     return ffi::Error::InvalidArgument("keraslion_int8_steps: operands and attributes disagree");
   }
   std::vector<Variable> variables(count);
   int64_t units = 0, elements = 0;
   for (size_t v = 0; v < count; v++) {
-    auto gradient = state.get<ffi::Buffer<ffi::F32>>(4 * v);
-    auto theta = state.get<ffi::Buffer<ffi::F32>>(4 * v + 1);
-    auto codes = state.get<ffi::Buffer<ffi::S8>>(4 * v + 2);
-    auto scales = state.get<ffi::Buffer<ffi::F32>>(4 * v + 3);
-    auto new_theta = results.get<ffi::Buffer<ffi::F32>>(3 * v);
-    auto new_codes = results.get<ffi::Buffer<ffi::S8>>(3 * v + 1);
-    auto new_scales = results.get<ffi::Buffer<ffi::F32>>(3 * v + 2);
+    auto gradient = state.get<ffi::Buffer<ffi::F32>>(3 * v);
+    auto theta = state.get<ffi::Buffer<ffi::F32>>(3 * v + 1);
+    auto packed = state.get<ffi::Buffer<ffi::S8>>(3 * v + 2);
+    auto new_theta = results.get<ffi::Buffer<ffi::F32>>(2 * v);
+    auto new_packed = results.get<ffi::Buffer<ffi::S8>>(2 * v + 1);
     if (gradient.has_error()) return gradient.error();
     if (theta.has_error()) return theta.error();
-    if (codes.has_error()) return codes.error();
-    if (scales.has_error()) return scales.error();
+    if (packed.has_error()) return packed.error();
     if (new_theta.has_error()) return new_theta.error();
-    if (new_codes.has_error()) return new_codes.error();
-    if (new_scales.has_error()) return new_scales.error();
+    if (new_packed.has_error()) return new_packed.error();
     CopyUnlessAliased(*theta, *new_theta);
-    CopyUnlessAliased(*codes, *new_codes);
-    CopyUnlessAliased(*scales, *new_scales);
+    CopyUnlessAliased(*packed, *new_packed);
     auto dimensions = theta->dimensions();
+    int64_t width = dimensions[dimensions.size() - 1];
+    int64_t element_count = static_cast<int64_t>(theta->element_count());
     variables[v] = {(*new_theta)->typed_data(), gradient->typed_data(),
-                    (*new_codes)->typed_data(), (*new_scales)->typed_data(),
-                    dimensions[dimensions.size() - 1], blocks[v], units, decayed[v] != 0};
-    units += static_cast<int64_t>(scales->element_count());
-    elements += static_cast<int64_t>(theta->element_count());
+                    (*new_packed)->typed_data(), width, blocks[v], units, decayed[v] != 0};
+    // One exponent byte per block: the bytes past the codes count the blocks.
+    units += static_cast<int64_t>(packed->element_count()) - element_count;
+    elements += element_count;
   }
   // learning rate, beta_1, 1 - beta_1, beta_2, 1 - beta_2, weight decay
   const float* k = coefficients.typed_data();
@@ -139,7 +135,7 @@ ffi::Error Int8Steps(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> keys,
     for (; begin < end; v++) {
       const Variable& x = all[v];
       int64_t last = v + 1 < count ? std::min(end, all[v + 1].first_unit) : end;
-      keraslion_int8_step(x.theta, x.gradient, x.codes, x.scales, x.width, x.block, key + v, 0,
+      keraslion_int8_step(x.theta, x.gradient, x.state, x.width, x.block, key + v, 0,
                           nullptr, begin - x.first_unit, last - x.first_unit, k[0], k[1], k[2],
                           k[3], k[4], x.decayed, k[5]);
       begin = last;
@@ -155,8 +151,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(KeraslionInt8Steps, Int8Steps,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S32>>()  // noise keys
                                   .Arg<ffi::Buffer<ffi::F32>>()  // coefficients
-                                  .RemainingArgs()  // gradient, weights, codes, scales of each
-                                  .RemainingRets()  // weights, codes, scales of each
+                                  .RemainingArgs()  // gradient, weights, int8 state of each
+                                  .RemainingRets()  // weights, int8 state of each
                                   .Attr<ffi::Span<const int64_t>>("blocks")
                                   .Attr<ffi::Span<const int64_t>>("decayed")
                                   .Attr<int64_t>("cpus"));

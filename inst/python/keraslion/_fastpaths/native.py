@@ -16,7 +16,7 @@ of its source, compiler and CPU, the newest `KEPT` of each source
 `~/.cache/keraslion`; where it cannot be written or run from, a directory
 of this user's own in the system's temporary one). Without a compiler
 (with a `KernelWarning`), or with `KERASLION_NATIVE=0`, the backend's own
-operations run the step: on PyTorch the same weights, codes and scales,
+operations run the step: on PyTorch the same weights and int8 state,
 bit for bit; on XLA the same as its operations one by one (the custom call
 runs on XLA's threads, which flush subnormal numbers to zero, as XLA's
 operations do; PyTorch keeps them).
@@ -54,9 +54,9 @@ FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared")
 
 _POINTER, _INT64, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _INT8_ARGUMENTS = {
-    "keraslion_int8_step": [_POINTER] * 4 + [_INT64] * 2 + [_POINTER, _INT64, _POINTER]
+    "keraslion_int8_step": [_POINTER] * 3 + [_INT64] * 2 + [_POINTER, _INT64, _POINTER]
                            + [_INT64] * 2 + [_FLOAT] * 5 + [ctypes.c_int, _FLOAT],
-    "keraslion_int8_steps": [_INT64] + [_POINTER] * 9 + [ctypes.c_uint32] + [_POINTER] * 2
+    "keraslion_int8_steps": [_INT64] + [_POINTER] * 8 + [ctypes.c_uint32] + [_POINTER] * 2
                             + [_FLOAT] * 6,
 }
 _FLOAT_ARGUMENTS = {"keraslion_float_steps": [_INT64] + [_POINTER] * 8 + [_FLOAT] * 6}
@@ -152,10 +152,10 @@ def _in_mode(library: Any, mode: int, call: Callable[[], None]) -> None:
 def xla_int8_steps() -> Callable[..., list[Any]] | None:
     """The kernel as a JAX function of (noise keys (one per variable),
     coefficients (learning rate, beta_1, 1 - beta_1, beta_2, 1 - beta_2,
-    weight decay), each variable's gradient, weights, codes and scales, one
-    after another, then `blocks` and `decayed`, one per variable), returning
-    each variable's new weights, codes and scales, one after another, from
-    one custom call; None where it cannot be built."""
+    weight decay), each variable's gradient, weights and int8 state
+    (`int8.pack`), one after another, then `blocks` and `decayed`, one per
+    variable), returning each variable's new weights and state, one after
+    another, from one custom call; None where it cannot be built."""
     import jax
 
     ffi = getattr(jax, "ffi", None)
@@ -171,7 +171,7 @@ def xla_int8_steps() -> Callable[..., list[Any]] | None:
     def steps(keys: Any, coefficients: Any, *state: Any, blocks: tuple[int, ...],
               decayed: tuple[bool, ...]) -> list[Any]:
         results = [jax.ShapeDtypeStruct(x.shape, x.dtype)
-                   for i, x in enumerate(state) if i % 4]
+                   for i, x in enumerate(state) if i % 3]
         aliases = {aliased_operand(i): i for i in range(len(results))}
         # Under `jax.vmap` (an ensemble of optimizers), one call per member.
         call = ffi.ffi_call(TARGET, results, input_output_aliases=aliases,
@@ -184,10 +184,9 @@ def xla_int8_steps() -> Callable[..., list[Any]] | None:
 
 def aliased_operand(result: int) -> int:
     """The operand that result `result` of the custom call is aliased to:
-    variable v's weights, codes and scales (operands 4v + 3 to 4v + 5,
-    after the keys, the coefficients and its gradient) are its results 3v
-    to 3v + 2."""
-    return 4 * (result // 3) + 3 + result % 3
+    variable v's weights and state (operands 3v + 3 and 3v + 4, after the
+    keys, the coefficients and its gradient) are its results 2v and 2v + 1."""
+    return 3 * (result // 2) + 3 + result % 2
 
 
 @functools.cache
@@ -198,7 +197,7 @@ def tf_int8_steps() -> Callable[..., list[Any]] | None:
     TensorFlow's XLA has no Python API to register a custom call, so the
     handler is registered through the FFI API its library exports, and
     called from a StableHLO module (`XlaCallModule`, as jax2tf calls JAX
-    code), which can alias the results to the weights, codes and scales:
+    code), which can alias the results to the weights and int8 state:
     XLA then updates the variables where they lie. (TensorFlow's own
     `XlaCustomCallV2` cannot: it took a copy of the weights at every step.)
     """
@@ -222,13 +221,13 @@ def tf_int8_steps() -> Callable[..., list[Any]] | None:
 
     def steps(keys: Any, coefficients: Any, *state: Any, blocks: tuple[int, ...],
               decayed: tuple[bool, ...]) -> list[Any]:
-        shapes = tuple((tuple(state[i + 1].shape), tuple(state[i + 3].shape))
-                       for i in range(0, len(state), 4))
+        shapes = tuple((tuple(state[i + 1].shape), tuple(state[i + 2].shape))
+                       for i in range(0, len(state), 3))
         module = _stablehlo_call(shapes, blocks=blocks, decayed=decayed, cpus=usable_cpus())
         return gen_xla_ops.xla_call_module(
             [keys, coefficients, *state], version=XLA_CALL_MODULE_VERSION, module=module,
-            Sout=[s for shape, scale_shape in shapes for s in (shape, shape, scale_shape)],
-            Tout=[tf.float32, tf.int8, tf.float32] * len(shapes), platforms=["CPU"])
+            Sout=[s for shapes_of_one in shapes for s in shapes_of_one],
+            Tout=[tf.float32, tf.int8] * len(shapes), platforms=["CPU"])
 
     problem = _first_step_problem(steps)
     if problem:
@@ -259,18 +258,17 @@ def _tensorflow_ffi_api(directory: str) -> int | None:
 def _stablehlo_call(shapes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...],
                     blocks: tuple[int, ...], decayed: tuple[bool, ...], cpus: int) -> str:
     """A StableHLO module whose function is the custom call for variables of
-    `shapes` (each one's weights' and scales'), each one's results aliased
-    to its weights, codes and scales."""
+    `shapes` (each one's weights' and int8 state's), each one's results
+    aliased to its weights and state."""
     def tensor(dims: tuple[int, ...], dtype: str) -> str:
         return f"tensor<{''.join(f'{d}x' for d in dims)}{dtype}>"
 
     keys = tensor((len(shapes),), "i32")
     state, results = [], []
-    for shape, scale_shape in shapes:
-        weights, codes, scales = tensor(shape, "f32"), tensor(shape, "i8"), tensor(scale_shape,
-                                                                                    "f32")
-        state += [weights, weights, codes, scales]
-        results += [weights, codes, scales]
+    for shape, packed_shape in shapes:
+        weights, packed = tensor(shape, "f32"), tensor(packed_shape, "i8")
+        state += [weights, weights, packed]
+        results += [weights, packed]
     operands = [keys, "tensor<6xf32>", *state]
     names = ", ".join(f"%a{i}" for i in range(len(operands)))
     aliases = ", ".join(f"#stablehlo.output_operand_alias<output_tuple_indices = [{i}], "
@@ -303,7 +301,7 @@ def _first_step_problem(steps: Callable[..., list[Any]]) -> str | None:
 
     with tf.init_scope():
         inputs = (tf.zeros((1,), tf.int32), tf.fill((6,), 0.5), tf.ones((1, 256)),
-                  tf.zeros((1, 256)), tf.zeros((1, 256), tf.int8), tf.zeros((1, 1)))
+                  tf.zeros((1, 256)), tf.zeros((1, 257), tf.int8))
         try:
             theta = tf.function(partial(steps, blocks=(256,), decayed=(False,)),
                                 jit_compile=True)(*inputs)[0]

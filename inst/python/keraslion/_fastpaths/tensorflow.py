@@ -64,17 +64,16 @@ def update(optimizer: Any, grads: list[Any], variables: list[Any], learning_rate
             for x in hyperparameters]
     learning_rate = tf.convert_to_tensor(learning_rate)
     scalars = [learning_rate, *(x for x in live if x is not None)]
-    for shape, kind, chunk, weights, momentums, scales, indices in _plan(optimizer, variables,
-                                                                          grads):
+    for shape, kind, chunk, weights, momentums, indices in _plan(optimizer, variables, grads):
         chunk_grads = [grads[i] for i in chunk]
         indices = None if indices is None else tf.constant(indices)
-        concrete = _concrete(optimizer, shape, kind, (weights, momentums, scales, indices,
-                                                      chunk_grads, learning_rate, *live))
+        concrete = _concrete(optimizer, shape, kind, (weights, momentums, indices, chunk_grads,
+                                                      learning_rate, *live))
         # Its flat inputs, in the order of the arguments it was traced for
         # (no tensor for no weight decay, nor for the indices of a float
         # momentum): calling it with the arguments would check each against
         # its trace, which for small variables costs as much as their step.
-        handles = [variable.handle for variable in (*weights, *momentums, *scales)]
+        handles = [variable.handle for variable in (*weights, *momentums)]
         concrete._call_flat([*handles, *([] if indices is None else [indices]), *chunk_grads,
                              *scalars], concrete.captured_inputs)
 
@@ -94,22 +93,21 @@ def _plan(optimizer: Any, variables: list[Any], grads: list[Any]) -> list[tuple[
             groups.setdefault(kind, []).append(i)
         plans[key] = tuple(variables), [
             (shape, (*kind, len(chunk)), chunk, [variables[i].value for i in chunk],
-             [momentums[i].value for i in chunk], *_int8_arguments(optimizer, variables, chunk))
+             [momentums[i].value for i in chunk], _int8_indices(optimizer, variables, chunk))
             for (shape, *kind), members in groups.items() for chunk in _chunks(members)]
     return plans[key][1]
 
 
-def _int8_arguments(optimizer: Any, variables: list[Any], chunk: list[int]) -> tuple[Any, Any]:
-    """An int8 chunk's block scales, and its variables' indices (which seed
-    their rounding), passed in so that chunks of one shape share a compiled
-    function (one per chunk would take a compile each, tens of seconds for
-    64 variables); none for float momentums."""
+def _int8_indices(optimizer: Any, variables: list[Any], chunk: list[int]) -> Any:
+    """An int8 chunk's variables' indices (which seed their rounding), passed
+    in so that chunks of one shape share a compiled function (one per chunk
+    would take a compile each, tens of seconds for 64 variables); None for
+    float momentums."""
     indices = [optimizer._get_variable_index(variables[i]) for i in chunk]
-    scales = [optimizer._momentum_scales[index] for index in indices]
-    if scales[0] is None:
-        return [], None
+    if optimizer._int8_state(indices[0]) is None:
+        return None
     # Made a tensor at each call: the plan may be made inside a trace.
-    return [scale.value for scale in scales], np.asarray(indices, np.int32)
+    return np.asarray(indices, np.int32)
 
 
 def _chunks(members: list[int]) -> list[list[int]]:
@@ -162,21 +160,19 @@ def _cache(optimizer: Any, name: str) -> _LRUCache:
 
 
 def _compile(optimizer: Any, fixed_shape: bool, stacked: bool, decays: bool) -> Any:
-    # The variables, momentums and scales passed in are reached by the
+    # The variables and momentums passed in are reached by the
     # optimizer too (TensorFlow maps a variable passed in to its argument
     # wherever it is reached). The hyperparameters enter as tensors, so that
     # their values at each step are used.
-    def per_variable(variables: list[Any], momentums: list[Any], scales: list[Any],
-                     indices: Any, grads: list[Any], learning_rate: Any,
-                     *hyperparameters: Any) -> None:
-        del momentums, scales  # reached through the optimizer
+    def per_variable(variables: list[Any], momentums: list[Any], indices: Any, grads: list[Any],
+                     learning_rate: Any, *hyperparameters: Any) -> None:
+        del momentums  # reached through the optimizer
         xla.update(optimizer, grads, variables, learning_rate, Hyperparameters(*hyperparameters),
                    ordered=fixed_shape,
                    noise_indices=None if indices is None else tf.unstack(indices))
 
-    def stacked_update(variables: list[Any], momentums: list[Any], scales: list[Any],
-                       indices: Any, grads: list[Any], learning_rate: Any,
-                       *hyperparameters: Any) -> None:
+    def stacked_update(variables: list[Any], momentums: list[Any], indices: Any,
+                       grads: list[Any], learning_rate: Any, *hyperparameters: Any) -> None:
         # The chunk's variables stacked into one tensor: a dozen operations
         # for the step's maths instead of a dozen per variable, which a graph
         # (unlike XLA) would run one by one at every step.

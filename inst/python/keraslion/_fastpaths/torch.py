@@ -120,8 +120,8 @@ class Routing(NamedTuple):
     routes: list[str]  # each variable's (`_route`)
     c_runs: list[Any]  # the C kernel's `Runs` for the variables routed to it, once made
     int8_runs: list[Any]  # `torch_int8`'s, for its float32 variables, once made
-    # The tensors of the optimizer's variables for these (momentums, int8
-    # scales: a Keras variable's tensor is its own for good, its data may be swapped).
+    # The tensors of these variables' momentums (or int8 states: a Keras
+    # variable's tensor is its own for good, its data may be swapped).
     state: list[Any]
     state_layout: tuple[list[Any], ...]  # theirs when the routes were made (`_layout`)
     memory: tuple[Any, Any] | None  # `_memory_ranges` of the weights and the state
@@ -144,7 +144,7 @@ def _routing(optimizer: Any, variables: list[Any]) -> Routing:
     end. (The kernels' other plans hold no state: they are keyed by the
     variables each route gets.)"""
     def make() -> Routing:
-        state = [x._value for v in variables for x in _state(optimizer, v)]
+        state = [optimizer._momentum(v)._value for v in variables]
         # (Addresses are not traceable: `unaliased`, run eagerly, routes
         # again where `torch.compile` traces.)
         memory = (None if torch.compiler.is_compiling()
@@ -180,13 +180,6 @@ def _same_layout(tensors: list[Any], layout: tuple[list[Any], ...]) -> bool:
             and all(map(operator.eq, map(_shape, tensors), shapes)))
 
 
-def _state(optimizer: Any, variable: Any) -> list[Any]:
-    """The variable's momentum, and its int8 scales if any."""
-    index = optimizer._get_variable_index(variable)
-    scales = optimizer._momentum_scales[index]
-    return [optimizer._momentums[index], *([] if scales is None else [scales])]
-
-
 def _route(optimizer: Any, variable: Any) -> str:
     """Which step a variable takes: `torch_int8`'s (an int8 momentum, whose
     step is computed in float32: "int8" for float32 weights, else "int8
@@ -204,10 +197,9 @@ def _route(optimizer: Any, variable: Any) -> str:
     rounds once, into that data."""
     index = optimizer._get_variable_index(variable)
     p, m = variable._value, optimizer._momentums[index]._value
-    if _weights_stored_otherwise(variable) or any(
-            _stored_otherwise(state) for state in _state(optimizer, variable)):
+    if _weights_stored_otherwise(variable) or _stored_otherwise(optimizer._momentums[index]):
         return "plain"
-    if optimizer._momentum_scales[index] is not None:
+    if optimizer._int8_state(index) is not None:
         if p.dtype == torch.float64:
             return "plain"
         return "int8" if p.dtype == torch.float32 else "int8 widened"

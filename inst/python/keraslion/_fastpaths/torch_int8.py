@@ -11,7 +11,7 @@ The plain path decodes, steps and encodes with about 80 Keras operations,
 each paying Keras's dispatch and allocating a temporary (page faults, for
 large ones): 25-150x float32's step. Here the same arithmetic, in the same
 order, runs in place on scratch buffers of at most `PIECE` elements that
-stay in cache, so that weights, codes and scales are the plain path's bit
+stay in cache, so that weights and int8 state are the plain path's bit
 for bit. A piece is a run of whole rows of one variable, a part of a longer
 row (cut at whole int8 blocks), or small variables with rows of one length,
 gathered into the scratch buffers so that a model of many small variables
@@ -102,37 +102,37 @@ def update(optimizer: Any, whole: list[tuple[Any, Any]], widened: list[tuple[Any
               (*factors, weight_decay if piece.decayed else None), kernel)
 
 
-def _as_rows(optimizer: Any, variable: Any, gradient: Any) -> tuple[Any, Any, Any, Any]:
-    """A variable's weights, gradient, codes and scales, as (rows, last axis)."""
-    index = optimizer._get_variable_index(variable)
-    codes = optimizer._momentums[index]._value
-    scales = optimizer._momentum_scales[index]._value
-    length = codes.shape[-1]
+def _as_rows(optimizer: Any, variable: Any, gradient: Any) -> tuple[Any, Any, Any]:
+    """A variable's weights, gradient and int8 state, as (rows, last axis)."""
+    state = optimizer._momentums[optimizer._get_variable_index(variable)]._value
+    length = variable._value.shape[-1]
     return (variable._value.view(-1, length), gradient.reshape(-1, length),
-            codes.view(-1, length), scales.view(-1, scales.shape[-1]))
+            state.view(-1, state.shape[-1]))
+
+
+def _packed_columns(columns: slice, block: int) -> slice:
+    """The int8 state's columns of a row's elements `columns` (from a whole
+    block on): theirs, and each block's exponent byte."""
+    return slice(columns.start + columns.start // block, columns.stop + -(-columns.stop // block))
 
 
 def _step(piece: Piece, tensors: list[Any], scratch: dict[str, Any], table: Any, arange: Any,
           keys: Any, coefficients: tuple[Any, ...], kernel: Any) -> None:
     rows, width = sum(piece.rows), piece.width
     buffer = {name: x[:rows * width].view(rows, width) for name, x in scratch.items()}
-    parts = [[x[r, c] for x in tensors[j][:3]]
-             + [tensors[j][3][r, c.start // int8.BLOCK:-(-c.stop // int8.BLOCK)]]
-             for j, r, c in piece.members]
-    p, g, codes, scales = ([part[n] for part in parts] for n in range(4))
+    parts = [[tensors[j][0][r, c], tensors[j][1][r, c],
+              tensors[j][2][r, _packed_columns(c, piece.block)]] for j, r, c in piece.members]
+    p, g, packed = ([part[n] for part in parts] for n in range(3))
     theta, gradient = (_float32(x, buffer, name, piece) for x, name in ((p, "p"), (g, "g")))
-    lone = len(parts) == 1
+    state = packed[0] if len(parts) == 1 and packed[0].is_contiguous() else torch.cat(packed)
     if kernel is None:
-        old_scales = scales[0] if lone else torch.cat(scales)
-        m = _decode(codes[0] if lone else torch.cat(codes), old_scales, buffer, table, piece.block)
+        m = _decode(state, buffer, table, piece.block)
         _lion(theta, m, gradient, buffer, *coefficients)
         noise = _noise(piece, keys, arange, buffer)
-        new_codes, new_scales = _encode(m, noise, buffer, piece.block)
+        _encode(m, noise, buffer, piece.block, state)
     else:
-        new_codes, new_scales = (x[0] if lone and x[0].is_contiguous() else torch.cat(x)
-                                 for x in (codes, scales))
-        _kernel_step(kernel, piece, theta, gradient, new_codes, new_scales, keys, coefficients)
-    for new, old in ((theta, p), (new_codes, codes), (new_scales, scales)):
+        _kernel_step(kernel, piece, theta, gradient, state, keys, coefficients)
+    for new, old in ((theta, p), (state, packed)):
         if new is not old[0]:
             _scatter(new, old, piece)
 
@@ -145,10 +145,10 @@ def _float32(parts: list[Any], buffer: dict[str, Any], name: str, piece: Piece) 
     return _gather(parts, buffer[name], piece)
 
 
-def _kernel_step(kernel: Any, piece: Piece, theta: Any, gradient: Any, codes: Any, scales: Any,
-                 keys: Any, coefficients: tuple[Any, ...]) -> None:
-    """The piece's step in C (`native.py`), in place on contiguous weights,
-    codes and scales, its blocks shared among PyTorch's threads."""
+def _kernel_step(kernel: Any, piece: Piece, theta: Any, gradient: Any, state: Any, keys: Any,
+                 coefficients: tuple[Any, ...]) -> None:
+    """The piece's step in C (`native.py`), in place on contiguous weights
+    and int8 state, its blocks shared among PyTorch's threads."""
     if piece.slots is None:  # One variable: its key for every row.
         key, key_stride = keys[piece.members[0][0]], 0
     else:
@@ -157,18 +157,18 @@ def _kernel_step(kernel: Any, piece: Piece, theta: Any, gradient: Any, codes: An
 
     def run(begin: int, end: int) -> None:
         kernel.keraslion_int8_step(
-            theta.data_ptr(), gradient.data_ptr(), codes.data_ptr(), scales.data_ptr(),
-            piece.width, piece.block, key.data_ptr(), key_stride, piece.first_of_rows.data_ptr(),
-            begin, end, *factors, weight_decay is not None, weight_decay or 0.0)
+            theta.data_ptr(), gradient.data_ptr(), state.data_ptr(), piece.width, piece.block,
+            key.data_ptr(), key_stride, piece.first_of_rows.data_ptr(), begin, end, *factors,
+            weight_decay is not None, weight_decay or 0.0)
 
-    native.in_parallel(run, scales.numel(), theta.numel(), kernel)
+    # One exponent byte per block: the bytes past the codes count the blocks.
+    native.in_parallel(run, state.numel() - theta.numel(), theta.numel(), kernel)
 
 
 class Runs(NamedTuple):
     params: list[Any]  # kept so that their ids, the cache key, stay theirs
     indices: Any  # each variable's index in the optimizer (seeds its noise), int32
-    codes: list[Any]  # the tensors of their int8 codes and scales (whose data may be swapped)
-    scales: list[Any]
+    states: list[Any]  # the tensors of their int8 state (whose data may be swapped)
     widths: Any  # row length (int64), block and decay (int32) of each variable
     blocks: Any
     decayed: Any
@@ -190,7 +190,7 @@ def _whole_variables(optimizer: Any, kernel: Any, grads: list[Any], variables: l
     grads = blocked.contiguous_float32(grads)
     # Addresses read at every step, as `blocked._update_in_c` reads them.
     pointers = np.array([list(map(blocked.data_ptr, tensors))
-                         for tensors in (plan.params, grads, plan.codes, plan.scales)], np.int64)
+                         for tensors in (plan.params, grads, plan.states)], np.int64)
     decayed = plan.decayed if weight_decay is not None else torch.zeros_like(plan.decayed)
 
     def call(owners: Any, begins: Any, ends: Any) -> Callable[[], None]:
@@ -210,7 +210,6 @@ def _runs(optimizer: Any, variables: list[Any]) -> Runs:
         positions = [optimizer._get_variable_index(v) for v in variables]
         return Runs([v._value for v in variables], torch.tensor(positions, dtype=torch.int32),
                     [optimizer._momentums[i]._value for i in positions],
-                    [optimizer._momentum_scales[i]._value for i in positions],
                     torch.tensor([shape[-1] for shape in shapes], dtype=torch.int64),
                     torch.tensor([int8.block_size(shape) for shape in shapes], dtype=torch.int64),
                     torch.tensor([optimizer._use_weight_decay(v) for v in variables],
@@ -239,14 +238,28 @@ def _by_block(x: Any, block: int) -> list[tuple[Any, slice]]:
     return views
 
 
-def _decode(codes: Any, scales: Any, buffer: dict[str, Any], table: Any, block: int) -> Any:
-    """`int8.decode`: each code's value from the table (indexed by the code's
-    byte), times its block's scale."""
+def _packed_blocks(state: Any, block: int) -> list[tuple[Any, Any]]:
+    """Int8 state of (rows, packed row) as (codes, exponent bytes) views of
+    `_by_block`'s: (rows, blocks, block) and (rows, blocks, 1), for the whole
+    blocks and a shorter last one."""
+    whole = state.shape[1] // (block + 1)
+    views = [state[:, :whole * (block + 1)].unflatten(1, (whole, block + 1))] if whole else []
+    if whole * (block + 1) < state.shape[1]:
+        views.append(state[:, whole * (block + 1):].unsqueeze(1))
+    return [(view[..., :-1], view[..., -1:]) for view in views]
+
+
+def _decode(state: Any, buffer: dict[str, Any], table: Any, block: int) -> Any:
+    """`int8.decode(*int8.unpack(state))`: each code's value from the table
+    (indexed by the code's byte), times its block's scale (from its exponent byte)."""
     index, m = buffer["k"], buffer["m"]
-    index.copy_(codes.view(torch.uint8))
+    packed = _packed_blocks(state, block)
+    for (codes, _), (into, _) in zip(packed, _by_block(index, block)):
+        into.copy_(codes.view(torch.uint8))
     torch.index_select(table, 0, index.view(-1), out=m.view(-1))
-    for view, blocks in _by_block(m, block):
-        view.mul_(scales[:, blocks, None])
+    for (_, exponents), (values, _) in zip(packed, _by_block(m, block)):
+        scales = exponents.view(torch.uint8).to(torch.int32).bitwise_left_shift_(23)
+        values.mul_(scales.view(torch.float32))
     return m
 
 
@@ -286,8 +299,8 @@ def _shift_right(x: Any, bits: int, out: Any) -> Any:
     return out.bitwise_and_(_scalar(x, (1 << (32 - bits)) - 1))
 
 
-def _encode(m: Any, noise: Any, buffer: dict[str, Any], block: int) -> tuple[Any, Any]:
-    """`int8.encode`: the int32 codes (in a scratch buffer) and new scales of `m`."""
+def _encode(m: Any, noise: Any, buffer: dict[str, Any], block: int, state: Any) -> None:
+    """`int8.pack(*int8.encode(m, noise))`, into the int8 state `state`."""
     bits = m.view(torch.int32)
     magnitude = buffer["c"]
     magnitude_bits = magnitude.view(torch.int32)
@@ -301,7 +314,7 @@ def _encode(m: Any, noise: Any, buffer: dict[str, Any], block: int) -> tuple[Any
     scale_bits = largest.add_(_scalar(largest, int8.MANTISSA_BITS)).bitwise_and_(
         _scalar(largest, int8.INFINITY_BITS)).clamp_max_(_scalar(largest, int8.LARGEST_SCALE_BITS))
     inverse = torch.sub(_scalar(largest, int8.RECIPROCAL_BITS), scale_bits).view(torch.float32)
-    scales = scale_bits.view(torch.float32)
+    exponents = torch.bitwise_right_shift(scale_bits, _scalar(scale_bits, 23))
     for view, blocks in _by_block(magnitude, block):
         view.mul_(inverse[:, blocks, None])
     r, r_bits = magnitude, magnitude_bits
@@ -318,7 +331,10 @@ def _encode(m: Any, noise: Any, buffer: dict[str, Any], block: int) -> tuple[Any
     # NaN (magnitude bits above infinity's) as NAN_CODE.
     nan_code = torch.bitwise_xor(k, _scalar(k, int8.NAN_CODE), out=subnormal)
     k.bitwise_xor_(nan_code.bitwise_and_(nan))
-    return k, scales
+    for (codes, exponent_bytes), (view, blocks) in zip(_packed_blocks(state, block),
+                                                      _by_block(k, block)):
+        codes.copy_(view)
+        exponent_bytes.view(torch.uint8).copy_(exponents[:, blocks, None])
 
 
 #: The constants above as 0-d tensors, made once: PyTorch wraps a number

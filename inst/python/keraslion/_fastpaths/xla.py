@@ -73,7 +73,7 @@ def _takes_kernel(optimizer: Any, variable: Any, compiled: bool) -> bool:
     (`compiled`)."""
     backend = keras.backend.backend()
     if not (backend in ("jax", "tensorflow") and not optimizer.cautious
-            and optimizer._momentum_scales[optimizer._get_variable_index(variable)] is not None
+            and optimizer._int8_state(optimizer._get_variable_index(variable)) is not None
             and keras.backend.standardize_dtype(variable.dtype) == "float32"
             and native.enabled()):
         return False
@@ -115,10 +115,9 @@ def _kernel_steps(optimizer: Any, steps: list[tuple[Any, Any, Any]], learning_ra
     keys = int8.noise_key(optimizer.iterations, noise_indices)
     operands, blocks, decayed = [], [], []
     for index, (gradient, variable, _) in zip(indices, steps):
-        codes, scales = optimizer._momentums[index], optimizer._momentum_scales[index]
         # (On TensorFlow, `variable` is the `tf.Variable` itself: read as tensors.)
         operands += [ops.cast(gradient, "float32"),
-                     *(ops.convert_to_tensor(x) for x in (variable, codes, scales))]
+                     *(ops.convert_to_tensor(x) for x in (variable, optimizer._momentums[index]))]
         blocks.append(int8.block_size(tuple(variable.shape)))
         decayed.append(weight_decay is not None and optimizer._use_weight_decay(variable))
     if keras.backend.backend() == "jax":
@@ -128,9 +127,8 @@ def _kernel_steps(optimizer: Any, steps: list[tuple[Any, Any, Any]], learning_ra
         results = native.tf_int8_steps()(keys, coefficients, *operands, blocks=tuple(blocks),
                                          decayed=tuple(decayed))
     for i, (index, (_, variable, _)) in enumerate(zip(indices, steps)):
-        theta, new_codes, new_scales = results[3 * i:3 * i + 3]
-        optimizer.assign(optimizer._momentums[index], new_codes)
-        optimizer.assign(optimizer._momentum_scales[index], new_scales)
+        theta, state = results[2 * i:2 * i + 2]
+        optimizer.assign(optimizer._momentums[index], state)
         optimizer.assign(variable, theta)
 
 
@@ -163,12 +161,13 @@ def _steps_in_ops(keys: Any, coefficients: Any, *state: Any,
         coefficients[i] for i in range(6))
     results: list[Any] = []
     for v, decays in enumerate(decayed):
-        gradient, theta, codes, scales = state[4 * v:4 * v + 4]
-        step = StepInputs(theta, int8.decode(codes, scales), gradient, learning_rate, beta_1,
-                          one_minus_beta_1, beta_2, one_minus_beta_2,
+        gradient, theta, packed = state[3 * v:3 * v + 3]
+        step = StepInputs(theta, int8.decode(*int8.unpack(packed)), gradient, learning_rate,
+                          beta_1, one_minus_beta_1, beta_2, one_minus_beta_2,
                           weight_decay if decays else None)
         theta, m = lion_update(step, cautious=False)
-        results += [theta, *int8.encode(m, int8.noise_from_key(keys[v], tuple(theta.shape)))]
+        noise = int8.noise_from_key(keys[v], tuple(theta.shape))
+        results += [theta, int8.pack(*int8.encode(m, noise))]
     return tuple(results)
 
 

@@ -8,7 +8,10 @@ block with large ones. The issue's test: one element in 64 gets a gradient
 steps the small elements' gradient is reversed, and their first reversed
 step must not flip, as with a float32 momentum. Each code stores one byte
 per element and one float32 absmax per block of 256 (1.016 bytes per
-parameter), and rounds to nearest or stochastically (unbiased).
+parameter), and rounds to nearest or stochastically (unbiased): with
+NumPy's random numbers, or, for keraslion's code, also with keraslion's
+own bits (`int8.noise_bits`: each element's flat index hashed with a
+hash of the step), `--rounding keraslion`.
 
 Codes, as values relative to the block's absmax:
 - linear: int8 codes k / 127 (absmax-linear);
@@ -59,12 +62,39 @@ def e4m3_pow2_map() -> np.ndarray:
 TABLES = {"dynamic": dynamic_map(), "e4m3": e4m3_map(), "e4m3 pow2": e4m3_pow2_map()}
 
 
+GOLDEN = 0x9E3779B9
+
+
+def lowbias32(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.uint32)
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+
+class KeraslionNoise:
+    """keraslion's random bits as uniform numbers in [0, 1), one call per
+    step (a stand-in for a Generator's `random`)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def random(self, shape: tuple[int, ...]) -> np.ndarray:
+        self.step += 1
+        key = lowbias32(np.uint32(self.step * GOLDEN % 2**32))
+        index = np.arange(np.prod(shape), dtype=np.uint32)
+        return (lowbias32(index ^ key) >> np.uint32(12)).reshape(shape) / 2.0**20
+
+
 def rounded(y: np.ndarray, stochastic: bool, rng: np.random.Generator) -> np.ndarray:
     return np.floor(y + rng.random(y.shape)) if stochastic else np.round(y)
 
 
 def quantized(m: np.ndarray, code: str, stochastic: bool,
-              rng: np.random.Generator) -> np.ndarray:
+              rng: np.random.Generator | KeraslionNoise) -> np.ndarray:
     """`m` encoded blockwise in `code` and decoded again."""
     blocks = m.reshape(-1, BLOCK)
     absmax = np.abs(blocks).max(axis=1, keepdims=True)
@@ -88,9 +118,13 @@ def quantized(m: np.ndarray, code: str, stochastic: bool,
     return (decoded * absmax).reshape(m.shape)
 
 
-def study(code: str, stochastic: bool, ratio: float, steps: int,
+def study(code: str, rounding: str, ratio: float, steps: int,
           beta_1: float = 0.9, beta_2: float = 0.99, seed: int = 0) -> dict[str, float]:
+    """`rounding`: "nearest", "stochastic" (NumPy's random numbers) or
+    "keraslion" (its bits)."""
     rng = np.random.default_rng(seed)
+    stochastic = rounding != "nearest"
+    noise = KeraslionNoise() if rounding == "keraslion" else rng
     n = 64 * BLOCK
     large = np.arange(n) % 64 == 0
     exact, coded = np.zeros(n), np.zeros(n)
@@ -98,7 +132,7 @@ def study(code: str, stochastic: bool, ratio: float, steps: int,
         g = np.abs(1.0 + 0.5 * rng.standard_normal(n))
         g[large] = ratio * rng.choice([-1.0, 1.0], large.sum())
         exact = beta_2 * exact + (1 - beta_2) * g
-        coded = quantized(beta_2 * coded + (1 - beta_2) * g, code, stochastic, rng)
+        coded = quantized(beta_2 * coded + (1 - beta_2) * g, code, stochastic, noise)
     reversed_g = -np.ones(n)
     small = ~large
     flipped = (beta_1 * coded + (1 - beta_1) * reversed_g)[small] < 0
@@ -117,14 +151,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--beta-2", type=float, default=0.99)
     parser.add_argument("--codes", nargs="+", default=list(TABLES_AND_OTHERS))
+    parser.add_argument("--rounding", nargs="+", default=["nearest", "stochastic"],
+                        choices=["nearest", "stochastic", "keraslion"])
     args = parser.parse_args()
     print("| code | rounding | large/small | small flipped | float32 flipped | "
           "m / m_float32 of small: median (lowest-highest) |\n|---|---|---|---|---|---|")
     for ratio in (1e3, 1e4, 1e5):
         for code in args.codes:
-            for stochastic in (False, True):
-                r = study(code, stochastic, ratio, args.steps, beta_2=args.beta_2)
-                print(f"| {code} | {'stochastic' if stochastic else 'nearest'} | {ratio:.0e} | "
+            for rounding in args.rounding:
+                if rounding == "keraslion" and code != "e4m3 pow2":
+                    continue
+                r = study(code, rounding, ratio, args.steps, beta_2=args.beta_2)
+                print(f"| {code} | {rounding} | {ratio:.0e} | "
                       f"{r['flipped']:.1%} | {r['float32_flipped']:.1%} | {r['ratio']:.3f} "
                       f"({r['lowest']:.2f}-{r['highest']:.2f}) |")
 

@@ -83,6 +83,23 @@ def test_rounding_is_unbiased_over_steps() -> None:
     assert (np.abs(total / steps - m) <= 5 * spread + 1e-45).all()
 
 
+def test_noise_of_different_elements_is_uncorrelated() -> None:
+    """The rounding's bits over 1000 steps: between two elements of a row
+    (up to 4032 apart), or down a column of rows 233 long (a Fibonacci
+    number: 233 times the golden ratio is near an integer, where a Weyl
+    sequence's bits would nearly repeat), correlation at most 0.05."""
+    steps = ops.reshape(ops.arange(1000, dtype="int32"), (1000, 1, 1))
+    row = to_numpy(int8.noise_bits(steps, 5, (2, 4096))) / 2**20 - 0.5
+    n = row.shape[-1]
+    spectrum = np.abs(np.fft.rfft(row, 2 * n)) ** 2
+    products = np.fft.irfft(spectrum, 2 * n)[..., 1:n - 63].mean(axis=(0, 1))
+    within_a_row = 12 * products / (n - np.arange(1, n - 63))  # uniform's variance: 1/12
+    column = to_numpy(int8.noise_bits(steps, 5, (16, 233))) / 2**20 - 0.5
+    down_a_column = [12 * np.mean(column[:, :-lag] * column[:, lag:]) for lag in range(1, 16)]
+    assert np.abs(within_a_row).max() < 0.05, np.abs(within_a_row).argmax() + 1
+    assert np.abs(down_a_column).max() < 0.05, down_a_column
+
+
 def small_and_large_gradients(ratio: float) -> np.ndarray:
     """One element in 64 with a `ratio`-times larger gradient, signs random."""
     rng = np.random.default_rng(3)

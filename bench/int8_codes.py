@@ -29,6 +29,8 @@ Codes, as values relative to the block's absmax:
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -62,31 +64,21 @@ def e4m3_pow2_map() -> np.ndarray:
 TABLES = {"dynamic": dynamic_map(), "e4m3": e4m3_map(), "e4m3 pow2": e4m3_pow2_map()}
 
 
-GOLDEN = 0x9E3779B9
-
-
-def lowbias32(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.uint32)
-    with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint32(16))
-        x = x * np.uint32(0x7FEB352D)
-        x = x ^ (x >> np.uint32(15))
-        x = x * np.uint32(0x846CA68B)
-        return x ^ (x >> np.uint32(16))
-
-
 class KeraslionNoise:
-    """keraslion's random bits as uniform numbers in [0, 1), one call per
-    step (a stand-in for a Generator's `random`)."""
+    """keraslion's random bits (`int8.noise_bits`, variable 0) as uniform
+    numbers in [0, 1), one call per step (a stand-in for a Generator's `random`)."""
 
     def __init__(self) -> None:
-        self.step = 0
+        import keras
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inst" / "python"))
+        from keraslion import int8
+
+        self.bits, self.to_numpy, self.step = int8.noise_bits, keras.ops.convert_to_numpy, 0
 
     def random(self, shape: tuple[int, ...]) -> np.ndarray:
         self.step += 1
-        key = lowbias32(np.uint32(self.step * GOLDEN % 2**32))
-        index = np.arange(np.prod(shape), dtype=np.uint32)
-        return (lowbias32(index ^ key) >> np.uint32(12)).reshape(shape) / 2.0**20
+        return self.to_numpy(self.bits(self.step, 0, shape)) / 2.0**20
 
 
 def rounded(y: np.ndarray, stochastic: bool, rng: np.random.Generator) -> np.ndarray:
